@@ -1,0 +1,190 @@
+//! Load-balancing policies for meshless.
+//!
+//! A [`Balancer`] turns the current subchannels into an immutable [`Picker`]; the channel
+//! publishes the picker and asks it, once per request, which endpoint to use. Policies are
+//! small because everything around them (connections, state tracking, picker swaps,
+//! queueing) is the channel's job.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use meshless_balancer::{policy, ConnectivityState, EndpointStats, Pick, PickRequest, SubchannelView};
+//! use meshless_discovery::Endpoint;
+//!
+//! let subchannels: Vec<SubchannelView> = (1..=3)
+//!     .map(|i| SubchannelView {
+//!         endpoint: Endpoint::new(format!("10.0.0.{i}:50051").parse::<std::net::SocketAddr>().unwrap()),
+//!         stats: Arc::new(EndpointStats::default()),
+//!         state: ConnectivityState::Ready,
+//!     })
+//!     .collect();
+//! let picker = policy("round_robin").unwrap().build(&subchannels);
+//! let req = http::Request::new(());
+//! assert!(matches!(picker.pick(&PickRequest::from_request(&req)), Pick::Ready(i) if i < 3));
+//! ```
+
+#![warn(missing_docs)]
+
+mod pick_first;
+mod registry;
+mod round_robin;
+mod stats;
+
+use std::fmt;
+use std::sync::Arc;
+
+use meshless_discovery::Endpoint;
+
+pub use pick_first::{PickFirst, PickFirstConfig};
+pub use registry::{POLICY_NAMES, UnknownPolicy, policy};
+pub use round_robin::RoundRobin;
+pub use stats::{DEFAULT_DECAY, EndpointStats};
+
+/// The connectivity state of a subchannel, as gRPC names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnectivityState {
+    /// Not connected and not trying to.
+    Idle,
+    /// A connection attempt is under way.
+    Connecting,
+    /// Connected; calls may be sent.
+    Ready,
+    /// The last attempt failed; waiting for backoff before the next.
+    TransientFailure,
+    /// Removed; will not connect again.
+    Shutdown,
+}
+
+impl fmt::Display for ConnectivityState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConnectivityState::Idle => "idle",
+            ConnectivityState::Connecting => "connecting",
+            ConnectivityState::Ready => "ready",
+            ConnectivityState::TransientFailure => "transient_failure",
+            ConnectivityState::Shutdown => "shutdown",
+        })
+    }
+}
+
+/// What a balancer sees of one subchannel when it builds a picker.
+#[derive(Debug, Clone)]
+pub struct SubchannelView {
+    /// The endpoint as discovery last reported it.
+    pub endpoint: Endpoint,
+    /// Its load statistics (live: pickers read them at pick time).
+    pub stats: Arc<EndpointStats>,
+    /// Its state when the picker was built.
+    pub state: ConnectivityState,
+}
+
+impl SubchannelView {
+    /// True when calls may be sent to it.
+    pub fn is_ready(&self) -> bool {
+        self.state == ConnectivityState::Ready
+    }
+}
+
+/// The parts of a request a picker may look at.
+#[derive(Debug, Clone, Copy)]
+pub struct PickRequest<'a> {
+    /// The request URI (its path is `/package.Service/Method`).
+    pub uri: &'a http::Uri,
+    /// The request headers (gRPC metadata).
+    pub headers: &'a http::HeaderMap,
+    /// The request extensions, where the application may put a hash key.
+    pub extensions: &'a http::Extensions,
+}
+
+impl<'a> PickRequest<'a> {
+    /// The pick view of an HTTP request.
+    pub fn from_request<B>(req: &'a http::Request<B>) -> Self {
+        PickRequest {
+            uri: req.uri(),
+            headers: req.headers(),
+            extensions: req.extensions(),
+        }
+    }
+
+    /// The gRPC method path, `/package.Service/Method`.
+    pub fn path(&self) -> &'a str {
+        self.uri.path()
+    }
+}
+
+/// A picker's answer for one request.
+#[derive(Debug, Clone)]
+pub enum Pick {
+    /// Send it to the subchannel at this index of the slice the picker was built from.
+    Ready(usize),
+    /// Wait for the next picker (the channel bounds the wait).
+    Queue,
+    /// Fail the request with this status.
+    Fail(tonic::Status),
+}
+
+/// An immutable decision procedure, built by a [`Balancer`] from one set of subchannels.
+/// It is called concurrently from every request; implementations take no locks.
+pub trait Picker: Send + Sync + 'static {
+    /// Chooses a subchannel for `req`.
+    fn pick(&self, req: &PickRequest<'_>) -> Pick;
+}
+
+/// A load-balancing policy: builds a [`Picker`] whenever the subchannels or their states
+/// change.
+pub trait Balancer: Send + Sync + 'static {
+    /// The policy's gRPC-style name, such as `round_robin`.
+    fn name(&self) -> &'static str;
+
+    /// Builds a picker over `subchannels`, in discovery order. The channel calls this only
+    /// when at least one of them is ready; pickers may only return ready ones.
+    fn build(&self, subchannels: &[SubchannelView]) -> Arc<dyn Picker>;
+}
+
+impl fmt::Debug for dyn Balancer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The indices of the ready subchannels, a starting point for most policies.
+pub fn ready_indices(subchannels: &[SubchannelView]) -> Vec<usize> {
+    subchannels
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_ready())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod test_util {
+    use super::*;
+
+    /// Subchannels at 10.0.0.1.. with the given states.
+    pub fn subchannels(states: &[ConnectivityState]) -> Vec<SubchannelView> {
+        states
+            .iter()
+            .enumerate()
+            .map(|(i, &state)| SubchannelView {
+                endpoint: Endpoint::new(std::net::SocketAddr::from((
+                    [10, 0, 0, i as u8 + 1],
+                    50051,
+                ))),
+                stats: Arc::new(EndpointStats::default()),
+                state,
+            })
+            .collect()
+    }
+
+    /// Picks `n` times with an empty request; panics on anything but `Ready`.
+    pub fn pick_n(picker: &dyn Picker, n: usize) -> Vec<usize> {
+        let req = http::Request::new(());
+        let pr = PickRequest::from_request(&req);
+        (0..n)
+            .map(|_| match picker.pick(&pr) {
+                Pick::Ready(i) => i,
+                other => panic!("expected Ready, got {other:?}"),
+            })
+            .collect()
+    }
+}

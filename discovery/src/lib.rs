@@ -1,0 +1,33 @@
+//! Service discovery for meshless: what a target is, what an endpoint is, and the
+//! [`Discovery`] trait every backend implements.
+//!
+//! ```
+//! use meshless_discovery::{Registry, Target};
+//!
+//! let target = Target::parse("static:///10.0.0.1:50051,10.0.0.2:50051").unwrap();
+//! let discovery = Registry::default().build(&target).unwrap();
+//! # let _ = discovery;
+//! assert!(Target::parse("gopher:///x:1").unwrap_err().to_string().contains("unknown scheme"));
+//! ```
+//!
+//! Backends are modules, each registered under its scheme in [`Registry`]. Always present:
+//! `static`, `ipv4`, `ipv6`, `unix` ([`StaticDiscovery`]) and the code-driven
+//! [`ManualDiscovery`].
+
+#![warn(missing_docs)]
+
+mod address;
+mod discovery;
+mod endpoint;
+mod manual;
+mod registry;
+mod static_list;
+mod target;
+
+pub use address::Address;
+pub use discovery::{Discovery, DiscoveryError, ErrorKind, Update, UpdateStream};
+pub use endpoint::{DEFAULT_WEIGHT, Endpoint, Metadata};
+pub use manual::{ManualDiscovery, ManualHandle};
+pub use registry::{Registry, Scheme};
+pub use static_list::StaticDiscovery;
+pub use target::{HostPort, Target, TargetError, is_dns_name};
