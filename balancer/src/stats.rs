@@ -94,6 +94,12 @@ impl EndpointStats {
         self.observe(latency, Instant::now());
     }
 
+    /// Undoes a [`start`](Self::start) for a call that never reached the endpoint (its
+    /// connection closed first): nothing is learned about the endpoint from it.
+    pub fn abandon(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Folds one latency sample taken at `now` into the peak EWMA.
     pub fn observe(&self, latency: Duration, now: Instant) {
         let sample = latency.as_nanos() as f64;
