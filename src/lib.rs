@@ -1,1 +1,39 @@
-//! placeholder
+//! Client-side service discovery and per-request load balancing for tonic gRPC clients:
+//! what a service mesh gives a client, without the mesh.
+//!
+//! gRPC sends every call over one long-lived HTTP/2 connection, and a Kubernetes Service
+//! balances once per connection, so a plain tonic client pins all its traffic to one pod.
+//! A [`Channel`] resolves a target to its real endpoints, keeps them current, holds one
+//! connection per endpoint and picks an endpoint for every call.
+//!
+//! ```no_run
+//! use meshless::Channel;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let channel = Channel::builder("static:///10.0.0.1:50051,10.0.0.2:50051")
+//!     .policy("round_robin")
+//!     .build()?;
+//! // Any tonic-generated client takes it as its transport:
+//! // let mut client = GreeterClient::new(channel.clone());
+//! // let reply = client.say_hello(HelloRequest { name: "meshless".into() }).await?;
+//! for ep in channel.status().endpoints {
+//!     println!("{} {}", ep.address, ep.state);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The pieces live in their own crates and are re-exported here: [`discovery`] (targets,
+//! endpoints, backends), [`balancer`] (policies), [`transport`] (the channel) and
+//! [`middleware`] (tower layers that go above a channel).
+
+#![warn(missing_docs)]
+
+pub use meshless_balancer as balancer;
+pub use meshless_discovery as discovery;
+pub use meshless_middleware as middleware;
+pub use meshless_transport as transport;
+
+pub use meshless_discovery::{Endpoint, Target, TargetError};
+pub use meshless_transport::{
+    BackoffConfig, BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus,
+};

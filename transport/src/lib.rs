@@ -1,1 +1,29 @@
-//! placeholder
+//! The meshless [`Channel`]: a tower Service that discovers a target's endpoints, keeps one
+//! HTTP/2 connection per endpoint and balances every call over them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use meshless_transport::Channel;
+//! let channel = Channel::builder("static:///127.0.0.1:50051,127.0.0.1:50052")
+//!     .policy("round_robin")
+//!     .build()?;
+//! // `channel` is the transport of any tonic client: `GreeterClient::new(channel)`.
+//! println!("{:?}", channel.status());
+//! # Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod backoff;
+mod body;
+mod channel;
+mod control;
+mod status;
+mod subchannel;
+
+pub use backoff::BackoffConfig;
+pub use channel::{
+    BuildError, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_WAIT_FOR_READY, ResponseFuture,
+};
+pub use status::{ChannelStatus, EndpointStatus};

@@ -1,0 +1,89 @@
+//! Helpers shared by the end-to-end tests (included with `mod common;`).
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshless::discovery::{Endpoint, ManualDiscovery, ManualHandle};
+use meshless::{BackoffConfig, Channel};
+use meshless_integration::greeter::HelloRequest;
+use meshless_integration::greeter::greeter_client::GreeterClient;
+use meshless_integration::server::{ServerHandle, TestServer};
+
+/// Upper bound for any "wait until" loop in these tests.
+pub const WAIT_BOUND: Duration = Duration::from_secs(10);
+
+/// Starts `n` greeter servers named s0..s{n-1}.
+pub fn servers(n: usize) -> Vec<ServerHandle> {
+    (0..n)
+        .map(|i| TestServer::new(format!("s{i}")).spawn().expect("spawn server"))
+        .collect()
+}
+
+/// A `static:///` target for these servers.
+pub fn static_target(servers: &[ServerHandle]) -> String {
+    let list: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+    format!("static:///{}", list.join(","))
+}
+
+/// Endpoints for these servers.
+pub fn endpoints(servers: &[ServerHandle]) -> Vec<Endpoint> {
+    servers.iter().map(|s| Endpoint::new(s.addr())).collect()
+}
+
+/// Fast reconnects, so tests about recovery do not wait for gRPC's 1 s base.
+pub fn fast_backoff() -> BackoffConfig {
+    BackoffConfig::default()
+        .base_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(200))
+}
+
+/// A channel over a manual discovery with `policy`.
+pub fn manual_channel(policy: &str) -> (Channel, ManualHandle) {
+    let (discovery, handle) = ManualDiscovery::new();
+    let channel = Channel::with_discovery("manual-test", Arc::new(discovery))
+        .policy(policy)
+        .backoff(fast_backoff())
+        .build()
+        .expect("build channel");
+    (channel, handle)
+}
+
+/// Waits until `n` endpoints of the channel are ready.
+pub async fn wait_ready(channel: &Channel, n: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    while channel.status().ready_count() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} endpoints ready: {:?}",
+            channel.status().ready_count(),
+            channel.status()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Waits until `cond` holds, polling every millisecond, up to [`WAIT_BOUND`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// One unary call; the name of the server that answered.
+pub async fn hello(client: &mut GreeterClient<Channel>) -> Result<String, tonic::Status> {
+    let req = HelloRequest {
+        name: "test".into(),
+        ..Default::default()
+    };
+    client.say_hello(req).await.map(|r| r.into_inner().server)
+}
+
+/// An address nothing listens on (bound, then released).
+pub fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}

@@ -1,0 +1,298 @@
+//! End-to-end behaviour of the foundation: a meshless Channel over real tonic servers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use meshless::Channel;
+use meshless::discovery::{Endpoint, ManualDiscovery};
+use meshless_integration::greeter::HelloRequest;
+use meshless_integration::greeter::greeter_client::GreeterClient;
+use meshless_integration::load;
+use tokio::time::Instant;
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_gives_each_server_its_share() {
+    let servers = servers(4);
+    let channel = Channel::builder(static_target(&servers))
+        .policy("round_robin")
+        .build()
+        .unwrap();
+    wait_ready(&channel, 4).await;
+    let client = GreeterClient::new(channel.clone());
+    let out = load::run(16, 4000, |_| {
+        let mut c = client.clone();
+        async move { hello(&mut c).await }
+    })
+    .await;
+    assert_eq!(out.failed(), 0, "{:?}", out.errors);
+    assert_eq!(out.ok(), 4000);
+    for s in &servers {
+        let n = out.backends.get(s.name()).copied().unwrap_or(0);
+        // Round robin is exact up to the interleaving of concurrent picks: ±5 % of 1000.
+        assert!((950..=1050).contains(&n), "{}: {n} of 4000 ({:?})", s.name(), out.backends);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pick_first_sticks_to_one_then_fails_over_quickly() {
+    let mut servers = servers(3);
+    let channel = Channel::builder(static_target(&servers))
+        .policy("pick_first")
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    wait_ready(&channel, 3).await;
+    let mut client = GreeterClient::new(channel.clone());
+    let mut seen = HashMap::new();
+    for _ in 0..200 {
+        *seen.entry(hello(&mut client).await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 1, "pick_first used several servers: {seen:?}");
+    let first = seen.keys().next().unwrap().clone();
+    let idx = servers.iter().position(|s| s.name() == first).unwrap();
+
+    servers[idx].kill();
+    let killed_at = Instant::now();
+    // Calls move to another server within 1 s of the failure.
+    let moved_at = loop {
+        assert!(killed_at.elapsed() < Duration::from_secs(1), "no failover within 1 s");
+        if let Ok(name) = hello(&mut client).await {
+            if name != first {
+                break Instant::now();
+            }
+        }
+    };
+    assert!(moved_at - killed_at < Duration::from_secs(1));
+    // Once moved, no call fails and all go to one server.
+    let mut after = HashMap::new();
+    for _ in 0..300 {
+        let name = hello(&mut client).await.expect("no call fails after failover");
+        *after.entry(name).or_insert(0) += 1;
+    }
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert!(!after.contains_key(&first));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn added_endpoint_gets_traffic_within_100ms() {
+    let servers = servers(3);
+    let (channel, handle) = manual_channel("round_robin");
+    handle.reset(endpoints(&servers[..2]));
+    wait_ready(&channel, 2).await;
+    let client = GreeterClient::new(channel.clone());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let mut c = client.clone();
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut failed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if hello(&mut c).await.is_err() {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(servers[2].calls(), 0);
+    let added_at = Instant::now();
+    handle.add([Endpoint::new(servers[2].addr())]);
+    wait_until("the new endpoint's first call", || servers[2].calls() > 0).await;
+    let took = added_at.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in load {
+        assert_eq!(l.await.unwrap(), 0, "calls failed during the addition");
+    }
+    assert!(took < Duration::from_millis(100), "new endpoint waited {took:?} for traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_endpoint_gets_no_new_calls_but_finishes_in_flight_stream() {
+    let servers = servers(2);
+    let (channel, handle) = manual_channel("round_robin");
+    handle.reset(endpoints(&servers[..1]));
+    wait_ready(&channel, 1).await;
+    let mut client = GreeterClient::new(channel.clone());
+    // A slow server-streaming call on s0: 5 replies, 100 ms apart.
+    let req = HelloRequest {
+        name: "slow".into(),
+        count: 5,
+        interval_ms: 100,
+    };
+    let mut stream = client.stream_replies(req).await.unwrap().into_inner();
+    let first = stream.next().await.unwrap().unwrap();
+    assert_eq!(first.server, "s0");
+
+    handle.reset(endpoints(&servers[1..]));
+    wait_until("s0 removed", || {
+        let st = channel.status();
+        st.endpoints.len() == 1 && st.ready_count() == 1
+    })
+    .await;
+    let before = servers[0].calls();
+    for _ in 0..50 {
+        assert_eq!(hello(&mut client).await.unwrap(), "s1");
+    }
+    assert_eq!(servers[0].calls(), before, "removed endpoint got new calls");
+    // The in-flight stream completes on the removed endpoint.
+    let mut rest = 0;
+    while let Some(item) = stream.next().await {
+        assert_eq!(item.expect("stream item").server, "s0");
+        rest += 1;
+    }
+    assert_eq!(rest, 4);
+}
+
+#[tokio::test]
+async fn all_endpoints_down_fails_unavailable_within_bound() {
+    let target = format!("static:///{},{}", dead_addr(), dead_addr());
+    let bound = Duration::from_secs(2);
+    let channel = Channel::builder(target.clone())
+        .wait_for_ready_timeout(bound)
+        .build()
+        .unwrap();
+    let mut client = GreeterClient::new(channel);
+    let start = Instant::now();
+    let err = hello(&mut client).await.unwrap_err();
+    assert!(start.elapsed() <= bound + Duration::from_millis(500), "{:?}", start.elapsed());
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains(&target), "message does not name the target: {err}");
+    assert!(err.message().contains("refused"), "message lacks the last error: {err}");
+}
+
+#[tokio::test]
+async fn empty_endpoint_set_fails_unavailable() {
+    let (channel, handle) = manual_channel("round_robin");
+    handle.reset(vec![]);
+    let mut client = GreeterClient::new(channel);
+    let err = hello(&mut client).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+    assert!(err.message().contains("manual-test"), "{err}");
+    assert!(err.message().contains("no endpoints"), "{err}");
+}
+
+#[tokio::test]
+async fn unresolved_target_waits_at_most_the_bound() {
+    let (discovery, _handle) = ManualDiscovery::new();
+    let bound = Duration::from_millis(300);
+    let channel = Channel::with_discovery("never-resolves", Arc::new(discovery))
+        .wait_for_ready_timeout(bound)
+        .build()
+        .unwrap();
+    let mut client = GreeterClient::new(channel);
+    let start = Instant::now();
+    let err = hello(&mut client).await.unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("never-resolves"), "{err}");
+    assert!(took >= bound && took < bound * 3, "{took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_server_is_used_again_after_backoff() {
+    let mut servers = servers(1);
+    let channel = Channel::builder(static_target(&servers))
+        .backoff(fast_backoff())
+        .wait_for_ready_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    wait_ready(&channel, 1).await;
+    let mut client = GreeterClient::new(channel.clone());
+    assert_eq!(hello(&mut client).await.unwrap(), "s0");
+    servers[0].kill();
+    wait_until("endpoint leaves ready", || channel.status().ready_count() == 0).await;
+    assert_eq!(hello(&mut client).await.unwrap_err().code(), Code::Unavailable);
+    servers[0].restart().unwrap();
+    wait_ready(&channel, 1).await;
+    assert_eq!(hello(&mut client).await.unwrap(), "s0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_of_one_server_fails_no_calls() {
+    let mut servers = servers(3);
+    let channel = Channel::builder(static_target(&servers))
+        .policy("round_robin")
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    wait_ready(&channel, 3).await;
+    let client = GreeterClient::new(channel.clone());
+    let load = tokio::spawn(async move {
+        load::run(8, 6000, |_| {
+            let mut c = client.clone();
+            async move { hello(&mut c).await }
+        })
+        .await
+    });
+    wait_until("load started", || servers[0].calls() > 100).await;
+    servers[0].stop_graceful().await;
+    let out = load.await.unwrap();
+    assert_eq!(out.failed(), 0, "calls failed during GOAWAY: {:?}", out.errors);
+    assert_eq!(out.ok(), 6000);
+    assert!(out.backends.get("s1").copied().unwrap_or(0) > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_kinds_work_through_the_channel() {
+    let servers = servers(2);
+    let channel = Channel::builder(static_target(&servers))
+        .policy("round_robin")
+        .build()
+        .unwrap();
+    let mut client = GreeterClient::new(channel);
+    // Bidirectional: each message is answered on the same stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = client
+        .chat(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut server = None;
+    for i in 0..10 {
+        tx.send(HelloRequest {
+            name: format!("m{i}"),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let r = replies.next().await.unwrap().unwrap();
+        assert_eq!(r.message, format!("Hello m{i}"));
+        assert_eq!(*server.get_or_insert(r.server.clone()), r.server, "stream moved");
+    }
+    drop(tx);
+    assert!(replies.next().await.is_none());
+    // Client streaming.
+    let reqs = (0..7).map(|i| HelloRequest {
+        name: format!("c{i}"),
+        ..Default::default()
+    });
+    let reply = client
+        .collect_hellos(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(reply.message, "7");
+    // Server streaming.
+    let req = HelloRequest {
+        name: "s".into(),
+        count: 3,
+        interval_ms: 1,
+    };
+    let items: Vec<_> = client
+        .stream_replies(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    assert_eq!(items.len(), 3);
+    assert!(items.iter().all(|r| r.is_ok()));
+}
