@@ -1,0 +1,127 @@
+//! Drives a bounded number of calls at a fixed concurrency and collects what happened.
+//!
+//! ```no_run
+//! # async fn demo(mut client: meshless_integration::greeter::greeter_client::GreeterClient<tonic::transport::Channel>) {
+//! use meshless_integration::greeter::HelloRequest;
+//! use meshless_integration::load;
+//!
+//! let outcome = load::run(32, 4000, |i| {
+//!     let mut client = client.clone();
+//!     async move {
+//!         let request = HelloRequest { name: format!("call {i}"), ..Default::default() };
+//!         // Ok carries the label of the backend that answered.
+//!         client.say_hello(request).await.map(|r| r.into_inner().server)
+//!     }
+//! })
+//! .await;
+//! println!("{} ok, {:?} errors", outcome.ok(), outcome.errors);
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt};
+use tonic::Status;
+
+use crate::report::Latencies;
+
+/// The bound [`run`] puts on a whole run. Generous: a run that needs this long is broken.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What a load run observed.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct LoadOutcome {
+    /// Latency of every successful call.
+    pub latencies: Latencies,
+    /// Successful calls per backend label (the `Ok` value of each call).
+    pub backends: BTreeMap<String, u64>,
+    /// Failed calls per gRPC status code name (`"Unavailable"`, `"DeadlineExceeded"`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// Calls not finished, or not started, when the overall timeout fired.
+    pub unfinished: u64,
+    /// Wall-clock time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl LoadOutcome {
+    /// The number of successful calls.
+    pub fn ok(&self) -> u64 {
+        self.backends.values().sum()
+    }
+
+    /// The number of failed calls (unfinished ones not included).
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Successful calls per second of wall-clock time.
+    pub fn throughput(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.ok() as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Runs `requests` calls, `call(0)` to `call(requests - 1)`, with at most `concurrency` in
+/// flight, bounded by [`DEFAULT_TIMEOUT`] overall. Each call answers `Ok(backend label)` or the
+/// status it failed with.
+pub async fn run<F, Fut>(concurrency: usize, requests: usize, call: F) -> LoadOutcome
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Result<String, Status>>,
+{
+    run_with_timeout(concurrency, requests, DEFAULT_TIMEOUT, call).await
+}
+
+/// [`run`] with an overall bound of `timeout`. Calls still running when it fires are dropped
+/// (cancelled) and counted in [`LoadOutcome::unfinished`].
+pub async fn run_with_timeout<F, Fut>(
+    concurrency: usize,
+    requests: usize,
+    timeout: Duration,
+    mut call: F,
+) -> LoadOutcome
+where
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = Result<String, Status>>,
+{
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut calls = stream::iter(0..requests)
+        .map(|i| {
+            let call = call(i);
+            async move {
+                let begun = Instant::now();
+                let result = call.await;
+                (result, begun.elapsed())
+            }
+        })
+        .buffer_unordered(concurrency.max(1));
+
+    let mut outcome = LoadOutcome::default();
+    let mut finished = 0u64;
+    while let Ok(Some((result, latency))) = tokio::time::timeout_at(deadline, calls.next()).await {
+        finished += 1;
+        match result {
+            Ok(backend) => {
+                outcome.latencies.record(latency);
+                *outcome.backends.entry(backend).or_default() += 1;
+            }
+            Err(status) => {
+                *outcome
+                    .errors
+                    .entry(format!("{:?}", status.code()))
+                    .or_default() += 1;
+            }
+        }
+    }
+    outcome.unfinished = requests as u64 - finished;
+    outcome.elapsed = start.elapsed();
+    outcome
+}
