@@ -1,6 +1,7 @@
 //! A discovery driven from code: the application pushes endpoint sets into a handle.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -30,25 +31,40 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct ManualDiscovery {
     rx: watch::Receiver<State>,
+    /// The number of open watch streams.
+    watches: Arc<AtomicUsize>,
 }
 
 /// The write side of a [`ManualDiscovery`]. Cloneable; dropping every handle freezes the set.
 #[derive(Debug, Clone)]
 pub struct ManualHandle {
     tx: Arc<watch::Sender<State>>,
+    watches: Arc<AtomicUsize>,
 }
 
 impl ManualDiscovery {
     /// A discovery with no endpoints yet, and the handle that sets them.
     pub fn new() -> (ManualDiscovery, ManualHandle) {
         let (tx, rx) = watch::channel(State::default());
-        (ManualDiscovery { rx }, ManualHandle { tx: Arc::new(tx) })
+        let watches = Arc::new(AtomicUsize::new(0));
+        (
+            ManualDiscovery {
+                rx,
+                watches: watches.clone(),
+            },
+            ManualHandle {
+                tx: Arc::new(tx),
+                watches: watches.clone(),
+            },
+        )
     }
 }
 
 impl Discovery for ManualDiscovery {
     fn watch(&self) -> UpdateStream {
-        let stream = WatchStream::new(self.rx.clone()).filter_map(|state| {
+        let token = WatchToken::new(self.watches.clone());
+        let stream = WatchStream::new(self.rx.clone()).filter_map(move |state| {
+            let _open = &token; // dropped with the stream
             if let Some(err) = state.error {
                 return Some(Err(err));
             }
@@ -57,6 +73,23 @@ impl Discovery for ManualDiscovery {
                 .map(|eps| Ok(Update::Reset(eps.as_ref().clone())))
         });
         Box::pin(stream)
+    }
+}
+
+/// Counts one open watch for as long as it lives.
+#[derive(Debug)]
+struct WatchToken(Arc<AtomicUsize>);
+
+impl WatchToken {
+    fn new(count: Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        WatchToken(count)
+    }
+}
+
+impl Drop for WatchToken {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -91,6 +124,12 @@ impl ManualHandle {
     /// Reports a discovery error; the last pushed set stays in force.
     pub fn fail(&self, error: DiscoveryError) {
         self.tx.send_modify(|s| s.error = Some(error));
+    }
+
+    /// How many watches of the discovery are open (a channel holds one while its control
+    /// task runs).
+    pub fn watcher_count(&self) -> usize {
+        self.watches.load(Ordering::Relaxed)
     }
 
     /// The current set (empty before the first push).

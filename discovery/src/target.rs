@@ -63,12 +63,14 @@ pub enum TargetError {
         position: usize,
     },
     /// An address had no port.
-    #[error("target `{input}`: `{part}` has no port: write `{part}:PORT`")]
+    #[error("target `{input}`: `{part}` has no port: write `{example}`")]
     MissingPort {
         /// The whole input.
         input: String,
         /// The offending address.
         part: String,
+        /// The form that would be accepted.
+        example: String,
     },
     /// The port was not a number in 1..=65535.
     #[error("target `{input}`: port `{port}` in `{part}` is not a number in 1..=65535")]
@@ -245,10 +247,25 @@ impl Target {
 
     /// Parses `part` as `host:port` or `[ipv6]:port`, requiring a port.
     pub fn host_port(&self, part: &str) -> Result<HostPort, TargetError> {
-        let (host, port) = split_host_port(part).ok_or_else(|| TargetError::MissingPort {
-            input: self.raw.clone(),
-            part: part.to_owned(),
-        })?;
+        let Some((host, port)) = split_host_port(part) else {
+            let bare = part.trim_start_matches('[').trim_end_matches(']');
+            if bare.contains(':') && bare.parse::<Ipv6Addr>().is_err() {
+                return Err(TargetError::BadHost {
+                    input: self.raw.clone(),
+                    part: part.to_owned(),
+                });
+            }
+            let example = if bare.contains(':') {
+                format!("[{bare}]:PORT")
+            } else {
+                format!("{part}:PORT")
+            };
+            return Err(TargetError::MissingPort {
+                input: self.raw.clone(),
+                part: part.to_owned(),
+                example,
+            });
+        };
         let port = self.port(part, port)?;
         if let Some(inner) = host.strip_prefix('[') {
             let inner = inner.strip_suffix(']').unwrap_or(inner);

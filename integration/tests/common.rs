@@ -17,7 +17,11 @@ pub const WAIT_BOUND: Duration = Duration::from_secs(10);
 /// Starts `n` greeter servers named s0..s{n-1}.
 pub fn servers(n: usize) -> Vec<ServerHandle> {
     (0..n)
-        .map(|i| TestServer::new(format!("s{i}")).spawn().expect("spawn server"))
+        .map(|i| {
+            TestServer::new(format!("s{i}"))
+                .spawn()
+                .expect("spawn server")
+        })
         .collect()
 }
 
@@ -68,7 +72,10 @@ pub async fn wait_ready(channel: &Channel, n: usize) {
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT_BOUND;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

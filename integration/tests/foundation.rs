@@ -35,7 +35,12 @@ async fn round_robin_gives_each_server_its_share() {
     for s in &servers {
         let n = out.backends.get(s.name()).copied().unwrap_or(0);
         // Round robin is exact up to the interleaving of concurrent picks: ±5 % of 1000.
-        assert!((950..=1050).contains(&n), "{}: {n} of 4000 ({:?})", s.name(), out.backends);
+        assert!(
+            (950..=1050).contains(&n),
+            "{}: {n} of 4000 ({:?})",
+            s.name(),
+            out.backends
+        );
     }
 }
 
@@ -61,7 +66,10 @@ async fn pick_first_sticks_to_one_then_fails_over_quickly() {
     let killed_at = Instant::now();
     // Calls move to another server within 1 s of the failure.
     let moved_at = loop {
-        assert!(killed_at.elapsed() < Duration::from_secs(1), "no failover within 1 s");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(1),
+            "no failover within 1 s"
+        );
         if let Ok(name) = hello(&mut client).await {
             if name != first {
                 break Instant::now();
@@ -72,7 +80,9 @@ async fn pick_first_sticks_to_one_then_fails_over_quickly() {
     // Once moved, no call fails and all go to one server.
     let mut after = HashMap::new();
     for _ in 0..300 {
-        let name = hello(&mut client).await.expect("no call fails after failover");
+        let name = hello(&mut client)
+            .await
+            .expect("no call fails after failover");
         *after.entry(name).or_insert(0) += 1;
     }
     assert_eq!(after.len(), 1, "{after:?}");
@@ -111,7 +121,10 @@ async fn added_endpoint_gets_traffic_within_100ms() {
     for l in load {
         assert_eq!(l.await.unwrap(), 0, "calls failed during the addition");
     }
-    assert!(took < Duration::from_millis(100), "new endpoint waited {took:?} for traffic");
+    assert!(
+        took < Duration::from_millis(100),
+        "new endpoint waited {took:?} for traffic"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,9 +145,10 @@ async fn removed_endpoint_gets_no_new_calls_but_finishes_in_flight_stream() {
     assert_eq!(first.server, "s0");
 
     handle.reset(endpoints(&servers[1..]));
-    wait_until("s0 removed", || {
+    let s1 = meshless::discovery::Address::from(servers[1].addr());
+    wait_until("s0 replaced by a ready s1", || {
         let st = channel.status();
-        st.endpoints.len() == 1 && st.ready_count() == 1
+        st.endpoints.len() == 1 && st.endpoint(&s1).is_some() && st.ready_count() == 1
     })
     .await;
     let before = servers[0].calls();
@@ -162,10 +176,20 @@ async fn all_endpoints_down_fails_unavailable_within_bound() {
     let mut client = GreeterClient::new(channel);
     let start = Instant::now();
     let err = hello(&mut client).await.unwrap_err();
-    assert!(start.elapsed() <= bound + Duration::from_millis(500), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() <= bound + Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(err.code(), Code::Unavailable, "{err}");
-    assert!(err.message().contains(&target), "message does not name the target: {err}");
-    assert!(err.message().contains("refused"), "message lacks the last error: {err}");
+    assert!(
+        err.message().contains(&target),
+        "message does not name the target: {err}"
+    );
+    assert!(
+        err.message().contains("refused"),
+        "message lacks the last error: {err}"
+    );
 }
 
 #[tokio::test]
@@ -208,8 +232,14 @@ async fn restarted_server_is_used_again_after_backoff() {
     let mut client = GreeterClient::new(channel.clone());
     assert_eq!(hello(&mut client).await.unwrap(), "s0");
     servers[0].kill();
-    wait_until("endpoint leaves ready", || channel.status().ready_count() == 0).await;
-    assert_eq!(hello(&mut client).await.unwrap_err().code(), Code::Unavailable);
+    wait_until("endpoint leaves ready", || {
+        channel.status().ready_count() == 0
+    })
+    .await;
+    assert_eq!(
+        hello(&mut client).await.unwrap_err().code(),
+        Code::Unavailable
+    );
     servers[0].restart().unwrap();
     wait_ready(&channel, 1).await;
     assert_eq!(hello(&mut client).await.unwrap(), "s0");
@@ -235,7 +265,12 @@ async fn graceful_shutdown_of_one_server_fails_no_calls() {
     wait_until("load started", || servers[0].calls() > 100).await;
     servers[0].stop_graceful().await;
     let out = load.await.unwrap();
-    assert_eq!(out.failed(), 0, "calls failed during GOAWAY: {:?}", out.errors);
+    assert_eq!(
+        out.failed(),
+        0,
+        "calls failed during GOAWAY: {:?}",
+        out.errors
+    );
     assert_eq!(out.ok(), 6000);
     assert!(out.backends.get("s1").copied().unwrap_or(0) > 0);
 }
@@ -265,7 +300,11 @@ async fn streaming_kinds_work_through_the_channel() {
         .unwrap();
         let r = replies.next().await.unwrap().unwrap();
         assert_eq!(r.message, format!("Hello m{i}"));
-        assert_eq!(*server.get_or_insert(r.server.clone()), r.server, "stream moved");
+        assert_eq!(
+            *server.get_or_insert(r.server.clone()),
+            r.server,
+            "stream moved"
+        );
     }
     drop(tx);
     assert!(replies.next().await.is_none());
@@ -295,4 +334,71 @@ async fn streaming_kinds_work_through_the_channel() {
         .await;
     assert_eq!(items.len(), 3);
     assert!(items.iter().all(|r| r.is_ok()));
+}
+
+/// A TCP forwarder in front of `backend` that counts the client connections open through it.
+async fn counting_forwarder(
+    backend: std::net::SocketAddr,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicI64>) {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let open = Arc::new(AtomicI64::new(0));
+    let gauge = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let gauge = gauge.clone();
+            gauge.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(backend).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+                gauge.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_clone_stops_the_control_task_and_closes_connections() {
+    use std::sync::atomic::Ordering;
+    let servers = servers(2);
+    let (a, open_a) = counting_forwarder(servers[0].addr()).await;
+    let (b, open_b) = counting_forwarder(servers[1].addr()).await;
+    let (discovery, handle) = ManualDiscovery::new();
+    let channel = Channel::with_discovery("drop-test", Arc::new(discovery))
+        .policy("round_robin")
+        .build()
+        .unwrap();
+    handle.reset(vec![Endpoint::new(a), Endpoint::new(b)]);
+    wait_ready(&channel, 2).await;
+    let clone = channel.clone();
+    let mut client = GreeterClient::new(clone.clone());
+    for _ in 0..20 {
+        hello(&mut client).await.unwrap();
+    }
+    assert_eq!(open_a.load(Ordering::SeqCst), 1);
+    assert_eq!(open_b.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        handle.watcher_count(),
+        1,
+        "the control task watches discovery"
+    );
+
+    // Dropping some clones changes nothing.
+    drop(clone);
+    drop(channel);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(handle.watcher_count(), 1);
+    hello(&mut client).await.unwrap();
+
+    // Dropping the last one stops the control task (its discovery watch is released) and
+    // closes every connection.
+    drop(client);
+    wait_until("the control task to stop", || handle.watcher_count() == 0).await;
+    wait_until("connections to close", || {
+        open_a.load(Ordering::SeqCst) == 0 && open_b.load(Ordering::SeqCst) == 0
+    })
+    .await;
 }

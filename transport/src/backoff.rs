@@ -100,7 +100,9 @@ mod tests {
     #[test]
     fn grpc_sequence_and_cap() {
         let mut b = Backoff::new(BackoffConfig::default());
-        let secs: Vec<f64> = (0..14).map(|_| b.next_delay_with(0.0).as_secs_f64()).collect();
+        let secs: Vec<f64> = (0..14)
+            .map(|_| b.next_delay_with(0.0).as_secs_f64())
+            .collect();
         assert_eq!(secs[0], 1.0);
         assert!((secs[1] - 1.6).abs() < 1e-9);
         assert!((secs[2] - 2.56).abs() < 1e-9);

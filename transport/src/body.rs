@@ -114,7 +114,11 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         match self.get_mut() {
-            ReqBody::Full(b) => Poll::Ready(b.take().filter(|b| b.has_remaining()).map(|b| Ok(Frame::data(b)))),
+            ReqBody::Full(b) => Poll::Ready(
+                b.take()
+                    .filter(|b| b.has_remaining())
+                    .map(|b| Ok(Frame::data(b))),
+            ),
             ReqBody::Stream { prefix, rest } => {
                 if let Some(b) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(b))));
@@ -210,7 +214,11 @@ impl Drop for CallGuard {
 pub(crate) fn counts_against_endpoint(code: Code) -> bool {
     matches!(
         code,
-        Code::Unknown | Code::Internal | Code::Unavailable | Code::DataLoss | Code::ResourceExhausted
+        Code::Unknown
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
     )
 }
 

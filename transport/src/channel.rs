@@ -89,7 +89,10 @@ impl Channel {
     /// A builder for a channel fed by `discovery` (for example a
     /// [`ManualDiscovery`](meshless_discovery::ManualDiscovery)); `name` labels it in errors
     /// and status.
-    pub fn with_discovery(name: impl Into<String>, discovery: Arc<dyn Discovery>) -> ChannelBuilder {
+    pub fn with_discovery(
+        name: impl Into<String>,
+        discovery: Arc<dyn Discovery>,
+    ) -> ChannelBuilder {
         let mut b = ChannelBuilder::new(Ok(name.into()));
         b.discovery = Some(discovery);
         b
@@ -322,9 +325,15 @@ impl Waiter {
         let (deadline, own) = self.deadline.unwrap_or((Instant::now(), false));
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Status::unavailable(format!("{}: channel was dropped", shared.target))),
+            Ok(Err(_)) => Err(Status::unavailable(format!(
+                "{}: channel was dropped",
+                shared.target
+            ))),
             Err(_) => {
-                let last = last.as_deref().map(|l| format!("; last error: {l}")).unwrap_or_default();
+                let last = last
+                    .as_deref()
+                    .map(|l| format!("; last error: {l}"))
+                    .unwrap_or_default();
                 let status = shared.status();
                 let states = if status.endpoints.is_empty() {
                     "no endpoints known yet".to_owned()
@@ -334,9 +343,17 @@ impl Waiter {
                 let msg = format!(
                     "{}: no endpoint became ready within {:?} ({states}){last}",
                     shared.target,
-                    if own { "the call's deadline".to_owned() } else { format!("{:?}", shared.wait_for_ready) }
+                    if own {
+                        "the call's deadline".to_owned()
+                    } else {
+                        format!("{:?}", shared.wait_for_ready)
+                    }
                 );
-                Err(if own { Status::deadline_exceeded(msg) } else { Status::unavailable(msg) })
+                Err(if own {
+                    Status::deadline_exceeded(msg)
+                } else {
+                    Status::unavailable(msg)
+                })
             }
         }
     }
@@ -348,7 +365,10 @@ async fn call(
 ) -> Result<http::Response<tonic::body::Body>, Status> {
     let (parts, body) = req.into_parts();
     let replay = Replay::new(body);
-    let mut waiter = Waiter { rx: None, deadline: None };
+    let mut waiter = Waiter {
+        rx: None,
+        deadline: None,
+    };
     let mut transparent_retries = 1usize;
     let mut unsent = 0usize;
     let mut last_error: Option<String> = None;
@@ -402,7 +422,11 @@ async fn call(
                     guard.set_outcome(false);
                 }
                 let code = Status::from_error(Box::new(error)).code();
-                let code = if code == tonic::Code::Unknown { tonic::Code::Unavailable } else { code };
+                let code = if code == tonic::Code::Unknown {
+                    tonic::Code::Unavailable
+                } else {
+                    code
+                };
                 return Err(Status::new(
                     code,
                     format!("{}: {}", shared.target, last_error.unwrap_or_default()),

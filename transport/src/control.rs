@@ -171,9 +171,7 @@ impl Control {
 }
 
 /// The next discovery item, or never when discovery has finished.
-async fn next_update(
-    updates: &mut Option<UpdateStream>,
-) -> Option<Result<Update, DiscoveryError>> {
+async fn next_update(updates: &mut Option<UpdateStream>) -> Option<Result<Update, DiscoveryError>> {
     match updates {
         Some(s) => s.next().await,
         None => std::future::pending().await,
@@ -185,7 +183,8 @@ impl Run {
         let next: Vec<Endpoint> = match update {
             Update::Reset(eps) => eps,
             Update::Add(eps) => {
-                let mut cur: Vec<Endpoint> = self.entries.iter().map(|e| e.endpoint.clone()).collect();
+                let mut cur: Vec<Endpoint> =
+                    self.entries.iter().map(|e| e.endpoint.clone()).collect();
                 for ep in eps {
                     match cur.iter_mut().find(|c| c.addr == ep.addr) {
                         Some(slot) => *slot = ep,
@@ -215,9 +214,13 @@ impl Run {
     /// connections and stats), starts new ones, shuts down the rest.
     fn reconcile(&mut self, next: Vec<Endpoint>) {
         let now = Instant::now();
-        self.retired.retain(|_, (_, at)| now.duration_since(*at) < STATS_RETENTION);
-        let mut old: HashMap<Address, Entry> =
-            self.entries.drain(..).map(|e| (e.endpoint.addr.clone(), e)).collect();
+        self.retired
+            .retain(|_, (_, at)| now.duration_since(*at) < STATS_RETENTION);
+        let mut old: HashMap<Address, Entry> = self
+            .entries
+            .drain(..)
+            .map(|e| (e.endpoint.addr.clone(), e))
+            .collect();
         let mut entries = Vec::with_capacity(next.len());
         for ep in next {
             if entries.iter().any(|e: &Entry| e.endpoint.addr == ep.addr) {
@@ -251,7 +254,8 @@ impl Run {
         }
         for (addr, entry) in old {
             tracing::debug!(%addr, "endpoint removed; draining its connection");
-            self.retired.insert(addr, (entry.handle.sub.stats.clone(), now));
+            self.retired
+                .insert(addr, (entry.handle.sub.stats.clone(), now));
             entry.handle.shutdown();
         }
         self.entries = entries;
@@ -285,13 +289,24 @@ impl Run {
             self.entries.iter().map(|e| e.handle.sub.clone()).collect();
         let picker = self.picker_state();
         {
-            let mut base = self.c.shared.status.lock().unwrap_or_else(|p| p.into_inner());
+            let mut base = self
+                .c
+                .shared
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             base.resolved = self.resolved;
             base.discovery_error = self.discovery_error.as_ref().map(|e| e.to_string());
             base.endpoints = self
                 .entries
                 .iter()
-                .map(|e| (e.endpoint.clone(), e.handle.sub.clone(), e.last_error.clone()))
+                .map(|e| {
+                    (
+                        e.endpoint.clone(),
+                        e.handle.sub.clone(),
+                        e.last_error.clone(),
+                    )
+                })
                 .collect();
         }
         self.c.shared.publish(Snapshot {
@@ -304,7 +319,11 @@ impl Run {
     /// endpoint that has not failed yet is connecting; otherwise fail fast.
     fn picker_state(&self) -> PickerState {
         let target = &self.c.shared.target;
-        if self.entries.iter().any(|e| e.state == ConnectivityState::Ready) {
+        if self
+            .entries
+            .iter()
+            .any(|e| e.state == ConnectivityState::Ready)
+        {
             let views: Vec<SubchannelView> = self
                 .entries
                 .iter()

@@ -241,7 +241,10 @@ async fn connect(
         #[cfg(not(unix))]
         Address::Unix(path) => Err(ConnectError::Io(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
-            format!("unix sockets are not supported on this platform: {}", path.display()),
+            format!(
+                "unix sockets are not supported on this platform: {}",
+                path.display()
+            ),
         ))),
     }
 }
