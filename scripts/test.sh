@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Everything CI checks, in the order it checks it: installs what the tests need when it is
+# missing, then the format check, clippy, the tests (doc tests included) and the check that
+# the dependency graph holds one tonic, one hyper, one http and one tower.
+#
+# Usage: scripts/test.sh        (from anywhere; .ci/run calls it)
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Debian packages the tests need, as "command:package": the package is installed only when
+# the command is missing. etcd's tests will add "etcd:etcd-server"; etcd-client's build
+# script, behind the etcd feature, will add "protoc:protobuf-compiler".
+APT_PACKAGES=(
+)
+
+# Crates that must appear in exactly one version (see DESIGN.md, "Dependencies").
+SINGLE_VERSION_CRATES=(tonic hyper http tower)
+
+# ===== helpers =====
+
+step() {
+    local name=$1
+    shift
+    echo "==> ${name}"
+    local start
+    start=$(date +%s)
+    "$@"
+    echo "<== ${name}: $(($(date +%s) - start)) s"
+}
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    else
+        sudo "$@"
+    fi
+}
+
+# ===== steps =====
+
+install_packages() {
+    local missing=() entry
+    for entry in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do
+        if ! command -v "${entry%%:*}" >/dev/null 2>&1; then
+            missing+=("${entry#*:}")
+        fi
+    done
+    if [ ${#missing[@]} -eq 0 ]; then
+        echo "all packages present"
+        return
+    fi
+    echo "installing: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+install_components() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        echo "cargo is not installed; install a Rust toolchain first" >&2
+        return 1
+    fi
+    local component
+    for component in rustfmt clippy; do
+        local probe=fmt
+        [ "$component" = clippy ] && probe=clippy
+        if ! cargo "$probe" --version >/dev/null 2>&1; then
+            echo "adding rustup component ${component}"
+            rustup component add "$component"
+        fi
+    done
+    cargo --version
+}
+
+fmt_check() {
+    cargo fmt --all -- --check
+}
+
+clippy() {
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
+}
+
+tests() {
+    cargo test --workspace --all-features
+}
+
+single_versions() {
+    local versions failed=0 name
+    # Every package version in the graph (normal, build and dev edges), one "name vX" a line.
+    versions=$(cargo tree --workspace --all-features -e normal,build,dev \
+        --prefix none --format '{p}' | awk '{print $1, $2}' | sort -u)
+    for name in "${SINGLE_VERSION_CRATES[@]}"; do
+        local found
+        found=$(awk -v n="$name" '$1 == n {print $2}' <<<"$versions" | tr '\n' ' ')
+        if [ "$(wc -w <<<"$found")" -gt 1 ]; then
+            echo "duplicate ${name}: ${found}"
+            failed=1
+        else
+            echo "${name}: ${found:-absent}"
+        fi
+    done
+    if [ "$failed" -ne 0 ]; then
+        echo "cargo tree -d shows where the duplicates come from:"
+        cargo tree --workspace --all-features -d
+        return 1
+    fi
+}
+
+step "install packages" install_packages
+step "toolchain components" install_components
+step "cargo fmt --check" fmt_check
+step "cargo clippy -D warnings" clippy
+step "cargo test" tests
+step "one tonic/hyper/http/tower" single_versions
+echo "all checks passed"
