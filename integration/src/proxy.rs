@@ -18,6 +18,9 @@ use tokio::task::{JoinHandle, JoinSet};
 /// How long the proxy waits to connect to the backend it picked before it drops the client.
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Pause after a failed accept, so a persistent error does not spin the loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
+
 /// A running proxy. Dropping it closes the listener and every proxied connection.
 #[derive(Debug)]
 pub struct ProxyHandle {
@@ -101,7 +104,11 @@ async fn accept_loop(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((client, _)) = accepted else { continue };
+                let Ok((client, _)) = accepted else {
+                    // Out of file descriptors, most likely: back off instead of spinning.
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                };
                 let index = rng.random_range(0..backends.len());
                 connections[index].fetch_add(1, Ordering::SeqCst);
                 tasks.spawn(pipe(client, backends[index]));
