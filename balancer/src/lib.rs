@@ -24,20 +24,37 @@
 
 #![warn(missing_docs)]
 
+mod choice;
+mod hash_key;
+mod least_request;
+mod maglev;
+mod p2c_ewma;
 mod pick_first;
+mod random;
 mod registry;
+mod ring_hash;
+mod rng;
 mod round_robin;
 mod stats;
+mod weighted_round_robin;
 
 use std::fmt;
 use std::sync::Arc;
 
 use meshless_discovery::Endpoint;
 
+pub use choice::{MAX_CHOICES, MIN_CHOICES};
+pub use hash_key::{HashKeyConfig, RequestHashKey};
+pub use least_request::{LeastRequest, LeastRequestConfig};
+pub use maglev::{Maglev, MaglevConfig};
+pub use p2c_ewma::{P2cEwma, P2cEwmaConfig};
 pub use pick_first::{PickFirst, PickFirstConfig};
+pub use random::{Random, RandomConfig};
 pub use registry::{POLICY_NAMES, UnknownPolicy, policy};
+pub use ring_hash::{RingHash, RingHashConfig};
 pub use round_robin::RoundRobin;
-pub use stats::{DEFAULT_DECAY, EndpointStats};
+pub use stats::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, EndpointStats, LoadClock};
+pub use weighted_round_robin::{WeightedRoundRobin, WeightedRoundRobinConfig};
 
 /// The connectivity state of a subchannel, as gRPC names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -138,6 +155,14 @@ pub trait Balancer: Send + Sync + 'static {
     /// Builds a picker over `subchannels`, in discovery order. The channel calls this only
     /// when at least one of them is ready; pickers may only return ready ones.
     fn build(&self, subchannels: &[SubchannelView]) -> Arc<dyn Picker>;
+
+    /// The load statistics the channel should create for a new endpoint address (it keeps
+    /// them by address for as long as the address stays). Policies that read latency, such
+    /// as `p2c_ewma`, return stats with their configured decay, starting RTT and failure
+    /// penalty, sharing one [`LoadClock`]; the default is [`EndpointStats::default`].
+    fn new_stats(&self) -> EndpointStats {
+        EndpointStats::default()
+    }
 }
 
 impl fmt::Debug for dyn Balancer {
@@ -154,6 +179,21 @@ pub fn ready_indices(subchannels: &[SubchannelView]) -> Vec<usize> {
         .filter(|(_, s)| s.is_ready())
         .map(|(i, _)| i)
         .collect()
+}
+
+/// The ready subchannels that weighted policies may use, as `(index, weight)`: those with a
+/// weight above 0, or, when every ready one has weight 0, all of them with weight 1 (a
+/// weight of 0 means "only when nothing else is left").
+pub fn ready_weighted(subchannels: &[SubchannelView]) -> Vec<(usize, u32)> {
+    let ready = || subchannels.iter().enumerate().filter(|(_, s)| s.is_ready());
+    if ready().any(|(_, s)| s.endpoint.weight > 0) {
+        ready()
+            .filter(|(_, s)| s.endpoint.weight > 0)
+            .map(|(i, s)| (i, s.endpoint.weight))
+            .collect()
+    } else {
+        ready().map(|(i, _)| (i, 1)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +214,84 @@ pub(crate) mod test_util {
                 state,
             })
             .collect()
+    }
+
+    /// Ready subchannels at 10.0.0.1.. with the given weights.
+    pub fn weighted(weights: &[u32]) -> Vec<SubchannelView> {
+        let mut subs = subchannels(&vec![ConnectivityState::Ready; weights.len()]);
+        for (s, &w) in subs.iter_mut().zip(weights) {
+            s.endpoint.weight = w;
+        }
+        subs
+    }
+
+    /// `n` ready subchannels at distinct addresses (any `n`, unlike [`subchannels`]).
+    pub fn many(n: usize) -> Vec<SubchannelView> {
+        (0..n)
+            .map(|i| SubchannelView {
+                endpoint: Endpoint::new(std::net::SocketAddr::from((
+                    [10, (i >> 16) as u8, (i >> 8) as u8, i as u8],
+                    50051,
+                ))),
+                stats: Arc::new(EndpointStats::default()),
+                state: ConnectivityState::Ready,
+            })
+            .collect()
+    }
+
+    /// How often each index was picked in `picks`.
+    pub fn counts(picks: &[usize], n: usize) -> Vec<usize> {
+        let mut c = vec![0; n];
+        for &p in picks {
+            c[p] += 1;
+        }
+        c
+    }
+
+    /// The 5-sigma sample size for estimating a share `p` within absolute tolerance `tol`:
+    /// `ceil(p(1−p)·25/tol²) + 1000`.
+    pub fn five_sigma_samples(p: f64, tol: f64) -> usize {
+        (p * (1.0 - p) * 25.0 / (tol * tol)).ceil() as usize + 1000
+    }
+
+    /// Sends `requests` calls through `picker` with at most `concurrency` in flight, on
+    /// tokio's paused clock: each call to endpoint `i` takes `outcome(i).0` and succeeds when
+    /// `outcome(i).1`, recorded on its stats. Returns the endpoint of each call in order.
+    pub async fn simulate(
+        picker: &dyn Picker,
+        subs: &[SubchannelView],
+        outcome: impl Fn(usize) -> (std::time::Duration, bool),
+        concurrency: usize,
+        requests: usize,
+    ) -> Vec<usize> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let start = tokio::time::Instant::now();
+        let req = http::Request::new(());
+        let pr = PickRequest::from_request(&req);
+        let mut running: BinaryHeap<Reverse<(std::time::Duration, usize, usize)>> =
+            BinaryHeap::new();
+        let mut picks = Vec::with_capacity(requests);
+        for seq in 0..requests {
+            if running.len() == concurrency {
+                let Some(Reverse((done, _, i))) = running.pop() else {
+                    unreachable!("the heap is full")
+                };
+                if let Some(wait) = done.checked_sub(start.elapsed()) {
+                    tokio::time::advance(wait).await;
+                }
+                let (latency, ok) = outcome(i);
+                subs[i].stats.finish(latency, ok);
+            }
+            let i = match picker.pick(&pr) {
+                Pick::Ready(i) => i,
+                other => panic!("expected Ready, got {other:?}"),
+            };
+            subs[i].stats.start();
+            running.push(Reverse((start.elapsed() + outcome(i).0, seq, i)));
+            picks.push(i);
+        }
+        picks
     }
 
     /// Picks `n` times with an empty request; panics on anything but `Ready`.

@@ -1,5 +1,6 @@
 //! Per-endpoint load statistics, shared lock-free between the request path and pickers.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -8,13 +9,82 @@ use tokio::time::Instant;
 /// The default time constant of the latency EWMA: 10 s, Finagle's and go-zero's value.
 pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 
+/// The latency estimate of an endpoint that has not completed a call yet: 30 ms, the
+/// default RTT of linkerd2-proxy's peak-EWMA balancer. Starting from zero would make every
+/// new endpoint look free, so it would take every request until its first answer.
+pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+
+/// The latency sample a failed call counts as when it was faster than this: 1 s. A fast
+/// failure then raises the endpoint's estimate far above a healthy one, so an endpoint that
+/// fails every call at once stops attracting traffic instead of looking like the fastest.
+/// Set it above the slowest latency a healthy endpoint has.
+pub const DEFAULT_FAILURE_PENALTY: Duration = Duration::from_secs(1);
+
+/// How far a [`LoadClock`] must move before it is written again: 1 ms. Costs decay over
+/// seconds, so a millisecond of staleness changes nothing, and the shared cache line is
+/// written at most a thousand times a second whatever the request rate.
+const CLOCK_RESOLUTION_NANOS: u64 = 1_000_000;
+
+// ===== LoadClock =====
+
+/// A coarse clock shared by the statistics of one balancer's endpoints, advanced by every
+/// completed call (which reads the real clock anyway).
+///
+/// Pickers read it instead of the real clock: reading `Instant::now()` costs 20–50 ns (more
+/// under tokio's test clock), as much as the whole pick budget, while this is one relaxed
+/// load. It lags real time only while no call completes anywhere, and then no estimate
+/// changes either.
+#[derive(Debug)]
+pub struct LoadClock {
+    origin: Instant,
+    now_nanos: AtomicU64,
+}
+
+impl Default for LoadClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LoadClock {
+    /// A clock that starts now.
+    pub fn new() -> Self {
+        LoadClock {
+            origin: Instant::now(),
+            now_nanos: AtomicU64::new(0),
+        }
+    }
+
+    /// The last time observed, in nanoseconds since the clock started.
+    #[inline]
+    pub fn now_nanos(&self) -> u64 {
+        self.now_nanos.load(Ordering::Relaxed)
+    }
+
+    /// Moves the clock forward to `t` (never backward) and returns `t` in its nanoseconds.
+    pub fn observe(&self, t: Instant) -> u64 {
+        let nanos = self.nanos_at(t);
+        if nanos >= self.now_nanos().saturating_add(CLOCK_RESOLUTION_NANOS) {
+            self.now_nanos.fetch_max(nanos, Ordering::Relaxed);
+        }
+        nanos
+    }
+
+    fn nanos_at(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+// ===== EndpointStats =====
+
 /// Load statistics of one endpoint, kept by address: they outlive picker rebuilds and
 /// endpoint set changes, so a policy never forgets what it learned about an endpoint that
 /// stays.
 ///
 /// Latency is a *peak* EWMA (Finagle's): a sample above the current estimate replaces it at
-/// once, a sample below it is blended in with weight `1 - e^(-Δt/τ)`. Everything is an
-/// atomic; recording and reading never take a lock.
+/// once, a sample below it is blended in with weight `1 - e^(-Δt/τ)`. A new endpoint starts
+/// from [`DEFAULT_RTT`]; a failed call counts as at least [`DEFAULT_FAILURE_PENALTY`].
+/// Everything is an atomic; recording and reading never take a lock.
 #[derive(Debug)]
 pub struct EndpointStats {
     in_flight: AtomicU64,
@@ -22,20 +92,24 @@ pub struct EndpointStats {
     failures: AtomicU64,
     /// The latency estimate in nanoseconds, as `f64` bits.
     ewma_bits: AtomicU64,
-    /// When the estimate was last updated, in nanoseconds since `origin`.
+    /// When the estimate was last updated, in nanoseconds of `clock`.
     stamp_nanos: AtomicU64,
-    origin: Instant,
-    decay_nanos: f64,
+    clock: Arc<LoadClock>,
+    /// `1 / τ` in 1/ns.
+    inv_decay_nanos: f64,
+    failure_penalty: Duration,
 }
 
 impl Default for EndpointStats {
+    /// Decay [`DEFAULT_DECAY`], starting estimate [`DEFAULT_RTT`], own clock.
     fn default() -> Self {
-        Self::new(DEFAULT_DECAY, Duration::ZERO)
+        Self::new(DEFAULT_DECAY, DEFAULT_RTT)
     }
 }
 
 impl EndpointStats {
-    /// Stats with EWMA time constant `decay`, starting from the latency estimate `initial`.
+    /// Stats with EWMA time constant `decay`, starting from the latency estimate `initial`,
+    /// with a clock of their own (see [`with_clock`](Self::with_clock)).
     pub fn new(decay: Duration, initial: Duration) -> Self {
         EndpointStats {
             in_flight: AtomicU64::new(0),
@@ -43,9 +117,29 @@ impl EndpointStats {
             failures: AtomicU64::new(0),
             ewma_bits: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
             stamp_nanos: AtomicU64::new(0),
-            origin: Instant::now(),
-            decay_nanos: decay.as_nanos().max(1) as f64,
+            clock: Arc::new(LoadClock::new()),
+            inv_decay_nanos: 1.0 / decay.as_nanos().max(1) as f64,
+            failure_penalty: DEFAULT_FAILURE_PENALTY,
         }
+    }
+
+    /// Sets the least latency a failed call counts as (default [`DEFAULT_FAILURE_PENALTY`]).
+    #[must_use]
+    pub fn with_failure_penalty(mut self, penalty: Duration) -> Self {
+        self.failure_penalty = penalty;
+        self
+    }
+
+    /// Shares `clock` with the other endpoints of the same balancer, so that an endpoint
+    /// which stopped receiving calls sees time pass through the others' completions, and
+    /// its estimate decays in [`load_cost`](Self::load_cost) until it is tried again.
+    /// Without a shared clock only the endpoint's own completions move time.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<LoadClock>) -> Self {
+        let now = clock.observe(Instant::now());
+        self.stamp_nanos = AtomicU64::new(now);
+        self.clock = clock;
+        self
     }
 
     /// Calls sent and not yet completed.
@@ -72,9 +166,16 @@ impl EndpointStats {
     /// tower's `PeakEwma` reads it: an endpoint that stopped receiving calls is retried
     /// eventually instead of being shunned forever.
     pub fn latency_ewma_at(&self, now: Instant) -> Duration {
-        let est = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
-        let elapsed = self.since_stamp(now);
-        Duration::from_nanos((est * (-elapsed / self.decay_nanos).exp()) as u64)
+        Duration::from_nanos(self.decayed_nanos(self.clock.nanos_at(now)) as u64)
+    }
+
+    /// The peak-EWMA load: the estimate decayed to the shared clock's time, times
+    /// `in_flight + 1`, in nanoseconds. Reads four atomics and takes one `exp`; never the
+    /// real clock (see [`LoadClock`]).
+    #[inline]
+    pub fn load_cost(&self) -> f64 {
+        let pending = self.in_flight.load(Ordering::Relaxed) as f64 + 1.0;
+        self.decayed_nanos(self.clock.now_nanos()) * pending
     }
 
     /// Marks the start of a call. Pair with [`finish`](Self::finish).
@@ -83,30 +184,31 @@ impl EndpointStats {
     }
 
     /// Marks the end of a call started with [`start`](Self::start) that took `latency`.
-    /// `ok` is false for failures that count against the endpoint.
+    /// `ok` is false for failures that count against the endpoint; such a call counts as at
+    /// least the failure penalty (see [`with_failure_penalty`](Self::with_failure_penalty)).
     pub fn finish(&self, latency: Duration, ok: bool) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if ok {
+        // Saturating: a stray `finish` must not wrap the count to 2^64.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        let sample = if ok {
             self.successes.fetch_add(1, Ordering::Relaxed);
+            latency
         } else {
             self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        self.observe(latency, Instant::now());
+            latency.max(self.failure_penalty)
+        };
+        self.observe(sample, Instant::now());
     }
 
-    /// Undoes a [`start`](Self::start) for a call that never reached the endpoint (its
-    /// connection closed first): nothing is learned about the endpoint from it.
-    pub fn abandon(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Folds one latency sample taken at `now` into the peak EWMA.
+    /// Folds one latency sample taken at `now` into the peak EWMA, and moves the shared
+    /// clock to `now`.
     pub fn observe(&self, latency: Duration, now: Instant) {
         let sample = latency.as_nanos() as f64;
-        let now_nanos = now.saturating_duration_since(self.origin).as_nanos() as u64;
+        let now_nanos = self.clock.observe(now);
         let prev_stamp = self.stamp_nanos.swap(now_nanos, Ordering::Relaxed);
         let elapsed = now_nanos.saturating_sub(prev_stamp) as f64;
-        let w = (-elapsed / self.decay_nanos).exp();
+        let w = (-elapsed * self.inv_decay_nanos).exp();
         let mut cur = self.ewma_bits.load(Ordering::Relaxed);
         loop {
             let est = f64::from_bits(cur);
@@ -127,9 +229,16 @@ impl EndpointStats {
         }
     }
 
-    fn since_stamp(&self, now: Instant) -> f64 {
-        let now_nanos = now.saturating_duration_since(self.origin).as_nanos() as u64;
-        now_nanos.saturating_sub(self.stamp_nanos.load(Ordering::Relaxed)) as f64
+    /// The estimate in nanoseconds decayed to `now_nanos` of the clock.
+    #[inline]
+    fn decayed_nanos(&self, now_nanos: u64) -> f64 {
+        let est = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
+        let elapsed = now_nanos.saturating_sub(self.stamp_nanos.load(Ordering::Relaxed));
+        if elapsed == 0 {
+            est
+        } else {
+            est * (-(elapsed as f64) * self.inv_decay_nanos).exp()
+        }
     }
 }
 
@@ -163,5 +272,57 @@ mod tests {
         s.finish(Duration::from_millis(1), true);
         s.finish(Duration::from_millis(1), false);
         assert_eq!((s.in_flight(), s.successes(), s.failures()), (0, 1, 1));
+        // A stray finish does not wrap.
+        s.finish(Duration::from_millis(1), true);
+        assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn starts_from_default_rtt() {
+        assert_eq!(EndpointStats::default().latency_ewma(), DEFAULT_RTT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_failure_counts_as_penalty() {
+        let s = EndpointStats::new(DEFAULT_DECAY, Duration::from_millis(5))
+            .with_failure_penalty(Duration::from_millis(500));
+        s.start();
+        s.finish(Duration::from_micros(10), false);
+        assert_eq!(s.latency_ewma(), Duration::from_millis(500));
+        // A failure slower than the penalty counts as what it took.
+        s.start();
+        s.finish(Duration::from_secs(2), false);
+        assert_eq!(s.latency_ewma(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shared_clock_decays_an_idle_endpoint() {
+        let clock = Arc::new(LoadClock::new());
+        let tau = Duration::from_secs(10);
+        let idle = EndpointStats::new(tau, Duration::ZERO).with_clock(clock.clone());
+        let busy = EndpointStats::new(tau, Duration::ZERO).with_clock(clock.clone());
+        idle.observe(Duration::from_millis(100), Instant::now());
+        idle.start();
+        // cost = 100 ms × (1 in flight + 1)
+        assert_eq!(idle.load_cost(), 200e6);
+        // Time passes for the idle endpoint only through the busy one's completions.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(idle.load_cost(), 200e6);
+        busy.observe(Duration::from_millis(1), Instant::now());
+        let expect = 200e6 * (-1.0f64).exp();
+        assert!(
+            (idle.load_cost() - expect).abs() < 1.0,
+            "{}",
+            idle.load_cost()
+        );
+        // Twenty more seconds: e^-3 of the peak.
+        tokio::time::advance(Duration::from_secs(20)).await;
+        busy.observe(Duration::from_millis(1), Instant::now());
+        let expect = 200e6 * (-3.0f64).exp();
+        assert!(
+            (idle.load_cost() - expect).abs() < 1.0,
+            "{}",
+            idle.load_cost()
+        );
     }
 }

@@ -1,0 +1,97 @@
+//! Best of k random distinct candidates: the core of `p2c_ewma` and `least_request`.
+
+use crate::rng::{PickRng, below, mix64};
+
+/// The fewest candidates compared per pick (gRPC A48 `choice_count` minimum).
+pub const MIN_CHOICES: u32 = 2;
+/// The most candidates compared per pick (gRPC A48 `choice_count` maximum).
+pub const MAX_CHOICES: u32 = 10;
+
+/// `choice_count` clamped to [`MIN_CHOICES`, `MAX_CHOICES`], as gRPC A48 does.
+pub(crate) fn clamp_choices(choice_count: u32) -> usize {
+    choice_count.clamp(MIN_CHOICES, MAX_CHOICES) as usize
+}
+
+/// Draws `k` distinct indices out of `0..n` (Floyd's algorithm: exactly `k` draws, no
+/// rejection loop) and returns the one with the lowest `cost`, ties broken uniformly at
+/// random. When `n <= k` every index is a candidate. No allocation: the candidates live in
+/// a fixed array of [`MAX_CHOICES`].
+#[inline]
+pub(crate) fn best_of(rng: &PickRng, n: usize, k: usize, cost: impl Fn(usize) -> f64) -> usize {
+    debug_assert!(n > 0 && k <= MAX_CHOICES as usize);
+    let mut bits = rng.next_u64();
+    if n <= k {
+        return best_in(0..n, &mut bits, cost);
+    }
+    let mut chosen = [0usize; MAX_CHOICES as usize];
+    let mut len = 0;
+    for j in n - k..n {
+        bits = mix64(bits);
+        let t = below(bits, j + 1);
+        let pick = if chosen[..len].contains(&t) { j } else { t };
+        chosen[len] = pick;
+        len += 1;
+    }
+    best_in(chosen[..len].iter().copied(), &mut bits, cost)
+}
+
+/// The lowest-cost index of `candidates`, ties broken by reservoir sampling so every tied
+/// candidate is equally likely whatever the order the candidates came in.
+#[inline]
+fn best_in(
+    candidates: impl Iterator<Item = usize>,
+    bits: &mut u64,
+    cost: impl Fn(usize) -> f64,
+) -> usize {
+    let mut best = usize::MAX;
+    let mut best_cost = f64::INFINITY;
+    let mut ties = 0usize;
+    for i in candidates {
+        let c = cost(i);
+        if best == usize::MAX || c < best_cost {
+            best = i;
+            best_cost = c;
+            ties = 1;
+        } else if c == best_cost {
+            ties += 1;
+            *bits = mix64(*bits);
+            if below(*bits, ties) == 0 {
+                best = i;
+            }
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_distinct_and_uniform() {
+        let rng = PickRng::new(Some(1));
+        // With equal costs every index must come out about equally often, including the
+        // last one, which Floyd's algorithm only ever yields as the second candidate.
+        let n = 5;
+        let mut counts = [0u32; 5];
+        let draws = 50_000;
+        for _ in 0..draws {
+            counts[best_of(&rng, n, 2, |_| 1.0)] += 1;
+        }
+        let mean = f64::from(draws) / n as f64;
+        for c in counts {
+            assert!((f64::from(c) - mean).abs() < 0.05 * mean, "{counts:?}");
+        }
+        // The worst of n never wins when two distinct candidates are compared.
+        for _ in 0..1000 {
+            assert_ne!(best_of(&rng, n, 2, |i| -(i as f64)), 0);
+        }
+    }
+
+    #[test]
+    fn clamps_like_a48() {
+        assert_eq!(clamp_choices(0), 2);
+        assert_eq!(clamp_choices(3), 3);
+        assert_eq!(clamp_choices(100), 10);
+    }
+}
