@@ -1,0 +1,142 @@
+//! Unary RPC throughput to one loopback server: plain tonic `Channel` against a
+//! `meshless::Channel` with one endpoint, measured in the same run.
+//!
+//! ```text
+//! cargo bench -p meshless-integration --bench unary
+//! ```
+//!
+//! Criterion times batches of calls for each channel; then an A/B loop alternates the two
+//! channels for several rounds and prints the median ratio, which is what the README quotes:
+//! alternating rounds cancels most of the drift of a shared, noisy machine.
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use meshless_integration::greeter::HelloRequest;
+use meshless_integration::greeter::greeter_client::GreeterClient;
+use meshless_integration::server::TestServer;
+
+/// Calls in flight at once in every measurement.
+const CONCURRENCY: usize = 16;
+/// Calls per criterion iteration.
+const BATCH: u64 = 256;
+/// Rounds of the A/B comparison, and calls per channel per round.
+const AB_ROUNDS: usize = 9;
+const AB_CALLS: u64 = 4000;
+
+type Client<T> = GreeterClient<T>;
+
+async fn batch<T>(client: &Client<T>, calls: u64)
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let per_task = calls.div_ceil(CONCURRENCY as u64);
+    let mut tasks = Vec::with_capacity(CONCURRENCY);
+    for _ in 0..CONCURRENCY {
+        let mut c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..per_task {
+                c.say_hello(HelloRequest::default())
+                    .await
+                    .expect("bench call failed");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("bench task panicked");
+    }
+}
+
+fn unary(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = TestServer::new("bench").spawn().expect("server");
+    let (plain, mesh) = rt.block_on(async {
+        let plain = tonic::transport::Channel::from_shared(server.uri())
+            .expect("uri")
+            .connect()
+            .await
+            .expect("tonic connect");
+        let mesh = meshless::Channel::builder(format!("static:///{}", server.addr()))
+            .build()
+            .expect("meshless channel");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mesh.status().ready_count() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (GreeterClient::new(plain), GreeterClient::new(mesh))
+    });
+
+    let mut group = c.benchmark_group("unary_rpc");
+    group.throughput(Throughput::Elements(BATCH));
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("tonic_channel", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            rt.block_on(batch(&plain, iters * BATCH));
+            start.elapsed()
+        })
+    });
+    group.bench_function("meshless_channel", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            rt.block_on(batch(&mesh, iters * BATCH));
+            start.elapsed()
+        })
+    });
+    group.finish();
+
+    // A/B: alternate the channels, round after round, in the same process.
+    let mut ratios = Vec::with_capacity(AB_ROUNDS);
+    let (mut tonic_rps, mut mesh_rps) = (Vec::new(), Vec::new());
+    for round in 0..AB_ROUNDS {
+        let time = |f: &dyn Fn() -> ()| {
+            let start = Instant::now();
+            f();
+            AB_CALLS as f64 / start.elapsed().as_secs_f64()
+        };
+        // Swap the order every round so neither always runs second.
+        let (t, m) = if round % 2 == 0 {
+            let t = time(&|| rt.block_on(batch(&plain, AB_CALLS)));
+            let m = time(&|| rt.block_on(batch(&mesh, AB_CALLS)));
+            (t, m)
+        } else {
+            let m = time(&|| rt.block_on(batch(&mesh, AB_CALLS)));
+            let t = time(&|| rt.block_on(batch(&plain, AB_CALLS)));
+            (t, m)
+        };
+        tonic_rps.push(t);
+        mesh_rps.push(m);
+        ratios.push(m / t);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (min, max) = (
+        ratios.iter().copied().fold(f64::INFINITY, f64::min),
+        ratios.iter().copied().fold(0.0, f64::max),
+    );
+    println!();
+    println!(
+        "unary RPC throughput, 1 loopback server, concurrency {CONCURRENCY}, {AB_ROUNDS} alternating rounds of {AB_CALLS} calls"
+    );
+    println!("  channel            median rps");
+    println!("  tonic Channel      {:>10.0}", median(&mut tonic_rps));
+    println!("  meshless Channel   {:>10.0}", median(&mut mesh_rps));
+    println!(
+        "  meshless / tonic   {:>10.3}  (median of per-round ratios; min {min:.3}, max {max:.3})",
+        median(&mut ratios)
+    );
+}
+
+criterion_group!(benches, unary);
+criterion_main!(benches);
