@@ -183,6 +183,12 @@ impl EndpointStats {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Undoes a [`start`](Self::start) for a call that never reached the endpoint (its
+    /// connection closed first): nothing is learned about the endpoint from it.
+    pub fn abandon(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Marks the end of a call started with [`start`](Self::start) that took `latency`.
     /// `ok` is false for failures that count against the endpoint; such a call counts as at
     /// least the failure penalty (see [`with_failure_penalty`](Self::with_failure_penalty)).

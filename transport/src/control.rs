@@ -235,7 +235,7 @@ impl Run {
                 .retired
                 .remove(&ep.addr)
                 .map(|(s, _)| s)
-                .unwrap_or_else(|| Arc::new(EndpointStats::default()));
+                .unwrap_or_else(|| Arc::new(self.c.balancer.new_stats()));
             self.next_generation += 1;
             let handle = subchannel::spawn(
                 ep.addr.clone(),
