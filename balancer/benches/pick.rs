@@ -1,1 +1,343 @@
-fn main() {}
+//! Pick cost of every meshless strategy, picker build time, and tower's p2c for comparison.
+//!
+//! `CARGO_TARGET_DIR=/work/target-bal cargo bench -p meshless-balancer --bench pick`
+//!
+//! What is measured:
+//! - `pick/<policy>/<n>`: one `Picker::pick` on a picker over `n` ready endpoints, one
+//!   thread. Hashing policies get requests without a key, so each pick looks up a random
+//!   point (as a keyed workload with many keys would). Load-aware policies see endpoints
+//!   with varied in-flight counts and latency estimates.
+//! - `pick8/<policy>/<n>`: the same with 8 threads picking from one picker at once; the
+//!   figure is wall time divided by the picks of all threads (inverse throughput). The
+//!   machine that made the README table has 2 cores, so 8 threads time-share them.
+//! - `build/<policy>/<n>`: `Balancer::build` over `n` endpoints.
+//! - `tower_p2c/<n>`: `tower::balance::p2c::Balance` over `PeakEwma` services from a
+//!   `ServiceList` of trivial always-ready services: `poll_ready` (p2c selection among the
+//!   ready services, after re-polling the one used last, which `Balance` moves back to
+//!   pending on every call) plus `call` plus polling the response future to completion
+//!   (which records the RTT in `PeakEwma`). Tower's `Balance` is `&mut self` and not
+//!   `Sync` (it needs a `Buffer` to be shared), so it has no 8-thread figure.
+//! - `p2c_record/<n>`: meshless p2c_ewma's comparable per-request work: `pick`, then
+//!   `EndpointStats::start` and `finish` (which reads the clock once), as the channel does.
+//!
+//! At the end a table is printed: mean ns per iteration over all criterion samples.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::{Arc, Barrier, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion};
+use meshless_balancer::{
+    Balancer, ConnectivityState, LeastRequestConfig, MaglevConfig, P2cEwmaConfig, Pick,
+    PickFirstConfig, PickRequest, RandomConfig, RingHashConfig, RoundRobin, SubchannelView,
+    WeightedRoundRobinConfig,
+};
+use meshless_discovery::Endpoint;
+use tower::Service;
+
+/// Endpoint counts of the pick benchmarks (the sizes).
+const PICK_SIZES: [usize; 3] = [10, 100, 1000];
+/// Endpoint counts of the build benchmarks.
+const BUILD_SIZES: [usize; 2] = [1_000, 10_000];
+/// Threads picking at once in the contended case.
+const THREADS: usize = 8;
+/// Seed of every seeded policy and of the bench's own endpoint setup.
+const SEED: u64 = 42;
+
+/// `(total time, total iterations)` per benchmark id, for the closing table.
+static RESULTS: Mutex<BTreeMap<String, (Duration, u64)>> = Mutex::new(BTreeMap::new());
+
+fn record(id: &str, elapsed: Duration, iters: u64) {
+    let mut r = RESULTS.lock().unwrap_or_else(|p| p.into_inner());
+    let e = r.entry(id.to_owned()).or_default();
+    e.0 += elapsed;
+    e.1 += iters;
+}
+
+fn mean_ns(id: &str) -> Option<f64> {
+    let r = RESULTS.lock().unwrap_or_else(|p| p.into_inner());
+    r.get(id)
+        .filter(|(_, n)| *n > 0)
+        .map(|(d, n)| d.as_nanos() as f64 / *n as f64)
+}
+
+/// Every strategy, configured as a user would, seeded where it draws random numbers.
+fn policies() -> Vec<Arc<dyn Balancer>> {
+    vec![
+        PickFirstConfig::default().into(),
+        Arc::new(RoundRobin),
+        WeightedRoundRobinConfig::default().seed(SEED).into(),
+        RandomConfig::default().into(),
+        LeastRequestConfig::default().into(),
+        P2cEwmaConfig::default().into(),
+        RingHashConfig::default().into(),
+        MaglevConfig::default().into(),
+    ]
+}
+
+/// `n` ready endpoints with weights 1–4, stats from the policy, some load recorded.
+fn endpoints(policy: &dyn Balancer, n: usize) -> Vec<SubchannelView> {
+    let mut x = SEED;
+    let mut next = move || {
+        // xorshift64: enough to vary the setup reproducibly.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..n)
+        .map(|i| {
+            let addr =
+                std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 50051));
+            let stats = Arc::new(policy.new_stats());
+            for _ in 0..next() % 4 {
+                stats.start();
+            }
+            stats.observe(
+                Duration::from_micros(500 + next() % 5000),
+                tokio::time::Instant::now(),
+            );
+            SubchannelView {
+                endpoint: Endpoint::new(addr).with_weight(1 + (next() % 4) as u32),
+                stats,
+                state: ConnectivityState::Ready,
+            }
+        })
+        .collect()
+}
+
+fn bench_picks(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick");
+    for policy in policies() {
+        for n in PICK_SIZES {
+            let subs = endpoints(&*policy, n);
+            let picker = policy.build(&subs);
+            let id = format!("pick/{}/{n}", policy.name());
+            group.bench_function(BenchmarkId::new(policy.name(), n), |b| {
+                let req = http::Request::new(());
+                let pr = PickRequest::from_request(&req);
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(picker.pick(black_box(&pr)));
+                    }
+                    let elapsed = start.elapsed();
+                    record(&id, elapsed, iters);
+                    elapsed
+                })
+            });
+        }
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("pick8");
+    for policy in policies() {
+        for n in PICK_SIZES {
+            let subs = endpoints(&*policy, n);
+            let picker = policy.build(&subs);
+            let id = format!("pick8/{}/{n}", policy.name());
+            group.bench_function(BenchmarkId::new(policy.name(), n), |b| {
+                b.iter_custom(|iters| {
+                    // Each thread makes `iters / THREADS` picks; wall time covers all.
+                    let per_thread = iters.div_ceil(THREADS as u64);
+                    let barrier = Barrier::new(THREADS + 1);
+                    let elapsed = std::thread::scope(|s| {
+                        for _ in 0..THREADS {
+                            s.spawn(|| {
+                                let req = http::Request::new(());
+                                let pr = PickRequest::from_request(&req);
+                                barrier.wait();
+                                for _ in 0..per_thread {
+                                    black_box(picker.pick(black_box(&pr)));
+                                }
+                            });
+                        }
+                        barrier.wait();
+                        let start = Instant::now();
+                        // Leaving the scope joins every thread.
+                        start
+                    })
+                    .elapsed();
+                    let total = per_thread * THREADS as u64;
+                    record(&id, elapsed, total);
+                    elapsed.mul_f64(iters as f64 / total as f64)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_builds(c: &mut Criterion) {
+    let mut group = c.benchmark_group("build");
+    group.sample_size(10);
+    for policy in policies() {
+        for n in BUILD_SIZES {
+            let subs = endpoints(&*policy, n);
+            let id = format!("build/{}/{n}", policy.name());
+            group.bench_function(BenchmarkId::new(policy.name(), n), |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        black_box(policy.build(black_box(&subs)));
+                    }
+                    let elapsed = start.elapsed();
+                    record(&id, elapsed, iters);
+                    elapsed
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn bench_versus_tower(c: &mut Criterion) {
+    let mut group = c.benchmark_group("versus_tower");
+    let waker = Waker::noop();
+    for n in PICK_SIZES {
+        // tower: Balance<ServiceList<Vec<PeakEwma<trivial>>>>, Finagle's defaults as
+        // meshless's (30 ms starting RTT, τ = 10 s).
+        let services: Vec<_> = (0..n)
+            .map(|_| {
+                tower::load::PeakEwma::new(
+                    tower::service_fn(|()| std::future::ready(Ok::<(), Infallible>(()))),
+                    Duration::from_millis(30),
+                    Duration::from_secs(10).as_nanos() as f64,
+                    tower::load::CompleteOnResponse::default(),
+                )
+            })
+            .collect();
+        let mut balance: tower::balance::p2c::Balance<_, ()> =
+            tower::balance::p2c::Balance::new(tower::discover::ServiceList::new(services));
+        let mut cx = Context::from_waker(waker);
+        // Let it discover every service and see them ready.
+        let mut ready = false;
+        for _ in 0..n + 10 {
+            if let Poll::Ready(Ok(())) = balance.poll_ready(&mut cx) {
+                ready = true;
+            }
+        }
+        assert!(ready, "tower Balance never became ready");
+        let id = format!("tower_p2c/{n}");
+        group.bench_function(BenchmarkId::new("tower_p2c", n), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    if let Poll::Ready(Ok(())) = balance.poll_ready(&mut cx) {
+                        let mut fut = std::pin::pin!(balance.call(()));
+                        black_box(fut.as_mut().poll(&mut cx).is_ready());
+                    }
+                }
+                let elapsed = start.elapsed();
+                record(&id, elapsed, iters);
+                elapsed
+            })
+        });
+
+        let policy: Arc<dyn Balancer> = P2cEwmaConfig::default().into();
+        let subs = endpoints(&*policy, n);
+        let picker = policy.build(&subs);
+        let id = format!("p2c_record/{n}");
+        group.bench_function(BenchmarkId::new("p2c_record", n), |b| {
+            let req = http::Request::new(());
+            let pr = PickRequest::from_request(&req);
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    if let Pick::Ready(i) = picker.pick(black_box(&pr)) {
+                        let stats = &subs[i].stats;
+                        stats.start();
+                        stats.finish(Duration::from_millis(1), true);
+                    }
+                }
+                let elapsed = start.elapsed();
+                record(&id, elapsed, iters);
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+fn fmt_ns(v: Option<f64>) -> String {
+    match v {
+        Some(ns) if ns >= 1e6 => format!("{:.2} ms", ns / 1e6),
+        Some(ns) if ns >= 1e4 => format!("{:.1} µs", ns / 1e3),
+        Some(ns) => format!("{ns:.1} ns"),
+        None => "-".to_owned(),
+    }
+}
+
+fn print_table() {
+    println!("\n## Pick cost (mean ns per pick; 8 threads: wall time / all picks)\n");
+    print!("| policy |");
+    for n in PICK_SIZES {
+        print!(" {n} × 1 thread | {n} × 8 threads |");
+    }
+    println!("\n|---|{}", "---|---|".repeat(PICK_SIZES.len()));
+    for policy in policies() {
+        print!("| {} |", policy.name());
+        for n in PICK_SIZES {
+            print!(
+                " {} | {} |",
+                fmt_ns(mean_ns(&format!("pick/{}/{n}", policy.name()))),
+                fmt_ns(mean_ns(&format!("pick8/{}/{n}", policy.name())))
+            );
+        }
+        println!();
+    }
+    println!("\n## Picker build time\n");
+    print!("| policy |");
+    for n in BUILD_SIZES {
+        print!(" {n} endpoints |");
+    }
+    println!("\n|---|{}", "---|".repeat(BUILD_SIZES.len()));
+    for policy in policies() {
+        print!("| {} |", policy.name());
+        for n in BUILD_SIZES {
+            print!(
+                " {} |",
+                fmt_ns(mean_ns(&format!("build/{}/{n}", policy.name())))
+            );
+        }
+        println!();
+    }
+    println!("\n## meshless p2c_ewma vs tower p2c::Balance<PeakEwma> (one thread)\n");
+    println!(
+        "| endpoints | meshless pick | meshless pick + record | tower poll_ready + call + complete | tower / meshless pick | tower / meshless pick + record |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for n in PICK_SIZES {
+        let pick = mean_ns(&format!("pick/p2c_ewma/{n}"));
+        let rec = mean_ns(&format!("p2c_record/{n}"));
+        let tower = mean_ns(&format!("tower_p2c/{n}"));
+        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.1}×", a / b),
+            _ => "-".to_owned(),
+        };
+        println!(
+            "| {n} | {} | {} | {} | {} | {} |",
+            fmt_ns(pick),
+            fmt_ns(rec),
+            fmt_ns(tower),
+            ratio(tower, pick),
+            ratio(tower, rec)
+        );
+    }
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20)
+        .configure_from_args();
+    bench_picks(&mut c);
+    bench_builds(&mut c);
+    bench_versus_tower(&mut c);
+    c.final_summary();
+    print_table();
+}

@@ -139,9 +139,9 @@ fn populate(
     const EMPTY: u32 = u32::MAX;
     struct Perm {
         index: u32,
-        offset: u64,
+        /// The next slot of this endpoint's permutation, `(offset + j·skip) mod size`.
+        pos: u64,
         skip: u64,
-        next: u64,
         weight: u128,
         /// Takes a turn once `round × weight` reaches this.
         target: u128,
@@ -156,16 +156,15 @@ fn populate(
             let addr = subchannels[i].endpoint.addr.to_string();
             Perm {
                 index: i as u32,
-                offset: xxh64(addr.as_bytes(), XXH64_SEED) % size,
+                pos: xxh64(addr.as_bytes(), XXH64_SEED) % size,
                 skip: xxh64(addr.as_bytes(), SKIP_SEED) % (size - 1) + 1,
-                next: 0,
                 weight: u128::from(weights[i]),
                 target: max_w,
             }
         })
         .collect();
     // The same table whatever the discovery order.
-    perms.sort_unstable_by_key(|p| (p.offset, p.skip));
+    perms.sort_unstable_by_key(|p| (p.pos, p.skip));
     let mut table = vec![EMPTY; size as usize];
     let mut filled = 0u64;
     let mut round: u128 = 1;
@@ -179,8 +178,12 @@ fn populate(
             }
             p.target += max_w;
             loop {
-                let slot = ((p.offset + p.next * p.skip) % size) as usize;
-                p.next += 1;
+                let slot = p.pos as usize;
+                // Step without a division: pos and skip are both below size.
+                p.pos += p.skip;
+                if p.pos >= size {
+                    p.pos -= size;
+                }
                 if table[slot] == EMPTY {
                     table[slot] = p.index;
                     filled += 1;

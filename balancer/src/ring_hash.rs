@@ -180,9 +180,9 @@ pub(crate) fn resolve_ready(owners: &[u32], ready: impl Fn(u32) -> bool) -> Vec<
     };
     let mut targets = vec![0u32; n];
     let mut next = owners[last_ready];
-    // Walk backward from the last ready slot, around the whole cycle.
-    for step in 0..n {
-        let i = (last_ready + n - step) % n;
+    // Walk backward from the last ready slot, around the whole cycle: the slots after it
+    // wrap to the first ready one, which the walk reaches last.
+    for i in (0..=last_ready).rev().chain((last_ready + 1..n).rev()) {
         if ready(owners[i]) {
             next = owners[i];
         }
@@ -297,6 +297,14 @@ mod tests {
             Pick::Ready(i) => i,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn resolve_walks_forward_and_wraps() {
+        let ready = |o: u32| o == 1 || o == 3;
+        assert_eq!(resolve_ready(&[0, 1, 2, 3, 2], ready), [1, 1, 3, 3, 1]);
+        assert_eq!(resolve_ready(&[2, 3, 2], ready), [3, 3, 3]);
+        assert!(resolve_ready(&[0, 2], ready).is_empty());
     }
 
     #[test]

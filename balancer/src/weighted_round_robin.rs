@@ -1,6 +1,6 @@
 //! `weighted_round_robin`: endpoints in turn, each as often as its weight, smoothly spread.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -118,9 +118,8 @@ impl Balancer for WeightedRoundRobin {
         if let Some(last) = state.last.take() {
             last.save_phases(&mut state.phases);
         }
-        state
-            .phases
-            .retain(|addr, _| subchannels.iter().any(|s| s.endpoint.addr == *addr));
+        let present: HashSet<&Address> = subchannels.iter().map(|s| &s.endpoint.addr).collect();
+        state.phases.retain(|addr, _| present.contains(addr));
 
         let ready = ready_weighted(subchannels);
         let weights = fit_weights(ready.iter().map(|&(_, w)| u64::from(w)).collect());
