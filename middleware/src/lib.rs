@@ -1,1 +1,24 @@
-//! placeholder
+//! tower layers that sit above a meshless [`Channel`](https://docs.rs/meshless-transport),
+//! composed with `tower::ServiceBuilder` like any other layer.
+//!
+//! - [`DefaultDeadlineLayer`]: gives every call that has no deadline a default one, so no
+//!   call can wait forever on a slow server.
+//!
+//! ```
+//! use std::time::Duration;
+//! use meshless_middleware::DefaultDeadlineLayer;
+//! use tower::ServiceBuilder;
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(DefaultDeadlineLayer::new(Duration::from_secs(2)))
+//!     .service(tower::service_fn(|req: http::Request<()>| async move {
+//!         Ok::<_, std::convert::Infallible>(req.headers()["grpc-timeout"].clone())
+//!     }));
+//! # drop(svc);
+//! ```
+
+#![warn(missing_docs)]
+
+mod deadline;
+
+pub use deadline::{DefaultDeadline, DefaultDeadlineLayer};
