@@ -46,15 +46,19 @@ use meshless_discovery::Endpoint;
 pub use choice::{MAX_CHOICES, MIN_CHOICES};
 pub use hash_key::{HashKeyConfig, RequestHashKey};
 pub use least_request::{LeastRequest, LeastRequestConfig};
-pub use maglev::{Maglev, MaglevConfig};
+pub use maglev::{
+    DEFAULT_MAX_TABLE_SIZE, DEFAULT_MIN_TABLE_SIZE, Maglev, MaglevConfig, SLOTS_PER_ENDPOINT,
+};
 pub use p2c_ewma::{P2cEwma, P2cEwmaConfig};
 pub use pick_first::{PickFirst, PickFirstConfig};
 pub use random::{Random, RandomConfig};
 pub use registry::{POLICY_NAMES, UnknownPolicy, policy};
-pub use ring_hash::{RingHash, RingHashConfig};
+pub use ring_hash::{
+    BALANCE_REPLICAS, DEFAULT_MAX_RING_SIZE, DEFAULT_MIN_RING_SIZE, RingHash, RingHashConfig,
+};
 pub use round_robin::RoundRobin;
 pub use stats::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, EndpointStats, LoadClock};
-pub use weighted_round_robin::{WeightedRoundRobin, WeightedRoundRobinConfig};
+pub use weighted_round_robin::{MAX_SCHEDULE_LEN, WeightedRoundRobin, WeightedRoundRobinConfig};
 
 /// The connectivity state of a subchannel, as gRPC names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

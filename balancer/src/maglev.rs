@@ -17,10 +17,15 @@ pub const DEFAULT_MIN_TABLE_SIZE: u64 = 65_537;
 /// 262,147 and 2.2× at 512,009 (1024 per endpoint, measured with this code), so meshless
 /// uses 1024 per endpoint to stay within 2.5×.
 pub const SLOTS_PER_ENDPOINT: u64 = 1024;
-/// The largest default table: 5,000,011 slots (20 MB), Envoy's largest Maglev table size.
-/// Above 4,882 endpoints the table stops growing with them (still above 100 per endpoint
-/// up to 50,000).
-pub const DEFAULT_MAX_TABLE_SIZE: u64 = 5_000_011;
+/// The size above which the table stops growing by [`SLOTS_PER_ENDPOINT`]: 2^20 slots
+/// (4 MiB; the table is then the prime 1,048,583). Reached at 1,024 endpoints; beyond it the
+/// table keeps the paper's minimum of 100 slots per endpoint, so a build at 10,000 endpoints
+/// fills 1 M slots rather than 10 M (the fill costs about `M·ln M` random probes). With
+/// fewer slots per endpoint a change of one endpoint moves more keys (up to about 6× its
+/// share at 100 per endpoint); raise it when that matters more than build time and memory.
+pub const DEFAULT_MAX_TABLE_SIZE: u64 = 1 << 20;
+/// The fewest slots per endpoint whatever the cap: 100, the Maglev paper's minimum.
+const MIN_SLOTS_PER_ENDPOINT: u64 = 100;
 /// The seed of the second address hash (the permutation's skip), as in Envoy.
 const SKIP_SEED: u64 = 1;
 
@@ -34,8 +39,9 @@ pub struct MaglevConfig {
     /// [`SLOTS_PER_ENDPOINT`] × the endpoints (up to
     /// [`max_table_size`](Self::max_table_size)). Default [`DEFAULT_MIN_TABLE_SIZE`].
     pub min_table_size: u64,
-    /// The most table slots, unless [`min_table_size`](Self::min_table_size) asks for
-    /// more. Default [`DEFAULT_MAX_TABLE_SIZE`].
+    /// Where the table stops growing by [`SLOTS_PER_ENDPOINT`]; it still keeps 100 slots
+    /// per endpoint and [`min_table_size`](Self::min_table_size). Default
+    /// [`DEFAULT_MAX_TABLE_SIZE`].
     pub max_table_size: u64,
     /// Seeds the random choice for requests without a key. Default `None` (from the OS).
     pub seed: Option<u64>,
@@ -83,8 +89,8 @@ impl MaglevConfig {
 }
 
 /// Maglev hashing: a table of prime size `M` (the first prime after 1024 × the endpoints
-/// rounded up to a power of two, at least 65,537, up to 5,000,011; see
-/// [`SLOTS_PER_ENDPOINT`]) in
+/// rounded up to a power of two, at least 65,537 and 100 × the endpoints; see
+/// [`SLOTS_PER_ENDPOINT`] and [`DEFAULT_MAX_TABLE_SIZE`]) in
 /// which every endpoint claims slots in the order of its own permutation
 /// `(offset + j·skip) mod M`, taking turns (an endpoint of half the largest weight every
 /// other turn, as Envoy's weighted Maglev). A key's endpoint is one table lookup.
@@ -117,7 +123,8 @@ impl Maglev {
             .checked_next_power_of_two()
             .unwrap_or(u64::MAX)
             .min(self.config.max_table_size);
-        let size = next_prime(self.config.min_table_size.max(wanted).max(2));
+        let floor = MIN_SLOTS_PER_ENDPOINT.saturating_mul(members.len() as u64);
+        let size = next_prime(self.config.min_table_size.max(floor).max(wanted).max(2));
         let owners = populate(subchannels, &weights, &members, size);
         let table = resolve_ready(&owners, |i| subchannels[i as usize].is_ready());
         MaglevPicker {
@@ -270,7 +277,9 @@ mod tests {
             131_101
         );
         let capped = Maglev::new(MaglevConfig::default().max_table_size(100_000));
-        assert_eq!(capped.build_table(&many(1000)).table.len(), 100_003);
+        assert_eq!(capped.build_table(&many(900)).table.len(), 100_003);
+        // The cap never goes below 100 slots per endpoint.
+        assert_eq!(capped.build_table(&many(1500)).table.len(), 150_001);
     }
 
     #[test]
