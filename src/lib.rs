@@ -8,14 +8,16 @@
 //!
 //! ```no_run
 //! use meshless::Channel;
+//! use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let channel = Channel::builder("static:///10.0.0.1:50051,10.0.0.2:50051")
 //!     .policy("round_robin")
 //!     .build()?;
-//! // Any tonic-generated client takes it as its transport:
-//! // let mut client = GreeterClient::new(channel.clone());
-//! // let reply = client.say_hello(HelloRequest { name: "meshless".into() }).await?;
+//! // Any tonic-generated client takes it as its transport.
+//! let mut client = HealthClient::new(channel.clone());
+//! let reply = client.check(HealthCheckRequest { service: String::new() }).await?;
+//! println!("{:?}", reply.into_inner().status());
 //! for ep in channel.status().endpoints {
 //!     println!("{} {}", ep.address, ep.state);
 //! }
@@ -37,3 +39,8 @@ pub use meshless_discovery::{Endpoint, Target, TargetError};
 pub use meshless_transport::{
     BackoffConfig, BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus,
 };
+
+/// The README's examples, compiled as doc tests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

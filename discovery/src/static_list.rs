@@ -44,12 +44,12 @@ impl ListScheme {
         let mut out = Vec::new();
         for part in target.endpoint_list()? {
             let hp = target.host_port(part)?;
-            let ok = match (self, &hp) {
-                (ListScheme::Static, _) => true,
-                (ListScheme::Ipv4, HostPort::Ip(SocketAddr::V4(_))) => true,
-                (ListScheme::Ipv6, HostPort::Ip(SocketAddr::V6(_))) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (self, &hp),
+                (ListScheme::Static, _)
+                    | (ListScheme::Ipv4, HostPort::Ip(SocketAddr::V4(_)))
+                    | (ListScheme::Ipv6, HostPort::Ip(SocketAddr::V6(_)))
+            );
             if !ok {
                 let input = target.as_str().to_owned();
                 let part = part.to_owned();

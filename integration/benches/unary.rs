@@ -98,7 +98,7 @@ fn unary(c: &mut Criterion) {
     let mut ratios = Vec::with_capacity(AB_ROUNDS);
     let (mut tonic_rps, mut mesh_rps) = (Vec::new(), Vec::new());
     for round in 0..AB_ROUNDS {
-        let time = |f: &dyn Fn() -> ()| {
+        let time = |f: &dyn Fn()| {
             let start = Instant::now();
             f();
             AB_CALLS as f64 / start.elapsed().as_secs_f64()

@@ -70,10 +70,10 @@ async fn pick_first_sticks_to_one_then_fails_over_quickly() {
             killed_at.elapsed() < Duration::from_secs(1),
             "no failover within 1 s"
         );
-        if let Ok(name) = hello(&mut client).await {
-            if name != first {
-                break Instant::now();
-            }
+        if let Ok(name) = hello(&mut client).await
+            && name != first
+        {
+            break Instant::now();
         }
     };
     assert!(moved_at - killed_at < Duration::from_secs(1));

@@ -261,10 +261,10 @@ impl Body for TrackedBody {
         let res = std::task::ready!(this.inner.poll_frame(cx));
         match &res {
             Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    if let Some(mut g) = this.guard.take() {
-                        g.set_outcome(outcome_of(trailers).unwrap_or(false));
-                    }
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(mut g) = this.guard.take()
+                {
+                    g.set_outcome(outcome_of(trailers).unwrap_or(false));
                 }
             }
             Some(Err(_)) => {
