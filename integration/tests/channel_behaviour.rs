@@ -1,0 +1,210 @@
+//! Channel behaviour beyond the basics: transparent retry of refused streams, Unix sockets,
+//! the status snapshot and completion at the end of streaming bodies.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use meshless::Channel;
+use meshless::balancer::ConnectivityState;
+use meshless::discovery::{Address, Endpoint};
+use meshless_integration::greeter::HelloRequest;
+use meshless_integration::greeter::greeter_client::GreeterClient;
+use tonic::Code;
+
+/// A raw HTTP/2 server that refuses every stream with `REFUSED_STREAM`, as an overloaded or
+/// draining server does; returns its address and how many streams it refused.
+async fn refusing_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicU64::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(sock).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_retried_transparently_on_another_endpoint() {
+    let good = servers(1);
+    let (bad, refused) = refusing_server().await;
+    let (channel, handle) = manual_channel("round_robin");
+    handle.reset(vec![Endpoint::new(bad), Endpoint::new(good[0].addr())]);
+    wait_ready(&channel, 2).await;
+    let mut client = GreeterClient::new(channel.clone());
+    for _ in 0..200 {
+        let server = hello(&mut client).await.expect("a refused call is retried");
+        assert_eq!(server, "s0");
+    }
+    // Round robin sent about half of the first attempts to the refusing endpoint.
+    let n = refused.load(Ordering::SeqCst);
+    assert!(
+        n >= 50,
+        "only {n} calls were refused: the test did not exercise retry"
+    );
+    // A refused call says nothing about the endpoint's health and is not counted on it.
+    let status = channel.status();
+    let bad_ep = status.endpoint(&Address::from(bad)).unwrap();
+    assert_eq!(bad_ep.failures + bad_ep.successes, 0, "{bad_ep:?}");
+    assert_eq!(bad_ep.in_flight, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_with_no_other_endpoint_fails_unavailable() {
+    let (bad, _) = refusing_server().await;
+    let (channel, handle) = manual_channel("round_robin");
+    handle.reset(vec![Endpoint::new(bad)]);
+    wait_ready(&channel, 1).await;
+    let mut client = GreeterClient::new(channel);
+    // Retried once (on the same endpoint, the only one), then reported.
+    let err = hello(&mut client).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains(&bad.to_string()), "{err}");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_targets_work() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("health.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let (_reporter, service) = tonic_health::server::health_reporter();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
+    );
+    for target in [
+        format!("unix:{}", path.display()),
+        format!("unix://{}", path.display()),
+    ] {
+        let channel = Channel::builder(target.clone()).build().unwrap();
+        let mut client = HealthClient::new(channel);
+        let reply = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+        assert_eq!(reply.into_inner().status(), ServingStatus::Serving);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_calls_are_measured_to_the_end_of_the_body() {
+    let servers = servers(1);
+    let channel = Channel::builder(static_target(&servers)).build().unwrap();
+    let mut client = GreeterClient::new(channel.clone());
+    let addr = Address::from(servers[0].addr());
+    let req = HelloRequest {
+        name: "stream".into(),
+        count: 3,
+        interval_ms: 150,
+    };
+    let mut stream = client.stream_replies(req).await.unwrap().into_inner();
+    stream.next().await.unwrap().unwrap();
+    // Headers and the first message have arrived; the call is still in flight.
+    let st = channel.status();
+    let ep = st.endpoint(&addr).unwrap();
+    assert_eq!(ep.state, ConnectivityState::Ready);
+    assert_eq!((ep.in_flight, ep.successes), (1, 0), "{ep:?}");
+    while let Some(item) = stream.next().await {
+        item.unwrap();
+    }
+    wait_until("completion recorded", || {
+        channel.status().endpoint(&addr).unwrap().successes == 1
+    })
+    .await;
+    let st = channel.status();
+    let ep = st.endpoint(&addr).unwrap();
+    assert_eq!(ep.in_flight, 0);
+    assert_eq!(ep.failures, 0);
+    // The latency is the whole stream (two 150 ms gaps), not the time to the headers.
+    assert!(ep.latency_ewma >= Duration::from_millis(300), "{ep:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_cancelled_calls_are_recorded() {
+    let servers = servers(1);
+    servers[0].set_fail(Some(Code::Unavailable));
+    let channel = Channel::builder(static_target(&servers)).build().unwrap();
+    let mut client = GreeterClient::new(channel.clone());
+    let addr = Address::from(servers[0].addr());
+    for _ in 0..3 {
+        assert_eq!(
+            hello(&mut client).await.unwrap_err().code(),
+            Code::Unavailable
+        );
+    }
+    // An application error is not the endpoint's fault.
+    servers[0].set_fail(Some(Code::NotFound));
+    assert_eq!(hello(&mut client).await.unwrap_err().code(), Code::NotFound);
+    servers[0].set_fail(None);
+    // A stream the caller abandons is recorded, and no longer in flight.
+    let req = HelloRequest {
+        name: "abandon".into(),
+        count: 100,
+        interval_ms: 50,
+    };
+    let mut stream = client.stream_replies(req).await.unwrap().into_inner();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    wait_until("abandoned stream recorded", || {
+        channel.status().endpoint(&addr).unwrap().in_flight == 0
+    })
+    .await;
+    let st = channel.status();
+    let ep = st.endpoint(&addr).unwrap();
+    assert_eq!((ep.failures, ep.successes), (3, 2), "{ep:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_states_and_errors() {
+    let servers = servers(1);
+    let dead = dead_addr();
+    let (channel, handle) = manual_channel("round_robin");
+    handle.reset(vec![Endpoint::new(servers[0].addr()), Endpoint::new(dead)]);
+    wait_until("one ready, one failing", || {
+        let st = channel.status();
+        st.ready_count() == 1
+            && st
+                .endpoint(&Address::from(dead))
+                .is_some_and(|e| e.last_error.is_some())
+    })
+    .await;
+    let st = channel.status();
+    assert_eq!(st.target, "manual-test");
+    assert_eq!(st.policy, "round_robin");
+    assert!(st.resolved);
+    let bad = st.endpoint(&Address::from(dead)).unwrap();
+    assert_ne!(bad.state, ConnectivityState::Ready);
+    let err = bad.last_error.as_deref().unwrap();
+    assert!(
+        err.contains(&dead.to_string()) && err.contains("refused"),
+        "{err}"
+    );
+    // Calls go only to the ready endpoint meanwhile.
+    let mut client = GreeterClient::new(channel.clone());
+    for _ in 0..20 {
+        assert_eq!(hello(&mut client).await.unwrap(), "s0");
+    }
+}
