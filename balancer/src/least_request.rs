@@ -1,13 +1,20 @@
 //! `least_request`: the least loaded of a few random endpoints, by calls in flight.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::choice::{best_of, clamp_choices};
 use crate::rng::PickRng;
+use crate::stats::{DEFAULT_DECAY, DEFAULT_RTT, LoadClock};
 use crate::{Balancer, EndpointStats, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
 /// Candidates compared per pick by default: 2 (gRPC A48 `choice_count` default).
 const DEFAULT_CHOICE_COUNT: u32 = 2;
+
+/// The least success ratio a cost is divided by, so an endpoint whose every recent call
+/// failed costs a thousand times its load rather than infinity: costs stay comparable
+/// (no ∞ = ∞ ties), and it still loses to any endpoint with fewer than 999 calls in flight.
+const MIN_SUCCESS_RATIO: f64 = 1e-3;
 
 /// Configuration of [`LeastRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +24,9 @@ pub struct LeastRequestConfig {
     /// [[`MIN_CHOICES`](crate::MIN_CHOICES), [`MAX_CHOICES`](crate::MAX_CHOICES)] as gRPC A48
     /// does. Default 2.
     pub choice_count: u32,
+    /// Time constant with which an endpoint's failure ratio decays toward 0 while it gets no
+    /// calls, so one shunned for failing is tried again. Default [`DEFAULT_DECAY`] (10 s).
+    pub failure_decay: Duration,
     /// Seeds the picker's random numbers, for reproducible tests and benchmarks. Default
     /// `None`: a per-thread generator seeded from the OS.
     pub seed: Option<u64>,
@@ -26,6 +36,7 @@ impl Default for LeastRequestConfig {
     fn default() -> Self {
         LeastRequestConfig {
             choice_count: DEFAULT_CHOICE_COUNT,
+            failure_decay: DEFAULT_DECAY,
             seed: None,
         }
     }
@@ -36,6 +47,13 @@ impl LeastRequestConfig {
     #[must_use]
     pub fn choice_count(mut self, n: u32) -> Self {
         self.choice_count = n;
+        self
+    }
+
+    /// Sets [`failure_decay`](Self::failure_decay).
+    #[must_use]
+    pub fn failure_decay(mut self, decay: Duration) -> Self {
+        self.failure_decay = decay;
         self
     }
 
@@ -55,15 +73,41 @@ impl LeastRequestConfig {
 /// `(in_flight + 1) / weight`, so under load an endpoint of weight 2 carries about twice the
 /// calls of one of weight 1 (the `+ 1` makes the heavier one win between idle endpoints).
 /// Endpoints of weight 0 are used only when all ready ones are.
-#[derive(Debug, Default)]
+///
+/// **Deviation from A48: failures count.** A48 looks at calls in flight only, so an
+/// endpoint that fails every call at once is always idle and wins every comparison it takes
+/// part in: with two choices it draws about `2/n` of the traffic, twice its fair share, and
+/// turns most of it into errors. meshless divides the cost by the endpoint's recent success
+/// ratio, `(in_flight + 1) / (weight × (1 − failure_ratio))` (see
+/// [`EndpointStats::failure_ratio`]; go-zero's p2c divides by a success EWMA the same way).
+/// An endpoint failing half its calls then counts double; one failing all of them loses
+/// after a handful of calls, and is retried only as its failure ratio decays with
+/// [`failure_decay`](LeastRequestConfig::failure_decay): a few probes a second whatever the
+/// request rate, so its share falls toward 0 over time, and it wins its share back within
+/// tens of calls once it answers again. For endpoints that have not failed lately the ratio
+/// is exactly 0 and the choice is A48's.
+///
+/// The statistics must come from [`new_stats`](Balancer::new_stats) for the failure ratio to
+/// decay while an endpoint is shunned (they share one [`LoadClock`]).
+#[derive(Debug)]
 pub struct LeastRequest {
     config: LeastRequestConfig,
+    clock: Arc<LoadClock>,
+}
+
+impl Default for LeastRequest {
+    fn default() -> Self {
+        Self::new(LeastRequestConfig::default())
+    }
 }
 
 impl LeastRequest {
     /// A least_request policy with `config`.
     pub fn new(config: LeastRequestConfig) -> Self {
-        LeastRequest { config }
+        LeastRequest {
+            config,
+            clock: Arc::new(LoadClock::new()),
+        }
     }
 }
 
@@ -87,12 +131,32 @@ impl Balancer for LeastRequest {
             rng: PickRng::new(self.config.seed),
         })
     }
+
+    fn new_stats(&self) -> EndpointStats {
+        // The latency EWMA is not used here; it shares the failure decay so that status
+        // shows a latency that forgets at the same pace.
+        EndpointStats::new(self.config.failure_decay, DEFAULT_RTT).with_clock(self.clock.clone())
+    }
 }
 
 struct Entry {
     index: usize,
     inv_weight: f64,
     stats: Arc<EndpointStats>,
+}
+
+impl Entry {
+    /// `(in_flight + 1) / (weight × success ratio)`; A48's (weighted) load while healthy.
+    #[inline]
+    fn cost(&self) -> f64 {
+        let load = (self.stats.in_flight() as f64 + 1.0) * self.inv_weight;
+        let failed = self.stats.failure_ratio();
+        if failed == 0.0 {
+            load
+        } else {
+            load / (1.0 - failed).max(MIN_SUCCESS_RATIO)
+        }
+    }
 }
 
 struct LeastRequestPicker {
@@ -107,10 +171,7 @@ impl Picker for LeastRequestPicker {
             0 => Pick::Queue,
             1 => Pick::Ready(self.entries[0].index),
             n => {
-                let best = best_of(&self.rng, n, self.choices, |i| {
-                    let e = &self.entries[i];
-                    (e.stats.in_flight() as f64 + 1.0) * e.inv_weight
-                });
+                let best = best_of(&self.rng, n, self.choices, |i| self.entries[i].cost());
                 Pick::Ready(self.entries[best].index)
             }
         }
@@ -119,14 +180,20 @@ impl Picker for LeastRequestPicker {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use crate::ConnectivityState::*;
     use crate::test_util::{counts, pick_n, simulate, subchannels, weighted};
 
     fn policy(choices: u32) -> LeastRequest {
         LeastRequest::new(LeastRequestConfig::default().choice_count(choices).seed(11))
+    }
+
+    /// Gives `subs` stats from `p`, as the channel does.
+    fn with_stats(p: &LeastRequest, mut subs: Vec<SubchannelView>) -> Vec<SubchannelView> {
+        for s in &mut subs {
+            s.stats = Arc::new(p.new_stats());
+        }
+        subs
     }
 
     #[test]
@@ -147,8 +214,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slow_endpoint_gets_clearly_less() {
-        let subs = subchannels(&[Ready; 4]);
-        let picker = policy(2).build(&subs);
+        let p = policy(2);
+        let subs = with_stats(&p, subchannels(&[Ready; 4]));
+        let picker = p.build(&subs);
         let ms = Duration::from_millis;
         let lat = [ms(1), ms(1), ms(1), ms(10)];
         let picks = simulate(&*picker, &subs, |i| (lat[i], true), 8, 20_000).await;
@@ -157,18 +225,75 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn fast_failing_endpoint_is_not_favoured_beyond_fair_share() {
-        // least_request sees only in-flight counts, so an instantly failing endpoint,
-        // always idle, wins every comparison it is in: with two choices that bounds it to
-        // about 2/n of the traffic. This documents the limit; p2c_ewma fixes it.
-        let subs = subchannels(&[Ready; 4]);
-        let picker = policy(2).build(&subs);
+    async fn failures_divide_by_the_success_ratio() {
+        // Endpoint 1 has one call in flight: cost 2. Endpoint 0 is idle (cost 1) but failing.
+        let p = policy(10);
+        let subs = with_stats(&p, subchannels(&[Ready, Ready]));
+        subs[1].stats.start();
+        let fail = |n| {
+            for _ in 0..n {
+                subs[0].stats.start();
+                subs[0].stats.finish(Duration::from_micros(10), false);
+            }
+        };
+        // 6 failures: ratio 1 − 0.9⁶ = 0.469, cost 1 / 0.531 = 1.88 < 2, still the cheaper.
+        fail(6);
+        assert!((subs[0].stats.failure_ratio() - (1.0 - 0.9f64.powi(6))).abs() < 1e-12);
+        assert!(pick_n(&*p.build(&subs), 100).iter().all(|&i| i == 0));
+        // A 7th: ratio 0.522, cost 2.09 > 2: it loses every comparison.
+        fail(1);
+        assert!(pick_n(&*p.build(&subs), 100).iter().all(|&i| i == 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fast_failing_endpoint_gets_at_most_fair_share_then_less() {
+        let p = policy(2);
+        let subs = with_stats(&p, subchannels(&[Ready; 4]));
+        let picker = p.build(&subs);
         let ok = Duration::from_millis(5);
         let fail = Duration::from_micros(10);
         let outcome = |i: usize| if i == 0 { (fail, false) } else { (ok, true) };
         let picks = simulate(&*picker, &subs, outcome, 8, 20_000).await;
+        let fair = picks.len() / 4;
         let c = counts(&picks, 4);
-        assert!(c[0] <= 20_000 / 2 + 500, "{c:?}");
+        assert!(c[0] <= fair, "{c:?}");
+        // The run covers 20,000 × 5 ms / 8 ≈ 12.5 s; in its second half the endpoint is
+        // only probed as its failure ratio decays, a few times a second.
+        let late = counts(&picks[picks.len() / 2..], 4);
+        assert!(
+            late[0] <= c[0] / 2 && late[0] < fair / 10,
+            "{c:?} then {late:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_endpoint_is_retried_after_decay_and_recovers() {
+        let p = policy(10);
+        let subs = with_stats(&p, subchannels(&[Ready, Ready]));
+        for _ in 0..50 {
+            subs[0].stats.start();
+            subs[0].stats.finish(Duration::from_micros(10), false);
+        }
+        subs[1].stats.start();
+        let picker = p.build(&subs);
+        assert!(pick_n(&*picker, 100).iter().all(|&i| i == 1));
+        // Ratio 1 − 0.9⁵⁰ ≈ 0.995; after one τ (10 s), seen through endpoint 1's completion
+        // (so 0 in flight there: cost 1), e^-1 × 0.995 = 0.366: cost 1.58 > 1, still shunned.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        subs[1].stats.finish(Duration::from_millis(1), true);
+        assert!(pick_n(&*picker, 100).iter().all(|&i| i == 1));
+        // With 2 in flight on endpoint 1 (cost 3) it is the cheaper again.
+        subs[1].stats.start();
+        subs[1].stats.start();
+        assert!(pick_n(&*picker, 100).iter().all(|&i| i == 0));
+        // It answers again: five successes bring the ratio to 0.366 × 0.9⁵ = 0.216, cost
+        // 1.28 with nothing in flight, below endpoint 1's 3.
+        for _ in 0..5 {
+            subs[0].stats.start();
+            subs[0].stats.finish(Duration::from_millis(1), true);
+        }
+        let f = subs[0].stats.failure_ratio();
+        assert!((f - 0.366 * 0.9f64.powi(5)).abs() < 1e-3, "{f}");
     }
 
     #[test]

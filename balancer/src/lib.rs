@@ -57,7 +57,10 @@ pub use ring_hash::{
     BALANCE_REPLICAS, DEFAULT_MAX_RING_SIZE, DEFAULT_MIN_RING_SIZE, RingHash, RingHashConfig,
 };
 pub use round_robin::RoundRobin;
-pub use stats::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, EndpointStats, LoadClock};
+pub use stats::{
+    DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, EndpointStats, FAILURE_RATIO_WEIGHT,
+    LoadClock,
+};
 pub use weighted_round_robin::{MAX_SCHEDULE_LEN, WeightedRoundRobin, WeightedRoundRobinConfig};
 
 /// The connectivity state of a subchannel, as gRPC names them.

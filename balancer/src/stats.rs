@@ -20,6 +20,16 @@ pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 /// Set it above the slowest latency a healthy endpoint has.
 pub const DEFAULT_FAILURE_PENALTY: Duration = Duration::from_secs(1);
 
+/// The weight of one call's outcome in the failure ratio: 0.1, a memory of about ten calls.
+/// Large enough that a run of failures dominates within a few calls (after `k` failures
+/// the ratio is `1 − 0.9^k`: 0.65 after 10), small enough that one failure among many
+/// successes moves it only a little.
+pub const FAILURE_RATIO_WEIGHT: f64 = 0.1;
+
+/// A failure ratio below this is stored as exactly 0, so an endpoint that failed once long
+/// ago returns to the fast path of a healthy one (see [`EndpointStats::failure_ratio`]).
+const FAILURE_RATIO_FLOOR: f64 = 1e-6;
+
 /// How far a [`LoadClock`] must move before it is written again: 1 ms. Costs decay over
 /// seconds, so a millisecond of staleness changes nothing, and the shared cache line is
 /// written at most a thousand times a second whatever the request rate.
@@ -84,7 +94,14 @@ impl LoadClock {
 /// Latency is a *peak* EWMA (Finagle's): a sample above the current estimate replaces it at
 /// once, a sample below it is blended in with weight `1 - e^(-Δt/τ)`. A new endpoint starts
 /// from [`DEFAULT_RTT`]; a failed call counts as at least [`DEFAULT_FAILURE_PENALTY`].
-/// Everything is an atomic; recording and reading never take a lock.
+///
+/// The failure ratio is an EWMA over calls (each outcome weighs [`FAILURE_RATIO_WEIGHT`])
+/// that also decays toward 0 with the same time constant as the latency, so an endpoint
+/// that stopped receiving calls because it failed is tried again eventually.
+///
+/// Everything is an atomic; recording and reading never take a lock. An update reads and
+/// writes a value and its time stamp separately, so two completions at the same instant may
+/// lose a little decay: estimates stay approximate, never corrupt.
 #[derive(Debug)]
 pub struct EndpointStats {
     in_flight: AtomicU64,
@@ -94,6 +111,10 @@ pub struct EndpointStats {
     ewma_bits: AtomicU64,
     /// When the estimate was last updated, in nanoseconds of `clock`.
     stamp_nanos: AtomicU64,
+    /// The failure ratio in [0, 1], as `f64` bits; 0 (all bits clear) while healthy.
+    failure_bits: AtomicU64,
+    /// When the failure ratio was last updated, in nanoseconds of `clock`.
+    failure_stamp_nanos: AtomicU64,
     clock: Arc<LoadClock>,
     /// `1 / τ` in 1/ns.
     inv_decay_nanos: f64,
@@ -117,6 +138,8 @@ impl EndpointStats {
             failures: AtomicU64::new(0),
             ewma_bits: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
             stamp_nanos: AtomicU64::new(0),
+            failure_bits: AtomicU64::new(0),
+            failure_stamp_nanos: AtomicU64::new(0),
             clock: Arc::new(LoadClock::new()),
             inv_decay_nanos: 1.0 / decay.as_nanos().max(1) as f64,
             failure_penalty: DEFAULT_FAILURE_PENALTY,
@@ -138,6 +161,7 @@ impl EndpointStats {
     pub fn with_clock(mut self, clock: Arc<LoadClock>) -> Self {
         let now = clock.observe(Instant::now());
         self.stamp_nanos = AtomicU64::new(now);
+        self.failure_stamp_nanos = AtomicU64::new(now);
         self.clock = clock;
         self
     }
@@ -167,6 +191,23 @@ impl EndpointStats {
     /// eventually instead of being shunned forever.
     pub fn latency_ewma_at(&self, now: Instant) -> Duration {
         Duration::from_nanos(self.decayed_nanos(self.clock.nanos_at(now)) as u64)
+    }
+
+    /// The share of recent calls that failed, in [0, 1], decayed toward 0 for the time since
+    /// the last completion on this endpoint (by the shared clock, as
+    /// [`load_cost`](Self::load_cost)). Exactly 0 for an endpoint that has not failed
+    /// lately; then it costs one atomic load.
+    #[inline]
+    pub fn failure_ratio(&self) -> f64 {
+        let f = f64::from_bits(self.failure_bits.load(Ordering::Relaxed));
+        if f == 0.0 {
+            return 0.0;
+        }
+        let elapsed = self
+            .clock
+            .now_nanos()
+            .saturating_sub(self.failure_stamp_nanos.load(Ordering::Relaxed));
+        f * (-(elapsed as f64) * self.inv_decay_nanos).exp()
     }
 
     /// The peak-EWMA load: the estimate decayed to the shared clock's time, times
@@ -204,14 +245,50 @@ impl EndpointStats {
             self.failures.fetch_add(1, Ordering::Relaxed);
             latency.max(self.failure_penalty)
         };
-        self.observe(sample, Instant::now());
+        let now_nanos = self.clock.observe(Instant::now());
+        self.observe_at(sample, now_nanos);
+        self.record_outcome(ok, now_nanos);
     }
 
     /// Folds one latency sample taken at `now` into the peak EWMA, and moves the shared
     /// clock to `now`.
     pub fn observe(&self, latency: Duration, now: Instant) {
+        self.observe_at(latency, self.clock.observe(now));
+    }
+
+    /// Folds one call's outcome into the failure ratio: decay for the time since the last
+    /// update, then `ratio · (1 − w) + w · failed`.
+    fn record_outcome(&self, ok: bool, now_nanos: u64) {
+        let mut cur = self.failure_bits.load(Ordering::Relaxed);
+        if ok && cur == 0 {
+            // Healthy and staying so: nothing to forget, and no shared write.
+            return;
+        }
+        let prev_stamp = self.failure_stamp_nanos.swap(now_nanos, Ordering::Relaxed);
+        let elapsed = now_nanos.saturating_sub(prev_stamp) as f64;
+        let w = (-elapsed * self.inv_decay_nanos).exp();
+        let add = if ok { 0.0 } else { FAILURE_RATIO_WEIGHT };
+        loop {
+            let f = f64::from_bits(cur) * w * (1.0 - FAILURE_RATIO_WEIGHT) + add;
+            let next = if f < FAILURE_RATIO_FLOOR {
+                0.0
+            } else {
+                f.min(1.0)
+            };
+            match self.failure_bits.compare_exchange_weak(
+                cur,
+                next.to_bits(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    fn observe_at(&self, latency: Duration, now_nanos: u64) {
         let sample = latency.as_nanos() as f64;
-        let now_nanos = self.clock.observe(now);
         let prev_stamp = self.stamp_nanos.swap(now_nanos, Ordering::Relaxed);
         let elapsed = now_nanos.saturating_sub(prev_stamp) as f64;
         let w = (-elapsed * self.inv_decay_nanos).exp();
@@ -299,6 +376,46 @@ mod tests {
         s.start();
         s.finish(Duration::from_secs(2), false);
         assert_eq!(s.latency_ewma(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failure_ratio_rises_falls_and_decays() {
+        let clock = Arc::new(LoadClock::new());
+        let tau = Duration::from_secs(10);
+        let s = EndpointStats::new(tau, Duration::ZERO).with_clock(clock.clone());
+        let other = EndpointStats::new(tau, Duration::ZERO).with_clock(clock);
+        let ms = Duration::from_millis(1);
+        // Successes on a healthy endpoint leave it at exactly 0.
+        s.finish(ms, true);
+        assert_eq!(s.failure_ratio(), 0.0);
+        // Three failures at the same instant: 1 − 0.9³.
+        for _ in 0..3 {
+            s.finish(ms, false);
+        }
+        let three = 1.0 - 0.9f64.powi(3);
+        assert!(
+            (s.failure_ratio() - three).abs() < 1e-12,
+            "{}",
+            s.failure_ratio()
+        );
+        // A success scales it by 0.9.
+        s.finish(ms, true);
+        assert!((s.failure_ratio() - three * 0.9).abs() < 1e-12);
+        // One τ later, seen through another endpoint's completion: e^-1 of that.
+        tokio::time::advance(tau).await;
+        assert!((s.failure_ratio() - three * 0.9).abs() < 1e-12);
+        other.finish(ms, true);
+        let decayed = three * 0.9 * (-1.0f64).exp();
+        assert!(
+            (s.failure_ratio() - decayed).abs() < 1e-9,
+            "{}",
+            s.failure_ratio()
+        );
+        // Long after, successes bring it back to exactly 0 (the fast path).
+        tokio::time::advance(tau * 20).await;
+        s.finish(ms, true);
+        assert_eq!(s.failure_ratio(), 0.0);
+        assert_eq!((s.successes(), s.failures()), (3, 3));
     }
 
     #[tokio::test(start_paused = true)]
