@@ -12,11 +12,13 @@
 //!
 //! Backends are modules, each registered under its scheme in [`Registry`]. Always present:
 //! `static`, `ipv4`, `ipv6`, `unix` ([`StaticDiscovery`]) and the code-driven
-//! [`ManualDiscovery`].
+//! [`ManualDiscovery`]. With the `dns` cargo feature: `dns` and `dns+srv` ([`dns`]).
 
 #![warn(missing_docs)]
 
 mod address;
+#[cfg(feature = "dns")]
+pub mod dns;
 mod discovery;
 mod endpoint;
 mod manual;

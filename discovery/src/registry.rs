@@ -39,6 +39,8 @@ impl Default for Registry {
     fn default() -> Self {
         let mut r = Registry::empty();
         crate::static_list::register(&mut r);
+        #[cfg(feature = "dns")]
+        crate::dns::register_default(&mut r);
         r
     }
 }
