@@ -17,9 +17,9 @@
 #![warn(missing_docs)]
 
 mod address;
+mod discovery;
 #[cfg(feature = "dns")]
 pub mod dns;
-mod discovery;
 mod endpoint;
 mod manual;
 mod registry;

@@ -5,6 +5,8 @@
 //! - [`server`]: a configurable greeter server on loopback that can be killed, stopped
 //!   gracefully and restarted on the same port.
 //! - [`proxy`]: an L4 proxy that, like kube-proxy, pins each TCP connection to one backend.
+//! - [`dns`]: an in-process DNS server (hickory-server) with records changeable mid-test,
+//!   and a UDP responder that answers garbage.
 //! - [`load`] and [`report`]: drive calls at a fixed concurrency; print per-backend shares and
 //!   latency percentiles as a table or JSON.
 //!
@@ -21,6 +23,7 @@ pub mod greeter {
     ));
 }
 
+pub mod dns;
 pub mod load;
 pub mod proxy;
 pub mod report;

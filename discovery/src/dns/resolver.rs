@@ -24,7 +24,10 @@ pub const META_SRV_PRIORITY: &str = "dns.srv.priority";
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// Endpoints, in happy-eyeballs order, and the smallest TTL of the records behind them.
-    Found { endpoints: Vec<Endpoint>, ttl: Duration },
+    Found {
+        endpoints: Vec<Endpoint>,
+        ttl: Duration,
+    },
     /// The name has no usable records: NXDOMAIN, or an answer with none.
     Empty { nxdomain: bool, what: String },
     /// The lookup itself failed (timeout, SERVFAIL, refused, unreadable answer...).
@@ -69,8 +72,15 @@ impl Resolver {
                     ),
                 )
             })?;
-            let list: Vec<String> = rc.name_servers().iter().map(|ns| ns.ip.to_string()).collect();
-            let servers = format!("the system resolvers [{}] from /etc/resolv.conf", list.join(", "));
+            let list: Vec<String> = rc
+                .name_servers()
+                .iter()
+                .map(|ns| ns.ip.to_string())
+                .collect();
+            let servers = format!(
+                "the system resolvers [{}] from /etc/resolv.conf",
+                list.join(", ")
+            );
             (rc, opts, servers)
         } else {
             let name_servers = explicit
@@ -87,7 +97,11 @@ impl Resolver {
             // Explicit servers mean "ask these": /etc/hosts is not one of them.
             opts.use_hosts_file = ResolveHosts::Never;
             let list: Vec<String> = explicit.iter().map(SocketAddr::to_string).collect();
-            (ResolverConfig::from_name_servers(name_servers), opts, list.join(", "))
+            (
+                ResolverConfig::from_name_servers(name_servers),
+                opts,
+                list.join(", "),
+            )
         };
         opts.timeout = config.query_timeout;
         opts.attempts = config.query_attempts;
@@ -125,6 +139,7 @@ impl Resolver {
     /// With `partial_ok`, an answer for one family is used even when the other family's
     /// lookup failed (there is no earlier set to keep instead).
     pub(crate) async fn resolve_host(&self, name: &str, port: u16, partial_ok: bool) -> Outcome {
+        self.forget();
         match self.addresses(name, partial_ok).await {
             Ok(Some((ips, ttl))) => Outcome::Found {
                 endpoints: ips
@@ -148,6 +163,7 @@ impl Resolver {
     /// Resolves the SRV records of `name`: the lowest priority that has addresses, each
     /// target's addresses with the record's port and weight.
     pub(crate) async fn resolve_srv(&self, name: &str, partial_ok: bool) -> Outcome {
+        self.forget();
         let (records, srv_ttl) = match self.lookup(name, RecordType::SRV).await {
             Answer::Records { data, ttl } => (data, ttl),
             Answer::NoRecords { nxdomain } => {
@@ -205,6 +221,13 @@ impl Resolver {
         }
     }
 
+    /// Empties hickory's answer cache. We schedule resolutions ourselves (TTL, failures), and
+    /// a resolution brought forward by a failing connection must ask the server, not get the
+    /// cached answer back until its TTL runs out.
+    fn forget(&self) {
+        self.inner.clear_cache();
+    }
+
     /// The addresses of `name` in happy-eyeballs order and their smallest TTL; `None` when
     /// the name exists but has no address records of the configured families.
     async fn addresses(
@@ -214,9 +237,7 @@ impl Resolver {
     ) -> Result<Option<(Vec<IpAddr>, Duration)>, AddrError> {
         let want_v6 = self.families.wants_v6();
         let want_v4 = self.families.wants_v4();
-        let skip = || async {
-            Answer::NoRecords { nxdomain: false }
-        };
+        let skip = || async { Answer::NoRecords { nxdomain: false } };
         let (v6, v4) = futures_util::future::join(
             async {
                 if want_v6 {
@@ -288,7 +309,10 @@ impl Resolver {
             Err(_) => {
                 return Answer::Failed {
                     kind: ErrorKind::Unavailable,
-                    reason: format!("no answer within {:?}", self.lookup_bound),
+                    reason: format!(
+                        "no answer within {:?} (is the DNS server reachable?)",
+                        self.lookup_bound
+                    ),
                 };
             }
         };
@@ -347,9 +371,9 @@ fn classify(e: &NetError) -> Answer {
     };
     let reason = match e {
         NetError::Dns(DnsError::ResponseCode(code)) => {
-            format!("the server answered {code}")
+            format!("the server answered {code:?} ({code})")
         }
-        NetError::Timeout => "request timed out; is the DNS server reachable?".to_owned(),
+        NetError::Timeout => "request timed out (is the DNS server reachable?)".to_owned(),
         other => other.to_string(),
     };
     Answer::Failed { kind, reason }
@@ -377,11 +401,25 @@ mod tests {
 
     #[test]
     fn happy_eyeballs_interleaves_preferred_first() {
-        let v6: Vec<IpAddr> = ["::1", "::2", "::3"].iter().map(|s| s.parse().unwrap()).collect();
+        let v6: Vec<IpAddr> = ["::1", "::2", "::3"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         let v4: Vec<IpAddr> = ["10.0.0.1"].iter().map(|s| s.parse().unwrap()).collect();
-        let s = |v: Vec<IpAddr>| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(" ");
-        assert_eq!(s(happy_eyeballs(v6.clone(), v4.clone(), true)), "::1 10.0.0.1 ::2 ::3");
-        assert_eq!(s(happy_eyeballs(v6.clone(), v4.clone(), false)), "10.0.0.1 ::1 ::2 ::3");
+        let s = |v: Vec<IpAddr>| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(
+            s(happy_eyeballs(v6.clone(), v4.clone(), true)),
+            "::1 10.0.0.1 ::2 ::3"
+        );
+        assert_eq!(
+            s(happy_eyeballs(v6.clone(), v4.clone(), false)),
+            "10.0.0.1 ::1 ::2 ::3"
+        );
         assert_eq!(s(happy_eyeballs(Vec::new(), v4, true)), "10.0.0.1");
         assert_eq!(s(happy_eyeballs(v6, Vec::new(), false)), "::1 ::2 ::3");
     }

@@ -35,7 +35,10 @@ impl DnsTarget {
             input: target.as_str().to_owned(),
             reason,
         };
-        let server = target.authority().map(|a| parse_server(target, a)).transpose()?;
+        let server = target
+            .authority()
+            .map(|a| parse_server(target, a))
+            .transpose()?;
         let endpoint = target.endpoint().trim();
         if endpoint.is_empty() {
             let example = if target.scheme() == "dns+srv" {
@@ -180,9 +183,16 @@ mod tests {
         assert_eq!(t.server, Some("[::1]:5353".parse().unwrap()));
         let t = parse("dns+srv://[::1]/_grpc._tcp.greeter").unwrap();
         assert_eq!(t.server, Some("[::1]:53".parse().unwrap()));
-        let err = parse("dns://ns.example.com/greeter:1").unwrap_err().to_string();
-        assert!(err.contains("must be the IP address of a DNS server"), "{err}");
-        let err = parse("dns://10.0.0.1:99999/greeter:1").unwrap_err().to_string();
+        let err = parse("dns://ns.example.com/greeter:1")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must be the IP address of a DNS server"),
+            "{err}"
+        );
+        let err = parse("dns://10.0.0.1:99999/greeter:1")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a number in 1..=65535"), "{err}");
     }
 
@@ -218,7 +228,10 @@ mod tests {
             ("dns:///[::zz]:1", "not an IPv6 address"),
             ("dns+srv:///bad name", "not a valid host name"),
         ] {
-            let err = parse(input).map(|t| format!("{t:?}")).unwrap_err().to_string();
+            let err = parse(input)
+                .map(|t| format!("{t:?}"))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{input}: {err}");
             assert!(err.contains(input.trim()), "{input}: {err}");
         }
