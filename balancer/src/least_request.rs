@@ -11,11 +11,6 @@ use crate::{Balancer, EndpointStats, Pick, PickRequest, Picker, SubchannelView, 
 /// Candidates compared per pick by default: 2 (gRPC A48 `choice_count` default).
 const DEFAULT_CHOICE_COUNT: u32 = 2;
 
-/// The least success ratio a cost is divided by, so an endpoint whose every recent call
-/// failed costs a thousand times its load rather than infinity: costs stay comparable
-/// (no ∞ = ∞ ties), and it still loses to any endpoint with fewer than 999 calls in flight.
-const MIN_SUCCESS_RATIO: f64 = 1e-3;
-
 /// Configuration of [`LeastRequest`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -79,7 +74,7 @@ impl LeastRequestConfig {
 /// part in: with two choices it draws about `2/n` of the traffic, twice its fair share, and
 /// turns most of it into errors. meshless divides the cost by the endpoint's recent success
 /// ratio, `(in_flight + 1) / (weight × (1 − failure_ratio))` (see
-/// [`EndpointStats::failure_ratio`]; go-zero's p2c divides by a success EWMA the same way).
+/// [`EndpointStats::scale_by_success`]; go-zero's p2c divides by a success EWMA the same way).
 /// An endpoint failing half its calls then counts double; one failing all of them loses
 /// after a handful of calls, and is retried only as its failure ratio decays with
 /// [`failure_decay`](LeastRequestConfig::failure_decay): a few probes a second whatever the
@@ -150,12 +145,7 @@ impl Entry {
     #[inline]
     fn cost(&self) -> f64 {
         let load = (self.stats.in_flight() as f64 + 1.0) * self.inv_weight;
-        let failed = self.stats.failure_ratio();
-        if failed == 0.0 {
-            load
-        } else {
-            load / (1.0 - failed).max(MIN_SUCCESS_RATIO)
-        }
+        self.stats.scale_by_success(load)
     }
 }
 

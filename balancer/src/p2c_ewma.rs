@@ -23,7 +23,8 @@ pub struct P2cEwmaConfig {
     pub decay: Duration,
     /// Latency estimate of an endpoint before its first answer. Default [`DEFAULT_RTT`] (30 ms).
     pub default_rtt: Duration,
-    /// Least latency a failed call counts as. Default [`DEFAULT_FAILURE_PENALTY`] (1 s).
+    /// Least latency a failed call counts as. Default [`DEFAULT_FAILURE_PENALTY`] (1 s). The
+    /// failure ratio also decays with [`decay`](Self::decay).
     pub failure_penalty: Duration,
     /// Distinct random candidates compared per pick, clamped to
     /// [[`MIN_CHOICES`](crate::MIN_CHOICES), [`MAX_CHOICES`](crate::MAX_CHOICES)]. Default 2.
@@ -101,7 +102,10 @@ impl P2cEwmaConfig {
 /// and decays with time constant [`decay`](P2cEwmaConfig::decay), also while the endpoint
 /// receives nothing, so a shunned endpoint is retried. A failed call counts as at least
 /// [`failure_penalty`](P2cEwmaConfig::failure_penalty), so an endpoint that fails fast looks
-/// slow instead of fast. Endpoints of weight 0 are used only when all ready ones are;
+/// slow instead of fast, and the cost is divided by the endpoint's recent success ratio
+/// ([`EndpointStats::scale_by_success`]). The penalty alone is not enough: under load, when
+/// healthy latency × (in-flight + 1) nears the penalty, a failing endpoint would win again;
+/// the ratio keeps it a thousand times dearer whatever the healthy endpoints' latency. Endpoints of weight 0 are used only when all ready ones are;
 /// other weights are ignored.
 ///
 /// The statistics must come from [`new_stats`](Balancer::new_stats) for the configured
@@ -165,7 +169,8 @@ impl Picker for P2cPicker {
             1 => Pick::Ready(self.entries[0].0),
             n => {
                 let best = best_of(&self.rng, n, self.choices, |i| {
-                    self.entries[i].1.load_cost()
+                    let stats = &self.entries[i].1;
+                    stats.scale_by_success(stats.load_cost())
                 });
                 Pick::Ready(self.entries[best].0)
             }
@@ -263,6 +268,28 @@ mod tests {
         assert_eq!(c[0], 0, "{c:?}");
         assert!(c[1] < c[2], "{c:?}");
         assert_eq!(subs[1].stats.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_endpoint_loses_even_when_healthy_ones_are_slower_than_the_penalty() {
+        // Healthy endpoints at 2 s (above the 1 s penalty) against one that fails in 10 µs:
+        // by latency alone the failing one would look cheaper; its failure ratio after ten
+        // failures (1 − 0.9¹⁰ = 0.65) makes it 1 s / 0.35 = 2.9 s > 2 s.
+        let p = policy();
+        let subs = subs_with_stats(&p, 2);
+        let now = tokio::time::Instant::now;
+        subs[1].stats.observe(Duration::from_secs(2), now());
+        for _ in 0..10 {
+            subs[0].stats.start();
+            subs[0].stats.finish(Duration::from_micros(10), false);
+        }
+        assert_eq!(subs[0].stats.latency_ewma(), Duration::from_secs(1));
+        let cost0 = subs[0].stats.scale_by_success(subs[0].stats.load_cost());
+        assert!(
+            (cost0 / 1e9 - 1.0 / 0.9f64.powi(10)).abs() < 1e-9,
+            "{cost0}"
+        );
+        assert!(pick_n(&*p.build(&subs), 100).iter().all(|&i| i == 1));
     }
 
     #[test]

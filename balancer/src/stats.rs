@@ -30,6 +30,12 @@ pub const FAILURE_RATIO_WEIGHT: f64 = 0.1;
 /// ago returns to the fast path of a healthy one (see [`EndpointStats::failure_ratio`]).
 const FAILURE_RATIO_FLOOR: f64 = 1e-6;
 
+/// The least success ratio a cost is divided by (see [`EndpointStats::scale_by_success`]),
+/// so an endpoint whose every recent call failed costs a thousand times its load rather than
+/// infinity: costs stay comparable (no ∞ = ∞ ties), and it still loses to any endpoint with
+/// less than a thousand times its load.
+const MIN_SUCCESS_RATIO: f64 = 1e-3;
+
 /// How far a [`LoadClock`] must move before it is written again: 1 ms. Costs decay over
 /// seconds, so a millisecond of staleness changes nothing, and the shared cache line is
 /// written at most a thousand times a second whatever the request rate.
@@ -208,6 +214,21 @@ impl EndpointStats {
             .now_nanos()
             .saturating_sub(self.failure_stamp_nanos.load(Ordering::Relaxed));
         f * (-(elapsed as f64) * self.inv_decay_nanos).exp()
+    }
+
+    /// `cost` divided by the recent success ratio `1 − failure_ratio` (at least
+    /// 0.001): an endpoint failing half its calls costs double, one failing all of them a
+    /// thousand times. Unlike a fixed latency penalty this is scale-free: it holds however
+    /// slow the healthy endpoints get under load. `cost` itself for an endpoint that has not
+    /// failed lately.
+    #[inline]
+    pub fn scale_by_success(&self, cost: f64) -> f64 {
+        let failed = self.failure_ratio();
+        if failed == 0.0 {
+            cost
+        } else {
+            cost / (1.0 - failed).max(MIN_SUCCESS_RATIO)
+        }
     }
 
     /// The peak-EWMA load: the estimate decayed to the shared clock's time, times

@@ -118,8 +118,11 @@ async fn instantly_failing_server_gets_at_most_its_share_then_less() {
             early_fails <= fair,
             "{name}: failing server took {early_fails} of the first {WINDOW}"
         );
+        // "Less over time": once shunned, it is only probed as its penalty decays, a few
+        // calls a second whatever the request rate, while the early window also holds the
+        // calls it took before its first failures came back.
         assert!(
-            late_fails <= early_fails / 2,
+            late_fails < early_fails && late_fails < fair / 10,
             "{name}: failing server took {early_fails} then {late_fails} of {WINDOW}"
         );
         let status = channel.status();
