@@ -296,39 +296,24 @@ impl Drop for DnsServer {
 }
 
 /// Binds UDP and TCP on `addr` (port 0: a free port for both) and serves on a new thread.
+///
+/// The sockets are bound with std before any runtime exists: a runtime that was built for a
+/// failed attempt would have to be dropped here, and this may run inside a test's runtime,
+/// where dropping one panics.
 fn start(zone: &Arc<Zone>, addr: SocketAddr) -> io::Result<(SocketAddr, Running)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let (udp, tcp, addr) = {
-        let _enter = runtime.enter();
-        let udp = std::net::UdpSocket::bind(addr)?;
-        let addr = udp.local_addr()?;
-        udp.set_nonblocking(true)?;
-        let udp = tokio::net::UdpSocket::from_std(udp)?;
-        let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        let tcp = socket.listen(128)?;
-        (udp, tcp, addr)
-    };
+    let udp = std::net::UdpSocket::bind(addr)?;
+    let addr = udp.local_addr()?;
+    // std sets SO_REUSEADDR on listeners, so a restart can bind over TIME_WAIT connections.
+    let tcp = std::net::TcpListener::bind(addr)?;
+    udp.set_nonblocking(true)?;
+    tcp.set_nonblocking(true)?;
     let handler = Handler(zone.clone());
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel();
     let thread = thread::Builder::new()
         .name(format!("dns-{addr}"))
         .spawn(move || {
-            runtime.block_on(async move {
-                let mut server = Server::new(handler);
-                server.register_socket(udp);
-                server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-                tokio::select! {
-                    _ = server.block_until_done() => {}
-                    _ = stop_rx => {}
-                }
-            });
-            // Dropping the runtime drops the server's tasks and so closes every socket now.
-            runtime.shutdown_timeout(Duration::ZERO);
+            serve(handler, udp, tcp, stop_rx);
             let _ = done_tx.send(());
         })?;
     Ok((
@@ -339,6 +324,46 @@ fn start(zone: &Arc<Zone>, addr: SocketAddr) -> io::Result<(SocketAddr, Running)
             thread: Some(thread),
         },
     ))
+}
+
+/// Runs the server on a runtime of this thread until `stop` fires or its handle is dropped.
+fn serve(
+    handler: Handler,
+    udp: std::net::UdpSocket,
+    tcp: std::net::TcpListener,
+    stop: oneshot::Receiver<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("DNS test server: no runtime: {e}");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let (udp, tcp) = match (
+            tokio::net::UdpSocket::from_std(udp),
+            tokio::net::TcpListener::from_std(tcp),
+        ) {
+            (Ok(udp), Ok(tcp)) => (udp, tcp),
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("DNS test server: cannot register its sockets: {e}");
+                return;
+            }
+        };
+        let mut server = Server::new(handler);
+        server.register_socket(udp);
+        server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+        tokio::select! {
+            _ = server.block_until_done() => {}
+            _ = stop => {}
+        }
+    });
+    // Dropping the runtime drops the server's tasks and so closes every socket now.
+    runtime.shutdown_timeout(Duration::ZERO);
 }
 
 struct Handler(Arc<Zone>);
