@@ -103,6 +103,7 @@ impl Resolver {
                 list.join(", "),
             )
         };
+        let server_count = resolver_config.name_servers().len().max(1);
         opts.timeout = config.query_timeout;
         opts.attempts = config.query_attempts;
         let mut builder =
@@ -114,13 +115,13 @@ impl Resolver {
                 format!("cannot build a DNS resolver for {servers}: {e}"),
             )
         })?;
-        // hickory retries each server `attempts` times, each bounded by `timeout`; allow one
-        // round more before giving up on the whole lookup ourselves.
+        // hickory tries each server `attempts` times, each bounded by `timeout`; allow one
+        // round more per server before giving up on the whole lookup ourselves.
         let rounds = u32::try_from(config.query_attempts.saturating_add(1)).unwrap_or(u32::MAX);
         let lookup_bound = config
             .query_timeout
             .saturating_mul(rounds)
-            .saturating_mul(u32::try_from(explicit.len().max(1)).unwrap_or(u32::MAX));
+            .saturating_mul(u32::try_from(server_count).unwrap_or(u32::MAX));
         Ok(Resolver {
             inner,
             servers,
