@@ -1,0 +1,226 @@
+//! The target argument every command takes, and the options that reach discovery backends.
+
+use std::sync::Arc;
+
+use clap::Args;
+use meshless::discovery::{Discovery, Registry};
+
+use crate::error::CliError;
+
+/// The target and the backend options, shared by `resolve`, `watch` and `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// The target: `static:///10.0.0.1:50051,10.0.0.2:50051`, `ipv4:...`, `ipv6:...`,
+    /// `unix:/path`, and the schemes of the backends compiled in.
+    pub target: String,
+
+    /// Kubernetes: the kubeconfig file to use instead of `KUBECONFIG` or the in-cluster
+    /// service account.
+    #[cfg(feature = "k8s")]
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
+    /// Kubernetes: the namespace of a `kubernetes:///service:port` or `k8s:///service:port`
+    /// target that names none (default: the pod's, or the kubeconfig's).
+    #[cfg(feature = "k8s")]
+    #[arg(long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// DNS: the server to ask (`IP` or `IP:PORT`) instead of the system's resolvers; the
+    /// same as writing it as the target's authority, `dns://IP:PORT/name:port`.
+    #[cfg(feature = "dns")]
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub dns_server: Option<String>,
+}
+
+impl TargetArgs {
+    /// The target with the backend options applied to it.
+    ///
+    /// TODO(k8s, dns backends): the options are applied through the target forms and the
+    /// `KUBECONFIG` variable that their issues specify. When the backends land, prefer
+    /// their configuration API if they offer one (for example a `kube::Client` built from
+    /// `--kubeconfig`), and add resolve/watch tests against the API double and the DNS server.
+    pub fn target(&self) -> Result<String, CliError> {
+        #[allow(unused_mut)] // changed only by backend options of enabled features
+        let mut target = self.target.trim().to_owned();
+        #[cfg(feature = "dns")]
+        if let Some(server) = &self.dns_server {
+            target = with_dns_server(&target, server)?;
+        }
+        #[cfg(feature = "k8s")]
+        if let Some(namespace) = &self.namespace {
+            target = with_namespace(&target, namespace)?;
+        }
+        Ok(target)
+    }
+
+    /// Settings that must be made before any thread starts (they go into the process
+    /// environment, which is only safe to change while the process is single-threaded).
+    pub fn prepare_process(&self) {
+        #[cfg(feature = "k8s")]
+        if let Some(path) = &self.kubeconfig {
+            // SAFETY: called from `main` before the runtime (or any other thread) starts, so
+            // no thread can be reading the environment concurrently. kube reads
+            // `KUBECONFIG` when it infers its configuration.
+            unsafe { std::env::set_var("KUBECONFIG", path) };
+        }
+    }
+
+    /// Parses the target with the built-in registry and builds its discovery.
+    pub fn discovery(&self) -> Result<(String, Arc<dyn Discovery>), CliError> {
+        let target = self.target()?;
+        let registry = Registry::default();
+        let parsed = registry
+            .parse(&target)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        let discovery = registry
+            .build(&parsed)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        Ok((target, discovery))
+    }
+}
+
+/// Splits `scheme:rest` into the lower-cased scheme and the rest.
+#[cfg(any(feature = "dns", feature = "k8s"))]
+fn split_scheme(target: &str) -> Option<(String, &str)> {
+    let (scheme, rest) = target.split_once(':')?;
+    Some((scheme.to_ascii_lowercase(), rest))
+}
+
+/// Splits `//authority/endpoint` (or a bare `endpoint`) into authority and endpoint.
+#[cfg(any(feature = "dns", feature = "k8s"))]
+fn split_authority(rest: &str) -> (Option<&str>, &str) {
+    match rest.strip_prefix("//") {
+        Some(after) => match after.split_once('/') {
+            Some((auth, ep)) => (Some(auth).filter(|a| !a.is_empty()), ep),
+            None => (Some(after).filter(|a| !a.is_empty()), ""),
+        },
+        None => (None, rest),
+    }
+}
+
+/// Puts `server` in the authority of a `dns:` or `dns+srv:` target, as gRPC's naming
+/// document places the DNS server.
+#[cfg(feature = "dns")]
+fn with_dns_server(target: &str, server: &str) -> Result<String, CliError> {
+    use std::net::{IpAddr, SocketAddr};
+
+    if server.parse::<IpAddr>().is_err() && server.parse::<SocketAddr>().is_err() {
+        return Err(CliError::Usage(format!(
+            "--dns-server `{server}` is not an IP address or IP:PORT (for example 10.96.0.10 or 10.96.0.10:53)"
+        )));
+    }
+    let Some((scheme, rest)) = split_scheme(target).filter(|(s, _)| s == "dns" || s == "dns+srv")
+    else {
+        return Err(CliError::Usage(format!(
+            "--dns-server applies to `dns:` and `dns+srv:` targets, not `{target}`"
+        )));
+    };
+    let (authority, endpoint) = split_authority(rest);
+    match authority {
+        Some(a) if a != server => Err(CliError::Usage(format!(
+            "target `{target}` already names DNS server `{a}`; drop it or --dns-server `{server}`"
+        ))),
+        _ => Ok(format!("{scheme}://{server}/{endpoint}")),
+    }
+}
+
+/// Gives a Kubernetes target that names no namespace the namespace `ns`:
+/// `kubernetes:///svc:port` becomes `kubernetes:///svc.ns:port`, and `k8s:///svc:port`
+/// becomes `k8s://ns/svc:port`.
+#[cfg(feature = "k8s")]
+fn with_namespace(target: &str, ns: &str) -> Result<String, CliError> {
+    let conflict = |given: &str| {
+        CliError::Usage(format!(
+            "target `{target}` already names namespace `{given}`; drop it or --namespace `{ns}`"
+        ))
+    };
+    match split_scheme(target) {
+        Some((scheme, rest)) if scheme == "kubernetes" => {
+            let (authority, endpoint) = split_authority(rest);
+            let (host, port) = match endpoint.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (endpoint, None),
+            };
+            let host = match host.split_once('.') {
+                Some((_, given)) if given.split('.').next() != Some(ns) => {
+                    return Err(conflict(given));
+                }
+                Some(_) => host.to_owned(),
+                None => format!("{host}.{ns}"),
+            };
+            let port = port.map(|p| format!(":{p}")).unwrap_or_default();
+            Ok(format!(
+                "kubernetes://{}/{host}{port}",
+                authority.unwrap_or("")
+            ))
+        }
+        Some((scheme, rest)) if scheme == "k8s" => match split_authority(rest) {
+            (Some(given), _) if given != ns => Err(conflict(given)),
+            (_, endpoint) => Ok(format!("k8s://{ns}/{endpoint}")),
+        },
+        _ => Err(CliError::Usage(format!(
+            "--namespace applies to `kubernetes:` and `k8s:` targets, not `{target}`"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[allow(unused_imports)] // used by the tests of enabled backend features
+    use super::*;
+
+    #[cfg(feature = "dns")]
+    #[test]
+    fn dns_server_goes_into_the_authority() {
+        assert_eq!(
+            with_dns_server("dns:///greeter.local:50051", "10.0.0.2:53").unwrap(),
+            "dns://10.0.0.2:53/greeter.local:50051"
+        );
+        assert_eq!(
+            with_dns_server("dns+srv:_grpc._tcp.x", "::1").unwrap(),
+            "dns+srv://::1/_grpc._tcp.x"
+        );
+        let same = with_dns_server("dns://10.0.0.2/a:1", "10.0.0.2").unwrap();
+        assert_eq!(same, "dns://10.0.0.2/a:1");
+        for (target, server, wanted) in [
+            ("dns://10.0.0.3/a:1", "10.0.0.2", "already names DNS server"),
+            ("static:///a:1", "10.0.0.2", "applies to `dns:`"),
+            ("dns:///a:1", "ns.example", "not an IP address"),
+        ] {
+            let err = with_dns_server(target, server).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{target} {server}: {err}");
+        }
+    }
+
+    #[cfg(feature = "k8s")]
+    #[test]
+    fn namespace_fills_the_target() {
+        for (target, wanted) in [
+            (
+                "kubernetes:///greeter:50051",
+                "kubernetes:///greeter.prod:50051",
+            ),
+            ("kubernetes:///greeter", "kubernetes:///greeter.prod"),
+            (
+                "kubernetes:///greeter.prod:grpc",
+                "kubernetes:///greeter.prod:grpc",
+            ),
+            ("k8s:///greeter:50051", "k8s://prod/greeter:50051"),
+            ("k8s://prod/greeter:50051", "k8s://prod/greeter:50051"),
+        ] {
+            assert_eq!(with_namespace(target, "prod").unwrap(), wanted, "{target}");
+        }
+        for (target, wanted) in [
+            (
+                "kubernetes:///greeter.dev:1",
+                "already names namespace `dev`",
+            ),
+            ("k8s://dev/greeter:1", "already names namespace `dev`"),
+            ("dns:///greeter:1", "applies to `kubernetes:`"),
+        ] {
+            let err = with_namespace(target, "prod").unwrap_err().to_string();
+            assert!(err.contains(wanted), "{target}: {err}");
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! `meshless bench` against real loopback gRPC servers that serve grpc.health.v1.Health.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{assert_one_line_error, closed_port, json, meshless, servers, static_target, stdout};
+use meshless_integration::server::ServerHandle;
+
+/// Calls in the distribution test: with 4 endpoints, a 5-sigma band of a fair split is
+/// ±5·sqrt(N·¼·¾) ≈ ±97 calls around 500 (the band is for a random split; round robin's
+/// should be exact, barring transparent retries).
+const SPREAD_REQUESTS: u64 = 2000;
+
+fn target_of(servers: &[ServerHandle]) -> String {
+    static_target(&servers.iter().map(ServerHandle::addr).collect::<Vec<_>>())
+}
+
+/// The JSON's endpoint counts by address.
+fn counts(v: &serde_json::Value) -> BTreeMap<String, u64> {
+    v["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().expect("address").to_owned(),
+                e["count"].as_u64().expect("count"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn round_robin_spreads_calls_evenly_and_the_counts_add_up() {
+    let servers = servers(4);
+    let out = meshless()
+        .args([
+            "bench",
+            "--json",
+            "--policy",
+            "round_robin",
+            "--concurrency",
+            "8",
+        ])
+        .args([
+            "--requests",
+            &SPREAD_REQUESTS.to_string(),
+            &target_of(&servers),
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    assert_eq!(v["policy"], "round_robin");
+    assert_eq!(v["requests"], SPREAD_REQUESTS);
+    assert_eq!(v["errors"], 0);
+    assert_eq!(v["errors_by_code"], serde_json::json!({}));
+    let counts = counts(&v);
+    let wanted: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
+    assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), {
+        let mut w = wanted.clone();
+        w.sort();
+        w
+    });
+    assert_eq!(counts.values().sum::<u64>(), SPREAD_REQUESTS, "{counts:?}");
+    let n = SPREAD_REQUESTS as f64;
+    let (p, k) = (0.25, 4.0);
+    let band = 5.0 * (n * p * (1.0 - p)).sqrt();
+    for (addr, &c) in &counts {
+        assert!(
+            (c as f64 - n / k).abs() <= band,
+            "{addr}: {c} of {n} ({counts:?})"
+        );
+    }
+    let seconds = v["seconds"].as_f64().expect("seconds");
+    let rps = v["rps"].as_f64().expect("rps");
+    assert!(
+        seconds > 0.0 && (rps * seconds - n).abs() < 1.0,
+        "{seconds} s, {rps}/s"
+    );
+    let l = &v["latency_ms"];
+    let ps: Vec<f64> = ["p50", "p90", "p99", "p999"]
+        .iter()
+        .map(|k| {
+            l[k].as_f64()
+                .unwrap_or_else(|| panic!("latency_ms.{k}: {l}"))
+        })
+        .collect();
+    assert!(ps[0] > 0.0 && ps.windows(2).all(|w| w[0] <= w[1]), "{l}");
+}
+
+#[test]
+fn pick_first_sends_everything_to_one_endpoint() {
+    let servers = servers(3);
+    let out = meshless()
+        .args([
+            "bench",
+            "--json",
+            "--policy",
+            "pick_first",
+            "--requests",
+            "200",
+        ])
+        .arg(target_of(&servers))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    let mut counts: Vec<u64> = counts(&v).into_values().collect();
+    counts.sort();
+    assert_eq!(counts, [0, 0, 200]);
+}
+
+#[test]
+fn duration_mode_counts_every_call_it_sent() {
+    let servers = servers(2);
+    let out = meshless()
+        .args([
+            "bench",
+            "--json",
+            "--duration",
+            "500ms",
+            "--concurrency",
+            "4",
+        ])
+        .arg(target_of(&servers))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let v = json(&out);
+    let requests = v["requests"].as_u64().expect("requests");
+    assert!(requests > 0, "{v}");
+    assert_eq!(counts(&v).values().sum::<u64>(), requests, "{v}");
+}
+
+#[test]
+fn failed_calls_are_counted_by_status_code() {
+    // The health service answers NOT_FOUND for a service it does not know.
+    let servers = servers(2);
+    let out = meshless()
+        .args([
+            "bench",
+            "--json",
+            "--requests",
+            "50",
+            "--service",
+            "no.such.Service",
+        ])
+        .arg(target_of(&servers))
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, 4, "50 of 50 calls failed; most common: NOT_FOUND");
+    let v = json(&out);
+    assert_eq!(v["errors"], 50);
+    assert_eq!(v["errors_by_code"], serde_json::json!({"NOT_FOUND": 50}));
+    assert!(v["latency_ms"].is_null(), "no successful call: {v}");
+}
+
+#[test]
+fn a_dead_endpoint_is_reported_and_the_live_one_takes_the_calls() {
+    let servers = servers(1);
+    let live = servers[0].addr();
+    let dead = closed_port();
+    let out = meshless()
+        .args(["bench", "--json", "--requests", "100"])
+        .arg(static_target(&[live, dead]))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: 1 of 2 endpoints are not ready")
+            && stderr.contains(&dead.to_string()),
+        "{stderr}"
+    );
+    let counts = counts(&json(&out));
+    assert_eq!(counts[&live.to_string()], 100, "{counts:?}");
+    assert_eq!(counts[&dead.to_string()], 0, "{counts:?}");
+}
+
+#[test]
+fn the_table_shows_shares_latency_and_errors() {
+    let servers = servers(2);
+    let out = meshless()
+        .args(["bench", "--requests", "400", "--policy", "round_robin"])
+        .arg(target_of(&servers))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("via round_robin: 400 calls in "), "{text}");
+    for s in &servers {
+        let row = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&s.addr().to_string()))
+            .unwrap_or_else(|| panic!("no row for {}: {text}", s.addr()));
+        assert!(row.contains("  200   50.0%") && row.contains('█'), "{row}");
+    }
+    assert!(text.contains("  latency  p50 "), "{text}");
+    assert!(text.contains("  errors   none"), "{text}");
+    // Not a terminal: no progress bar on stderr.
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
