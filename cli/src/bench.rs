@@ -19,7 +19,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::error::{CliError, one_line};
-use crate::output::{self, Counts};
+use crate::output::{self, Align, Counts};
 use crate::percentiles::{self, LatencyMs};
 use crate::target::TargetArgs;
 
@@ -468,7 +468,7 @@ fn summarize(
                 .collect(),
             seconds,
             rps: if seconds > 0.0 {
-                calls as f64 / seconds
+                (calls as f64 / seconds).round()
             } else {
                 0.0
             },
@@ -498,13 +498,14 @@ fn print_table(r: &BenchJson) -> Result<(), CliError> {
         };
         rows.push(vec![
             format!("  {}", e.address),
-            format!("{:>5}", e.count),
-            format!("{:>5.1}%", share * 100.0),
-            format!("{:>6}", e.failures),
+            e.count.to_string(),
+            format!("{:.1}%", share * 100.0),
+            e.failures.to_string(),
             output::bar(share),
         ]);
     }
-    for l in output::table(&rows) {
+    let align = [Align::Left, Align::Right, Align::Right, Align::Right];
+    for l in output::table(&rows, &align) {
         output::line(&l)?;
     }
     match &r.latency_ms {

@@ -106,8 +106,18 @@ pub fn readiness(md: &Metadata) -> Option<String> {
     Some(out)
 }
 
-/// Left-aligned columns separated by two spaces; the last column is not padded.
-pub fn table(rows: &[Vec<String>]) -> Vec<String> {
+/// How a column's cells line up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Text: padded on the right.
+    Left,
+    /// Numbers: padded on the left.
+    Right,
+}
+
+/// Columns separated by two spaces, aligned as `align` says (left for columns it does
+/// not cover); the last column is not padded.
+pub fn table(rows: &[Vec<String>], align: &[Align]) -> Vec<String> {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -122,10 +132,18 @@ pub fn table(rows: &[Vec<String>]) -> Vec<String> {
         .map(|row| {
             let mut line = String::new();
             for (c, cell) in row.iter().enumerate() {
-                if c + 1 == row.len() {
+                let w = widths[c];
+                let right = align.get(c) == Some(&Align::Right);
+                let last = c + 1 == row.len();
+                if right {
+                    line.push_str(&format!("{cell:>w$}"));
+                } else if last {
                     line.push_str(cell);
                 } else {
-                    line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+                    line.push_str(&format!("{cell:<w$}"));
+                }
+                if !last {
+                    line.push_str("  ");
                 }
             }
             line.trim_end().to_owned()
@@ -206,7 +224,9 @@ mod tests {
             vec!["A".into(), "BB".into(), "C".into()],
             vec!["long".into(), "x".into(), "y".into()],
         ];
-        assert_eq!(table(&rows), vec!["A     BB  C", "long  x   y"]);
+        assert_eq!(table(&rows, &[]), vec!["A     BB  C", "long  x   y"]);
+        let right = [Align::Left, Align::Right, Align::Right];
+        assert_eq!(table(&rows, &right), vec!["A     BB  C", "long   x  y"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub fn latency_ms(samples: &mut [Duration]) -> Option<LatencyMs> {
         // Nearest rank: the smallest sample with at least that share of the samples at or
         // below it. Integer arithmetic, so 99.9% of 1000 is rank 999, not 1000.
         let rank = (per_mille * n).div_ceil(1000);
-        samples[rank.clamp(1, n) - 1].as_secs_f64() * 1e3
+        round_to_micros(samples[rank.clamp(1, n) - 1].as_secs_f64() * 1e3)
     };
     Some(LatencyMs {
         p50: at(500),
@@ -36,6 +36,12 @@ pub fn latency_ms(samples: &mut [Duration]) -> Option<LatencyMs> {
         p99: at(990),
         p999: at(999),
     })
+}
+
+/// Milliseconds rounded to whole microseconds: finer digits are timer noise, and they make
+/// JSON output hard to read (`0.6902539999999999`).
+pub fn round_to_micros(ms: f64) -> f64 {
+    (ms * 1e3).round() / 1e3
 }
 
 #[cfg(test)]
@@ -50,5 +56,6 @@ mod tests {
         let mut one = vec![Duration::from_millis(7)];
         assert_eq!(latency_ms(&mut one).unwrap().p999, 7.0);
         assert_eq!(latency_ms(&mut []), None);
+        assert_eq!(round_to_micros(0.690_253_999_999_999_9), 0.69);
     }
 }

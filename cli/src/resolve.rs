@@ -70,7 +70,7 @@ pub async fn run(args: ResolveArgs) -> Result<(), CliError> {
             v.metadata_text(),
         ]);
     }
-    for l in output::table(&rows) {
+    for l in output::table(&rows, &[]) {
         output::line(&l)?;
     }
     Ok(())
