@@ -147,6 +147,7 @@ fn at_least_one(s: &str) -> Result<u64, String> {
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let target = args.target.target()?;
     let channel = Channel::builder(target.clone())
+        .registry(args.target.registry()?)
         .policy(args.policy.clone())
         .build()
         .map_err(|e| match e {

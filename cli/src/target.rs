@@ -34,19 +34,16 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    /// The target with the backend options applied to it.
+    /// The target with the backend options that live in it applied.
     ///
-    /// TODO(k8s, dns backends): the options are applied through the target forms and the
-    /// `KUBECONFIG` variable that their issues specify. When the backends land, prefer
-    /// their configuration API if they offer one (for example a `kube::Client` built from
-    /// `--kubeconfig`), and add resolve/watch tests against the API double and the DNS server.
+    /// TODO(k8s backend): `--namespace` and `--kubeconfig` are applied through the target
+    /// forms and the `KUBECONFIG` variable that the Kubernetes issue specifies. When the
+    /// backend lands, forward the `k8s` feature to `meshless/k8s`, prefer its configuration
+    /// API if it offers one (for example a `kube::Client` built from `--kubeconfig`), and add
+    /// resolve/watch tests against the Kubernetes API double.
     pub fn target(&self) -> Result<String, CliError> {
         #[allow(unused_mut)] // changed only by backend options of enabled features
         let mut target = self.target.trim().to_owned();
-        #[cfg(feature = "dns")]
-        if let Some(server) = &self.dns_server {
-            target = with_dns_server(&target, server)?;
-        }
         #[cfg(feature = "k8s")]
         if let Some(namespace) = &self.namespace {
             target = with_namespace(&target, namespace)?;
@@ -66,10 +63,24 @@ impl TargetArgs {
         }
     }
 
-    /// Parses the target with the built-in registry and builds its discovery.
+    /// The scheme registry: every backend of this build, configured by the options.
+    pub fn registry(&self) -> Result<Registry, CliError> {
+        #[allow(unused_mut)] // changed only by backend options of enabled features
+        let mut registry = Registry::default();
+        #[cfg(feature = "dns")]
+        if let Some(server) = &self.dns_server {
+            use meshless::discovery::dns::{self, DnsConfig};
+            let addr = dns_server_addr(server)?;
+            check_dns_target(&self.target()?)?;
+            dns::register(&mut registry, DnsConfig::default().name_servers([addr]));
+        }
+        Ok(registry)
+    }
+
+    /// Parses the target with [`registry`](Self::registry) and builds its discovery.
     pub fn discovery(&self) -> Result<(String, Arc<dyn Discovery>), CliError> {
         let target = self.target()?;
-        let registry = Registry::default();
+        let registry = self.registry()?;
         let parsed = registry
             .parse(&target)
             .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -99,29 +110,39 @@ fn split_authority(rest: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// Puts `server` in the authority of a `dns:` or `dns+srv:` target, as gRPC's naming
-/// document places the DNS server.
+/// The address of `--dns-server`: `IP`, `IP:PORT`, `[IPv6]:PORT`; port 53 when none is given.
 #[cfg(feature = "dns")]
-fn with_dns_server(target: &str, server: &str) -> Result<String, CliError> {
+fn dns_server_addr(server: &str) -> Result<std::net::SocketAddr, CliError> {
+    use meshless::discovery::dns::DEFAULT_DNS_SERVER_PORT;
     use std::net::{IpAddr, SocketAddr};
 
-    if server.parse::<IpAddr>().is_err() && server.parse::<SocketAddr>().is_err() {
-        return Err(CliError::Usage(format!(
-            "--dns-server `{server}` is not an IP address or IP:PORT (for example 10.96.0.10 or 10.96.0.10:53)"
-        )));
+    let server = server.trim();
+    if let Ok(addr) = server.parse::<SocketAddr>() {
+        return Ok(addr);
     }
-    let Some((scheme, rest)) = split_scheme(target).filter(|(s, _)| s == "dns" || s == "dns+srv")
-    else {
+    let bare = server.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Ok(SocketAddr::new(ip, DEFAULT_DNS_SERVER_PORT)),
+        Err(_) => Err(CliError::Usage(format!(
+            "--dns-server `{server}` is not an IP address or IP:PORT (for example 10.96.0.10 or 10.96.0.10:53)"
+        ))),
+    }
+}
+
+/// `--dns-server` only means something for a `dns:` or `dns+srv:` target that names no
+/// server of its own (a server in the target would silently win).
+#[cfg(feature = "dns")]
+fn check_dns_target(target: &str) -> Result<(), CliError> {
+    let Some((_, rest)) = split_scheme(target).filter(|(s, _)| s == "dns" || s == "dns+srv") else {
         return Err(CliError::Usage(format!(
             "--dns-server applies to `dns:` and `dns+srv:` targets, not `{target}`"
         )));
     };
-    let (authority, endpoint) = split_authority(rest);
-    match authority {
-        Some(a) if a != server => Err(CliError::Usage(format!(
-            "target `{target}` already names DNS server `{a}`; drop it or --dns-server `{server}`"
+    match split_authority(rest) {
+        (Some(server), _) => Err(CliError::Usage(format!(
+            "target `{target}` already names DNS server `{server}`; give the server either in the target or with --dns-server"
         ))),
-        _ => Ok(format!("{scheme}://{server}/{endpoint}")),
+        (None, _) => Ok(()),
     }
 }
 
@@ -172,24 +193,31 @@ mod tests {
 
     #[cfg(feature = "dns")]
     #[test]
-    fn dns_server_goes_into_the_authority() {
-        assert_eq!(
-            with_dns_server("dns:///greeter.local:50051", "10.0.0.2:53").unwrap(),
-            "dns://10.0.0.2:53/greeter.local:50051"
-        );
-        assert_eq!(
-            with_dns_server("dns+srv:_grpc._tcp.x", "::1").unwrap(),
-            "dns+srv://::1/_grpc._tcp.x"
-        );
-        let same = with_dns_server("dns://10.0.0.2/a:1", "10.0.0.2").unwrap();
-        assert_eq!(same, "dns://10.0.0.2/a:1");
-        for (target, server, wanted) in [
-            ("dns://10.0.0.3/a:1", "10.0.0.2", "already names DNS server"),
-            ("static:///a:1", "10.0.0.2", "applies to `dns:`"),
-            ("dns:///a:1", "ns.example", "not an IP address"),
+    fn dns_server_flag() {
+        for (server, wanted) in [
+            ("10.0.0.2", "10.0.0.2:53"),
+            ("10.0.0.2:5353", "10.0.0.2:5353"),
+            ("::1", "[::1]:53"),
+            ("[::1]", "[::1]:53"),
+            ("[::1]:5353", "[::1]:5353"),
         ] {
-            let err = with_dns_server(target, server).unwrap_err().to_string();
-            assert!(err.contains(wanted), "{target} {server}: {err}");
+            assert_eq!(
+                dns_server_addr(server).unwrap().to_string(),
+                wanted,
+                "{server}"
+            );
+        }
+        let err = dns_server_addr("ns.example").unwrap_err().to_string();
+        assert!(err.contains("not an IP address"), "{err}");
+
+        check_dns_target("dns:///greeter.local:50051").unwrap();
+        check_dns_target("dns+srv:_grpc._tcp.x").unwrap();
+        for (target, wanted) in [
+            ("dns://10.0.0.3/a:1", "already names DNS server `10.0.0.3`"),
+            ("static:///a:1", "applies to `dns:`"),
+        ] {
+            let err = check_dns_target(target).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{target}: {err}");
         }
     }
 
