@@ -13,10 +13,7 @@ const CALLS: i32 = 4;
 fn malformed_targets_are_usage_errors_that_quote_the_bad_part() {
     for (target, wanted) in [
         ("10.0.0.1:50051", "has no scheme"),
-        (
-            "localhost:50051",
-            "did you mean `static:///localhost:50051`",
-        ),
+        ("localhost:50051", "`static:///localhost:50051`?"),
         ("gopher:///x:1", "unknown scheme `gopher`"),
         ("ipv4:10.0.0.1", "`10.0.0.1` has no port"),
         ("ipv4:10.0.0.1:99999", "port `99999`"),
