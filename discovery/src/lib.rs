@@ -21,6 +21,8 @@ mod discovery;
 #[cfg(feature = "dns")]
 pub mod dns;
 mod endpoint;
+#[cfg(feature = "k8s")]
+pub mod k8s;
 mod manual;
 mod registry;
 mod static_list;

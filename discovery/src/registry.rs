@@ -41,6 +41,8 @@ impl Default for Registry {
         crate::static_list::register(&mut r);
         #[cfg(feature = "dns")]
         crate::dns::register_default(&mut r);
+        #[cfg(feature = "k8s")]
+        crate::k8s::register(&mut r);
         r
     }
 }
