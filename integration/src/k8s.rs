@@ -550,10 +550,10 @@ impl ApiHandle {
             }
             let mut last = since;
             for ev in backlog {
-                if matches_selector(&ev.object, &selector) {
-                    if !send(&tx, json!({"type": ev.kind, "object": ev.object})).await {
-                        return;
-                    }
+                if matches_selector(&ev.object, &selector)
+                    && !send(&tx, json!({"type": ev.kind, "object": ev.object})).await
+                {
+                    return;
                 }
                 last = ev.rv;
             }
