@@ -46,7 +46,10 @@ fn malformed_targets_name_the_bad_part() {
         ("unix:", &["no socket path"]),
         ("unix://relative/path", &["absolute path"]),
         ("unix:///a.sock,/b.sock", &["one socket"]),
-        ("kubernetes:///greeter:50051", &["`k8s` cargo feature"]),
+        ("etcd:///services/greeter", &["`etcd` cargo feature"]),
+        ("consul:///greeter", &["`consul` cargo feature"]),
+        ("kubernetes:///Greeter:80", &["`Greeter` is not a valid Service name"]),
+        ("k8s://ns1/greeter.ns2:80", &["namespace given twice"]),
     ];
     assert!(cases.len() >= 12);
     for (input, expected) in cases {
