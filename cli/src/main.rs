@@ -46,16 +46,6 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-impl Command {
-    fn target(&self) -> &target::TargetArgs {
-        match self {
-            Command::Resolve(a) => &a.target,
-            Command::Watch(a) => &a.target,
-            Command::Bench(a) => &a.target,
-        }
-    }
-}
-
 fn main() -> ExitCode {
     // A bug must still end in one line, not a backtrace.
     std::panic::set_hook(Box::new(|info| {
@@ -68,7 +58,6 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    cli.command.target().prepare_process();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

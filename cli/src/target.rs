@@ -34,13 +34,8 @@ pub struct TargetArgs {
 }
 
 impl TargetArgs {
-    /// The target with the backend options that live in it applied.
-    ///
-    /// TODO(k8s backend): `--namespace` and `--kubeconfig` are applied through the target
-    /// forms and the `KUBECONFIG` variable that the Kubernetes issue specifies. When the
-    /// backend lands, forward the `k8s` feature to `meshless/k8s`, prefer its configuration
-    /// API if it offers one (for example a `kube::Client` built from `--kubeconfig`), and add
-    /// resolve/watch tests against the Kubernetes API double.
+    /// The target with the backend options that live in it applied (`--namespace` names the
+    /// namespace in the target, so messages show the namespace actually used).
     pub fn target(&self) -> Result<String, CliError> {
         #[allow(unused_mut)] // changed only by backend options of enabled features
         let mut target = self.target.trim().to_owned();
@@ -49,18 +44,6 @@ impl TargetArgs {
             target = with_namespace(&target, namespace)?;
         }
         Ok(target)
-    }
-
-    /// Settings that must be made before any thread starts (they go into the process
-    /// environment, which is only safe to change while the process is single-threaded).
-    pub fn prepare_process(&self) {
-        #[cfg(feature = "k8s")]
-        if let Some(path) = &self.kubeconfig {
-            // SAFETY: called from `main` before the runtime (or any other thread) starts, so
-            // no thread can be reading the environment concurrently. kube reads
-            // `KUBECONFIG` when it infers its configuration.
-            unsafe { std::env::set_var("KUBECONFIG", path) };
-        }
     }
 
     /// The scheme registry: every backend of this build, configured by the options.
@@ -73,6 +56,11 @@ impl TargetArgs {
             let addr = dns_server_addr(server)?;
             check_dns_target(&self.target()?)?;
             dns::register(&mut registry, DnsConfig::default().name_servers([addr]));
+        }
+        #[cfg(feature = "k8s")]
+        if let Some(path) = &self.kubeconfig {
+            use meshless::discovery::k8s::{K8sConfig, K8sScheme};
+            K8sScheme::new(K8sConfig::default().kubeconfig(path)).register(&mut registry);
         }
         Ok(registry)
     }

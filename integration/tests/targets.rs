@@ -48,7 +48,10 @@ fn malformed_targets_name_the_bad_part() {
         ("unix:///a.sock,/b.sock", &["one socket"]),
         ("etcd:///services/greeter", &["`etcd` cargo feature"]),
         ("consul:///greeter", &["`consul` cargo feature"]),
-        ("kubernetes:///Greeter:80", &["`Greeter` is not a valid Service name"]),
+        (
+            "kubernetes:///Greeter:80",
+            &["`Greeter` is not a valid Service name"],
+        ),
         ("k8s://ns1/greeter.ns2:80", &["namespace given twice"]),
     ];
     assert!(cases.len() >= 12);

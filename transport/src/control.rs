@@ -49,7 +49,8 @@ pub(crate) struct Shared {
 struct StatusBase {
     resolved: bool,
     discovery_error: Option<String>,
-    endpoints: Vec<(Endpoint, Arc<Subchannel>, Option<String>)>,
+    /// Endpoint, subchannel, state as the published picker knows it, last error.
+    endpoints: Vec<(Endpoint, Arc<Subchannel>, ConnectivityState, Option<String>)>,
 }
 
 impl Shared {
@@ -82,11 +83,11 @@ impl Shared {
             endpoints: base
                 .endpoints
                 .iter()
-                .map(|(ep, sub, err)| EndpointStatus {
+                .map(|(ep, sub, state, err)| EndpointStatus {
                     address: ep.addr.clone(),
                     weight: ep.weight,
                     zone: ep.zone.clone(),
-                    state: sub.state(),
+                    state: *state,
                     in_flight: sub.stats.in_flight(),
                     successes: sub.stats.successes(),
                     failures: sub.stats.failures(),
@@ -288,31 +289,31 @@ impl Run {
         let subchannels: Vec<Arc<Subchannel>> =
             self.entries.iter().map(|e| e.handle.sub.clone()).collect();
         let picker = self.picker_state();
-        {
-            let mut base = self
-                .c
-                .shared
-                .status
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            base.resolved = self.resolved;
-            base.discovery_error = self.discovery_error.as_ref().map(|e| e.to_string());
-            base.endpoints = self
-                .entries
-                .iter()
-                .map(|e| {
-                    (
-                        e.endpoint.clone(),
-                        e.handle.sub.clone(),
-                        e.last_error.clone(),
-                    )
-                })
-                .collect();
-        }
+        // Publish first: whoever sees the new status can count on the picker matching it.
         self.c.shared.publish(Snapshot {
             picker,
             subchannels,
         });
+        let mut base = self
+            .c
+            .shared
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        base.resolved = self.resolved;
+        base.discovery_error = self.discovery_error.as_ref().map(|e| e.to_string());
+        base.endpoints = self
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.endpoint.clone(),
+                    e.handle.sub.clone(),
+                    e.state,
+                    e.last_error.clone(),
+                )
+            })
+            .collect();
     }
 
     /// gRPC's state aggregation: any ready endpoint → pick; otherwise queue while an

@@ -1,7 +1,6 @@
 //! One endpoint's HTTP/2 connection, its connectivity state and its reconnect loop.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -41,7 +40,6 @@ pub(crate) struct Subchannel {
     pub authority: http::uri::Authority,
     pub stats: Arc<EndpointStats>,
     sender: ArcSwapOption<http2::SendRequest<ReqBody>>,
-    state: AtomicU8,
 }
 
 impl Subchannel {
@@ -53,14 +51,6 @@ impl Subchannel {
             return None;
         }
         Some(http2::SendRequest::clone(s))
-    }
-
-    pub(crate) fn state(&self) -> ConnectivityState {
-        state_from_u8(self.state.load(Ordering::Relaxed))
-    }
-
-    fn set_state(&self, s: ConnectivityState) {
-        self.state.store(state_to_u8(s), Ordering::Relaxed);
     }
 }
 
@@ -102,7 +92,6 @@ pub(crate) fn spawn(
         authority,
         stats,
         sender: ArcSwapOption::empty(),
-        state: AtomicU8::new(state_to_u8(ConnectivityState::Idle)),
     });
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(connection_loop(
@@ -128,7 +117,6 @@ async fn connection_loop(
 ) {
     let mut backoff = Backoff::new(config.backoff.clone());
     let report = |state: ConnectivityState, error: Option<String>| {
-        sub.set_state(state);
         // The control task is gone only when the channel is shutting down.
         let _ = events.send(StateEvent {
             addr: sub.addr.clone(),
@@ -195,7 +183,6 @@ async fn connection_loop(
         }
     }
     sub.sender.store(None);
-    sub.set_state(ConnectivityState::Shutdown);
 }
 
 /// Resolves when the handle says stop or is dropped.
@@ -255,24 +242,4 @@ enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("HTTP/2 handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
-}
-
-fn state_to_u8(s: ConnectivityState) -> u8 {
-    match s {
-        ConnectivityState::Idle => 0,
-        ConnectivityState::Connecting => 1,
-        ConnectivityState::Ready => 2,
-        ConnectivityState::TransientFailure => 3,
-        ConnectivityState::Shutdown => 4,
-    }
-}
-
-fn state_from_u8(v: u8) -> ConnectivityState {
-    match v {
-        0 => ConnectivityState::Idle,
-        1 => ConnectivityState::Connecting,
-        2 => ConnectivityState::Ready,
-        3 => ConnectivityState::TransientFailure,
-        _ => ConnectivityState::Shutdown,
-    }
 }

@@ -179,11 +179,24 @@ fn collect(
     let mut out = Vec::new();
     let mut warnings = Vec::new();
     for (name, slice) in relevant {
-        let port = match port {
-            PortSpec::Only => only.flatten(),
+        let port = match (port, &only) {
+            (PortSpec::Only, Some(Some(Some(port_name)))) => {
+                match slice_port(slice, &PortSpec::Name(port_name.clone()), service) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        warnings.push(format!("EndpointSlice `{name}`: {e}"));
+                        None
+                    }
+                }
+            }
+            (PortSpec::Only, _) => slice
+                .ports
+                .iter()
+                .flatten()
+                .find_map(|(_, p)| p.and_then(|p| u16::try_from(p).ok())),
             // One slice without the port (a rollout that renamed it) must not take the
             // others down: skip it and say so.
-            spec => match slice_port(slice, spec, service) {
+            (spec, _) => match slice_port(slice, spec, service) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     warnings.push(format!("EndpointSlice `{name}`: {e}"));
@@ -234,24 +247,33 @@ fn slice_port(slice: &Slice, spec: &PortSpec, service: &str) -> Result<u16, Stri
     }
 }
 
-/// The single port of the service, when no port was given. `None`: the slices list none.
-fn only_port(relevant: &[(&String, &Slice)], service: &str) -> Result<Option<u16>, String> {
-    let all: BTreeSet<(Option<String>, Option<i32>)> = relevant
+/// The name of the service's single port, when no port was given (`Some(None)`: one unnamed
+/// port; `None`: the slices list no port). Slices may give that port different numbers (a
+/// rollout that changed the container port): each slice's own number is used.
+fn only_port(
+    relevant: &[(&String, &Slice)],
+    service: &str,
+) -> Result<Option<Option<String>>, String> {
+    let names: BTreeSet<Option<String>> = relevant
         .iter()
-        .flat_map(|(_, s)| s.ports.iter().flatten().cloned())
+        .flat_map(|(_, s)| {
+            s.ports
+                .iter()
+                .flatten()
+                .map(|(n, _)| n.clone().filter(|n| !n.is_empty()))
+        })
         .collect();
-    match all.len() {
+    match names.len() {
         0 if relevant.is_empty() => Ok(None),
         0 => Err(format!(
             "service `{service}`'s endpoints list no port; add `:PORT` to the target"
         )),
-        1 => {
-            let (_, p) = all.iter().next().cloned().unwrap_or_default();
-            p.and_then(|p| u16::try_from(p).ok())
-                .map(Some)
-                .ok_or_else(|| format!("service `{service}`'s only port has no number"))
-        }
+        1 => Ok(names.into_iter().next()),
         _ => {
+            let all: BTreeSet<(Option<String>, Option<i32>)> = relevant
+                .iter()
+                .flat_map(|(_, s)| s.ports.iter().flatten().cloned())
+                .collect();
             let list: Vec<_> = all.into_iter().collect();
             Err(format!(
                 "service `{service}` has several ports ({}); add `:NAME` or `:PORT` to the target",
@@ -437,6 +459,30 @@ mod tests {
             ),
             ["10.0.0.1:9090"]
         );
+    }
+
+    #[test]
+    fn one_port_name_with_numbers_that_differ_per_slice() {
+        // A rollout that changed the container port: old pods on 8080, new pods on 9090.
+        let old = slice(
+            json!({"addressType": "IPv4", "ports": [{"name": "grpc", "port": 8080}],
+            "endpoints": [ep("10.0.0.1", None, None, None)]}),
+        );
+        let new = slice(
+            json!({"addressType": "IPv4", "ports": [{"name": "grpc", "port": 9090}],
+            "endpoints": [ep("10.0.0.2", None, None, None)]}),
+        );
+        let s = set(vec![("old", old), ("new", new)]);
+        for spec in [PortSpec::Only, PortSpec::Name("grpc".into())] {
+            let (eps, warnings) = endpoints(&s, &spec, AddressFamily::Ipv4, "svc").unwrap();
+            assert_eq!(addrs(&eps), ["10.0.0.1:8080", "10.0.0.2:9090"], "{spec:?}");
+            assert!(warnings.is_empty());
+        }
+        // A number picks the slices that have it and says which were skipped.
+        let (eps, warnings) =
+            endpoints(&s, &PortSpec::Number(9090), AddressFamily::Ipv4, "svc").unwrap();
+        assert_eq!(addrs(&eps), ["10.0.0.2:9090"]);
+        assert!(warnings[0].contains("EndpointSlice `old`"), "{warnings:?}");
     }
 
     #[test]
