@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use meshless::discovery::{Endpoint, Metadata};
+
+/// The metadata as printed: a sorted map.
+type MetadataMap = BTreeMap<String, String>;
 use serde::Serialize;
 
 use crate::error::CliError;
@@ -33,7 +36,7 @@ pub struct EndpointView {
     /// Readiness as discovery reports it; `None` when the backend has no notion of it.
     pub readiness: Option<String>,
     /// Everything else the backend reported.
-    pub metadata: Metadata,
+    pub metadata: MetadataMap,
 }
 
 impl From<&Endpoint> for EndpointView {
@@ -43,7 +46,7 @@ impl From<&Endpoint> for EndpointView {
             weight: ep.weight,
             zone: ep.zone.clone(),
             readiness: readiness(&ep.metadata),
-            metadata: ep.metadata.clone(),
+            metadata: MetadataMap::clone(&ep.metadata),
         }
     }
 }

@@ -1,12 +1,80 @@
 //! One backend instance as discovery reports it.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use crate::Address;
 
 /// Free-form facts a discovery backend knows about an endpoint (Kubernetes `nodeName`,
 /// Consul tags, SRV priority, ...). Sorted, so printing it is stable.
-pub type Metadata = BTreeMap<String, String>;
+///
+/// Shared, copy-on-write: endpoint sets are cloned on every update (thousands of endpoints
+/// for a large Kubernetes Service), and cloning this is one reference count, not a map.
+/// Read it as a `BTreeMap` (it derefs to one); change it with [`insert`](Metadata::insert).
+#[derive(Clone, Default, Eq)]
+pub struct Metadata(Arc<BTreeMap<String, String>>);
+
+impl Metadata {
+    /// Empty metadata.
+    pub fn new() -> Self {
+        Metadata::default()
+    }
+
+    /// Sets `key` to `value`, returning the old value (copies the map first if it is shared).
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> Option<String> {
+        Arc::make_mut(&mut self.0).insert(key.into(), value.into())
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &str) -> Option<String> {
+        Arc::make_mut(&mut self.0).remove(key)
+    }
+}
+
+impl Deref for Metadata {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl PartialEq for Metadata {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl fmt::Debug for Metadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<BTreeMap<String, String>> for Metadata {
+    fn from(map: BTreeMap<String, String>) -> Self {
+        Metadata(Arc::new(map))
+    }
+}
+
+impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for Metadata {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        Metadata(Arc::new(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        ))
+    }
+}
+
+impl<'a> IntoIterator for &'a Metadata {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 /// The default weight of an endpoint whose backend gives none.
 pub const DEFAULT_WEIGHT: u32 = 1;
@@ -54,7 +122,7 @@ impl Endpoint {
     /// Adds one metadata entry.
     #[must_use]
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
+        self.metadata.insert(key, value);
         self
     }
 }

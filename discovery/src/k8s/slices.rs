@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::target::PortSpec;
-use crate::Endpoint;
+use crate::{Endpoint, Metadata};
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -38,15 +38,14 @@ pub(crate) struct SliceEndpoint {
     pub serving: bool,
     pub terminating: bool,
     pub zone: Option<String>,
-    pub node_name: Option<String>,
-    pub hostname: Option<String>,
-    pub for_zones: Vec<String>,
-    pub pod: Option<String>,
+    /// Built once per slice version and shared by every snapshot that includes it.
+    pub metadata: Metadata,
 }
 
 /// Converts a slice; problems that only concern some endpoints are returned as warnings.
 pub(crate) fn convert(slice: EndpointSlice) -> (Slice, Vec<String>) {
     let mut warnings = Vec::new();
+    let slice_name = slice.metadata.name.clone().unwrap_or_default();
     let family = match slice.address_type.as_str() {
         "IPv4" => Some(AddressFamily::Ipv4),
         "IPv6" => Some(AddressFamily::Ipv6),
@@ -83,22 +82,42 @@ pub(crate) fn convert(slice: EndpointSlice) -> (Slice, Vec<String>) {
                     }
                 })
                 .collect();
+            let serving = conditions.serving.unwrap_or(ready);
+            let terminating = conditions.terminating.unwrap_or(false);
+            let mut md = Metadata::new();
+            md.insert("slice", slice_name.as_str());
+            md.insert("ready", ready.to_string());
+            md.insert("serving", serving.to_string());
+            md.insert("terminating", terminating.to_string());
+            let pod = ep.target_ref.and_then(|r| r.name);
+            let optional = [
+                ("zone", &ep.zone),
+                ("nodeName", &ep.node_name),
+                ("hostname", &ep.hostname),
+                ("pod", &pod),
+            ];
+            for (k, v) in optional {
+                if let Some(v) = v {
+                    md.insert(k, v.as_str());
+                }
+            }
+            let for_zones: Vec<String> = ep
+                .hints
+                .and_then(|h| h.for_zones)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|z| z.name)
+                .collect();
+            if !for_zones.is_empty() {
+                md.insert("hints.forZones", for_zones.join(","));
+            }
             SliceEndpoint {
                 addresses,
                 ready,
-                serving: conditions.serving.unwrap_or(ready),
-                terminating: conditions.terminating.unwrap_or(false),
+                serving,
+                terminating,
                 zone: ep.zone,
-                node_name: ep.node_name,
-                hostname: ep.hostname,
-                for_zones: ep
-                    .hints
-                    .and_then(|h| h.for_zones)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|z| z.name)
-                    .collect(),
-                pod: ep.target_ref.and_then(|r| r.name),
+                metadata: md,
             }
         })
         .collect();
@@ -211,7 +230,7 @@ fn collect(
                 if !seen.insert(sa) {
                     continue; // the same endpoint in two slices (during a slice move)
                 }
-                out.push(to_endpoint(sa, ep, name));
+                out.push(to_endpoint(sa, ep));
             }
         }
     }
@@ -300,28 +319,10 @@ fn describe(ports: &[(Option<String>, Option<i32>)]) -> String {
         .join(", ")
 }
 
-fn to_endpoint(sa: SocketAddr, ep: &SliceEndpoint, slice: &str) -> Endpoint {
+fn to_endpoint(sa: SocketAddr, ep: &SliceEndpoint) -> Endpoint {
     let mut e = Endpoint::new(sa);
     e.zone = ep.zone.clone();
-    let md = &mut e.metadata;
-    md.insert("slice".into(), slice.to_owned());
-    md.insert("ready".into(), ep.ready.to_string());
-    md.insert("serving".into(), ep.serving.to_string());
-    md.insert("terminating".into(), ep.terminating.to_string());
-    let optional = [
-        ("zone", &ep.zone),
-        ("nodeName", &ep.node_name),
-        ("hostname", &ep.hostname),
-        ("pod", &ep.pod),
-    ];
-    for (k, v) in optional {
-        if let Some(v) = v {
-            md.insert(k.into(), v.clone());
-        }
-    }
-    if !ep.for_zones.is_empty() {
-        md.insert("hints.forZones".into(), ep.for_zones.join(","));
-    }
+    e.metadata = ep.metadata.clone();
     e
 }
 
@@ -514,7 +515,7 @@ mod tests {
     #[test]
     fn metadata_carries_topology() {
         let a = slice(
-            json!({"addressType": "IPv4", "ports": [{"port": 80}], "endpoints": [{
+            json!({"addressType": "IPv4", "metadata": {"name": "a"}, "ports": [{"port": 80}], "endpoints": [{
             "addresses": ["10.0.0.1"], "zone": "eu-1a", "nodeName": "node-7", "hostname": "pod-0",
             "targetRef": {"kind": "Pod", "name": "greeter-abc"},
             "hints": {"forZones": [{"name": "eu-1a"}, {"name": "eu-1b"}]}}]}),

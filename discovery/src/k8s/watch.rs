@@ -190,15 +190,11 @@ impl State {
             .name
             .clone()
             .unwrap_or_else(|| "(unnamed)".into());
-        let value = match serde_json::to_value(&obj) {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(format!("EndpointSlice `{name}` cannot be read: {e}"));
-                return None;
-            }
-        };
-        match serde_json::from_value::<EndpointSlice>(value) {
-            Ok(slice) => {
+        // The object's fields other than metadata are in `data`: read them as a typed
+        // EndpointSlice without serializing the object again.
+        match serde_json::from_value::<EndpointSlice>(obj.data) {
+            Ok(mut slice) => {
+                slice.metadata = obj.metadata;
                 let (slice, warnings) = slices::convert(slice);
                 problems.extend(
                     warnings
