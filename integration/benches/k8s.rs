@@ -45,6 +45,27 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The 100 endpoints of slice `s`, each ready when `ready(e)` says so.
+fn pods(s: usize, ready: impl Fn(usize) -> bool) -> Vec<(String, bool, bool, bool)> {
+    (0..SCALE_PER_SLICE)
+        .map(|e| (format!("127.0.{}.{}", s + 1, e + 1), ready(e), true, false))
+        .collect()
+}
+
+/// Writes slice `s` of the scale service: 100 endpoints on `port`, ready where `ready` says.
+fn publish(api: &KubeApi, s: usize, port: u16, ready: impl Fn(usize) -> bool) {
+    let eps = pods(s, ready);
+    let eps: Vec<(&str, bool, bool, bool)> = eps
+        .iter()
+        .map(|(a, r, sv, t)| (a.as_str(), *r, *sv, *t))
+        .collect();
+    let name = format!("greeter-{s:02}");
+    api.apply(
+        "default",
+        endpoint_slice(&name, "greeter", "IPv4", &[("grpc", port)], &eps),
+    );
+}
+
 fn client_for(api: &KubeApi) -> kube::Client {
     kube::Client::try_from(kube::Config::new(api.url().parse().expect("url"))).expect("client")
 }
@@ -139,25 +160,8 @@ async fn scale() {
         .spawn()
         .expect("server");
     let port = server.addr().port();
-    let ip = |s: usize, e: usize| format!("127.0.{}.{}", s + 1, e + 1);
     for s in 0..SCALE_SLICES {
-        let eps: Vec<(String, bool, bool, bool)> = (0..SCALE_PER_SLICE)
-            .map(|e| (ip(s, e), true, true, false))
-            .collect();
-        let eps: Vec<(&str, bool, bool, bool)> = eps
-            .iter()
-            .map(|(a, r, sv, t)| (a.as_str(), *r, *sv, *t))
-            .collect();
-        api.apply(
-            "default",
-            endpoint_slice(
-                &format!("greeter-{s:02}"),
-                "greeter",
-                "IPv4",
-                &[("grpc", port)],
-                &eps,
-            ),
-        );
+        publish(&api, s, port, |_| true);
     }
     let total = SCALE_SLICES * SCALE_PER_SLICE;
 
@@ -184,18 +188,8 @@ async fn scale() {
     // The watch starts after the list: the first change waits for it. Warm up with one change
     // (endpoint 99 of slice 0), so the figures below are of a running watch.
     let warm_up = {
-        let eps: Vec<(String, bool, bool, bool)> = (0..SCALE_PER_SLICE)
-            .map(|e| (ip(0, e), e != SCALE_PER_SLICE - 1, true, false))
-            .collect();
-        let eps: Vec<(&str, bool, bool, bool)> = eps
-            .iter()
-            .map(|(a, r, sv, t)| (a.as_str(), *r, *sv, *t))
-            .collect();
         let t = Instant::now();
-        api.apply(
-            "default",
-            endpoint_slice("greeter-00", "greeter", "IPv4", &[("grpc", port)], &eps),
-        );
+        publish(&api, 0, port, |e| e != SCALE_PER_SLICE - 1);
         let item = tokio::time::timeout(BOUND, watch.next())
             .await
             .expect("warm-up")
@@ -208,31 +202,10 @@ async fn scale() {
     let mut change = Vec::with_capacity(SCALE_CHANGES);
     for i in 0..SCALE_CHANGES {
         let s = i % SCALE_SLICES;
-        let eps: Vec<(String, bool, bool, bool)> = (0..SCALE_PER_SLICE)
-            .map(|e| {
-                (
-                    ip(s, e),
-                    e != 0 && !(s == 0 && e == SCALE_PER_SLICE - 1),
-                    true,
-                    false,
-                )
-            })
-            .collect();
-        let eps: Vec<(&str, bool, bool, bool)> = eps
-            .iter()
-            .map(|(a, r, sv, t)| (a.as_str(), *r, *sv, *t))
-            .collect();
         let t = Instant::now();
-        api.apply(
-            "default",
-            endpoint_slice(
-                &format!("greeter-{s:02}"),
-                "greeter",
-                "IPv4",
-                &[("grpc", port)],
-                &eps,
-            ),
-        );
+        publish(&api, s, port, |e| {
+            e != 0 && !(s == 0 && e == SCALE_PER_SLICE - 1)
+        });
         let item = tokio::time::timeout(BOUND, watch.next())
             .await
             .expect("change")
@@ -285,30 +258,9 @@ async fn scale() {
     let quiet: Vec<Duration> = std::mem::take(&mut *lat.lock().expect("lock"));
     for i in 0..SCALE_CHANGES {
         let s = i % SCALE_SLICES;
-        let eps: Vec<(String, bool, bool, bool)> = (0..SCALE_PER_SLICE)
-            .map(|e| {
-                (
-                    ip(s, e),
-                    e != 0 && e != 1 && !(s == 0 && e == SCALE_PER_SLICE - 1),
-                    true,
-                    false,
-                )
-            })
-            .collect();
-        let eps: Vec<(&str, bool, bool, bool)> = eps
-            .iter()
-            .map(|(a, r, sv, t)| (a.as_str(), *r, *sv, *t))
-            .collect();
-        api.apply(
-            "default",
-            endpoint_slice(
-                &format!("greeter-{s:02}"),
-                "greeter",
-                "IPv4",
-                &[("grpc", port)],
-                &eps,
-            ),
-        );
+        publish(&api, s, port, |e| {
+            e != 0 && e != 1 && !(s == 0 && e == SCALE_PER_SLICE - 1)
+        });
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let busy: Vec<Duration> = std::mem::take(&mut *lat.lock().expect("lock"));
