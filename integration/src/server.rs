@@ -349,22 +349,35 @@ impl Drop for ServerHandle {
 }
 
 /// Binds `addr` and runs one incarnation of the server on a fresh thread and runtime.
+/// Binds a listener on `addr` with SO_REUSEADDR and a deep backlog.
+fn bind(addr: SocketAddr) -> io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Connections that the killed incarnation closed sit in TIME_WAIT on this port.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Result<Running> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let listener = {
+    let bound = {
         // Registering the listener needs the server runtime's reactor.
         let _enter = runtime.enter();
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        // Connections that the killed incarnation closed sit in TIME_WAIT on this port.
-        socket.set_reuseaddr(true)?;
-        socket.bind(addr)?;
-        socket.listen(BACKLOG)?
+        bind(addr)
+    };
+    let listener = match bound {
+        Ok(l) => l,
+        Err(e) => {
+            // Dropping a runtime blocks, which panics inside a caller's async context.
+            runtime.shutdown_background();
+            return Err(e);
+        }
     };
     let addr = listener.local_addr()?;
 

@@ -420,3 +420,14 @@ async fn load_run_counts_errors_and_honours_its_timeout() {
         (0, 0, 6)
     );
 }
+
+#[tokio::test]
+async fn a_taken_port_is_an_error_not_a_panic_inside_a_runtime() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let err = TestServer::new("late")
+        .bind(addr)
+        .spawn()
+        .expect_err("the port is taken");
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}
