@@ -21,7 +21,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use meshless::Channel;
+use meshless::balancer::{Balancer, P2cEwmaConfig};
 use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
 use meshless_integration::load::{self, LoadOutcome};
@@ -43,6 +46,9 @@ const TWO_SLOW_BACKENDS: usize = 4;
 const TWO_SLOW_SLOW: usize = 2;
 /// meshless policies compared, each with its defaults.
 const POLICIES: &[&str] = &["p2c_ewma", "least_request", "round_robin", "random"];
+/// The name of the run of p2c_ewma without memory (plain best-of-2, as go-zero and kratos),
+/// shown next to the default to measure what the memory does.
+const P2C_NO_MEMORY: &str = "p2c_ewma memory=false";
 /// The name of the run through tonic's own balancer.
 const TONIC: &str = "tonic_balance_list";
 /// tonic's balancer connects in the background and says nothing about when it is done;
@@ -179,14 +185,14 @@ where
 /// One run of meshless with `policy` over fresh `backends`, reported as `name`.
 async fn meshless_run(
     name: &str,
-    policy: &str,
+    policy: Arc<dyn Balancer>,
     backends: &[Backend],
     args: &Args,
 ) -> Result<RunReport, Error> {
     let servers = spawn(backends)?;
     let list: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
     let channel = Channel::builder(format!("static:///{}", list.join(",")))
-        .policy(policy)
+        .balancer(policy)
         .build()?;
     // Let every connection come up, so the run measures balancing, not connecting.
     let deadline = tokio::time::Instant::now() + READY_BOUND;
@@ -222,8 +228,13 @@ async fn tonic_run(backends: &[Backend], args: &Args) -> Result<RunReport, Error
 /// Every meshless policy, then tonic, over fresh copies of `backends`.
 async fn compare(backends: &[Backend], args: &Args) -> Result<Report, Error> {
     let mut report = Report::default();
-    for policy in POLICIES {
-        report.push(meshless_run(policy, policy, backends, args).await?);
+    for name in POLICIES {
+        let policy = meshless::balancer::policy(name)?;
+        report.push(meshless_run(name, policy, backends, args).await?);
+        if *name == "p2c_ewma" {
+            let plain = P2cEwmaConfig::default().memory(false).into();
+            report.push(meshless_run(P2C_NO_MEMORY, plain, backends, args).await?);
+        }
     }
     report.push(tonic_run(backends, args).await?);
     Ok(report)
@@ -346,7 +357,7 @@ async fn main() -> Result<(), Error> {
     let two_slow = compare(&fixed_backends(TWO_SLOW_BACKENDS, TWO_SLOW_SLOW), &args).await?;
     let healthy = meshless_run(
         "all_healthy p2c_ewma",
-        "p2c_ewma",
+        meshless::balancer::policy("p2c_ewma")?,
         &fixed_backends(TWO_SLOW_BACKENDS, 0),
         &args,
     )

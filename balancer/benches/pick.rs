@@ -18,7 +18,7 @@
 //!   (which records the RTT in `PeakEwma`). Tower's `Balance` is `&mut self` and not
 //!   `Sync` (it needs a `Buffer` to be shared), so it has no 8-thread figure.
 //! - `p2c_record/<n>`: meshless p2c_ewma's comparable per-request work: `pick`, then
-//!   `EndpointStats::start` and `finish` (which reads the clock once), as the channel does.
+//!   `EndpointStats::start` and `finish` (each reads the clock once), as the channel does.
 //!
 //! At the end a table is printed: mean ns per iteration over all criterion samples.
 
@@ -94,7 +94,7 @@ fn endpoints(policy: &dyn Balancer, n: usize) -> Vec<SubchannelView> {
                 std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 50051));
             let stats = Arc::new(policy.new_stats());
             for _ in 0..next() % 4 {
-                stats.start();
+                let _ = stats.start();
             }
             stats.observe(
                 Duration::from_micros(500 + next() % 5000),
@@ -249,8 +249,8 @@ fn bench_versus_tower(c: &mut Criterion) {
                 for _ in 0..iters {
                     if let Pick::Ready(i) = picker.pick(black_box(&pr)) {
                         let stats = &subs[i].stats;
-                        stats.start();
-                        stats.finish(Duration::from_millis(1), true);
+                        let call = stats.start();
+                        stats.finish(call, true);
                     }
                 }
                 let elapsed = start.elapsed();

@@ -18,6 +18,20 @@ pub(crate) fn clamp_choices(choice_count: u32) -> usize {
 /// a fixed array of [`MAX_CHOICES`].
 #[inline]
 pub(crate) fn best_of(rng: &PickRng, n: usize, k: usize, cost: impl Fn(usize) -> f64) -> usize {
+    best_of_with(rng, n, k, None, cost)
+}
+
+/// [`best_of`] with one candidate given rather than drawn: `remembered` (an index below
+/// `n`) and `k − 1` distinct random others. Used by the "power of two choices with memory"
+/// (see [`P2cEwmaConfig::memory`](crate::P2cEwmaConfig::memory)).
+#[inline]
+pub(crate) fn best_of_with(
+    rng: &PickRng,
+    n: usize,
+    k: usize,
+    remembered: Option<usize>,
+    cost: impl Fn(usize) -> f64,
+) -> usize {
     debug_assert!(n > 0 && k <= MAX_CHOICES as usize);
     let mut bits = rng.next_u64();
     if n <= k {
@@ -25,12 +39,30 @@ pub(crate) fn best_of(rng: &PickRng, n: usize, k: usize, cost: impl Fn(usize) ->
     }
     let mut chosen = [0usize; MAX_CHOICES as usize];
     let mut len = 0;
-    for j in n - k..n {
+    // With a remembered candidate, draw the others out of the `n − 1` remaining indices and
+    // map them past it afterwards (a monotone map, so they stay distinct).
+    let (pool, first) = match remembered {
+        Some(r) if r < n => {
+            chosen[0] = r;
+            len = 1;
+            (n - 1, 1)
+        }
+        _ => (n, 0),
+    };
+    for j in pool - (k - first)..pool {
         bits = mix64(bits);
         let t = below(bits, j + 1);
-        let pick = if chosen[..len].contains(&t) { j } else { t };
+        let pick = if chosen[first..len].contains(&t) { j } else { t };
         chosen[len] = pick;
         len += 1;
+    }
+    if first == 1 {
+        let r = chosen[0];
+        for c in &mut chosen[1..len] {
+            if *c >= r {
+                *c += 1;
+            }
+        }
     }
     best_in(chosen[..len].iter().copied(), &mut bits, cost)
 }
@@ -93,5 +125,27 @@ mod tests {
         assert_eq!(clamp_choices(0), 2);
         assert_eq!(clamp_choices(3), 3);
         assert_eq!(clamp_choices(100), 10);
+    }
+
+    #[test]
+    fn remembered_is_always_a_candidate_and_the_others_are_uniform() {
+        let rng = PickRng::new(Some(2));
+        let n = 5;
+        // Index 3 is remembered and the cheapest: it always wins.
+        for _ in 0..1000 {
+            assert_eq!(best_of_with(&rng, n, 2, Some(3), |i| (i != 3) as u8 as f64), 3);
+        }
+        // Remembered index 3 the dearest: the winner is the random other, uniform over the
+        // remaining four and never 3 itself.
+        let mut counts = [0u32; 5];
+        let draws = 40_000;
+        for _ in 0..draws {
+            counts[best_of_with(&rng, n, 2, Some(3), |i| (i == 3) as u8 as f64)] += 1;
+        }
+        assert_eq!(counts[3], 0, "{counts:?}");
+        let mean = f64::from(draws) / 4.0;
+        for (i, &c) in counts.iter().enumerate().filter(|&(i, _)| i != 3) {
+            assert!((f64::from(c) - mean).abs() < 0.05 * mean, "{i}: {counts:?}");
+        }
     }
 }

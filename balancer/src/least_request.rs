@@ -190,9 +190,9 @@ mod tests {
     fn prefers_fewer_in_flight_among_ready() {
         let subs = subchannels(&[Ready, Ready, Connecting, Ready]);
         for _ in 0..5 {
-            subs[0].stats.start();
+            let _ = subs[0].stats.start();
         }
-        subs[3].stats.start();
+        let _ = subs[3].stats.start();
         // With all three ready ones compared, the idle one always wins.
         let picker = policy(10).build(&subs);
         assert!(pick_n(&*picker, 100).iter().all(|&i| i == 1));
@@ -219,11 +219,11 @@ mod tests {
         // Endpoint 1 has one call in flight: cost 2. Endpoint 0 is idle (cost 1) but failing.
         let p = policy(10);
         let subs = with_stats(&p, subchannels(&[Ready, Ready]));
-        subs[1].stats.start();
+        let _ = subs[1].stats.start();
         let fail = |n| {
             for _ in 0..n {
-                subs[0].stats.start();
-                subs[0].stats.finish(Duration::from_micros(10), false);
+                let call = subs[0].stats.start();
+                subs[0].stats.finish(call, false);
             }
         };
         // 6 failures: ratio 1 − 0.9⁶ = 0.469, cost 1 / 0.531 = 1.88 < 2, still the cheaper.
@@ -261,26 +261,26 @@ mod tests {
         let p = policy(10);
         let subs = with_stats(&p, subchannels(&[Ready, Ready]));
         for _ in 0..50 {
-            subs[0].stats.start();
-            subs[0].stats.finish(Duration::from_micros(10), false);
+            let call = subs[0].stats.start();
+            subs[0].stats.finish(call, false);
         }
-        subs[1].stats.start();
+        let busy = subs[1].stats.start();
         let picker = p.build(&subs);
         assert!(pick_n(&*picker, 100).iter().all(|&i| i == 1));
         // Ratio 1 − 0.9⁵⁰ ≈ 0.995; after one τ (10 s), seen through endpoint 1's completion
         // (so 0 in flight there: cost 1), e^-1 × 0.995 = 0.366: cost 1.58 > 1, still shunned.
         tokio::time::advance(Duration::from_secs(10)).await;
-        subs[1].stats.finish(Duration::from_millis(1), true);
+        subs[1].stats.finish(busy, true);
         assert!(pick_n(&*picker, 100).iter().all(|&i| i == 1));
         // With 2 in flight on endpoint 1 (cost 3) it is the cheaper again.
-        subs[1].stats.start();
-        subs[1].stats.start();
+        let _ = subs[1].stats.start();
+        let _ = subs[1].stats.start();
         assert!(pick_n(&*picker, 100).iter().all(|&i| i == 0));
         // It answers again: five successes bring the ratio to 0.366 × 0.9⁵ = 0.216, cost
         // 1.28 with nothing in flight, below endpoint 1's 3.
         for _ in 0..5 {
-            subs[0].stats.start();
-            subs[0].stats.finish(Duration::from_millis(1), true);
+            let call = subs[0].stats.start();
+            subs[0].stats.finish(call, true);
         }
         let f = subs[0].stats.failure_ratio();
         assert!((f - 0.366 * 0.9f64.powi(5)).abs() < 1e-3, "{f}");
@@ -290,9 +290,9 @@ mod tests {
     fn weights_scale_in_flight() {
         // Weight 3 with 2 in flight costs 1; weight 1 with 1 in flight costs 2.
         let subs = weighted(&[3, 1]);
-        subs[0].stats.start();
-        subs[0].stats.start();
-        subs[1].stats.start();
+        let _ = subs[0].stats.start();
+        let _ = subs[0].stats.start();
+        let _ = subs[1].stats.start();
         assert!(
             pick_n(&*policy(2).build(&subs), 100)
                 .iter()

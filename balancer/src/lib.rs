@@ -58,8 +58,8 @@ pub use ring_hash::{
 };
 pub use round_robin::RoundRobin;
 pub use stats::{
-    DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, EndpointStats, FAILURE_RATIO_WEIGHT,
-    LoadClock,
+    CallStart, DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, EndpointStats,
+    FAILURE_RATIO_WEIGHT, LoadClock,
 };
 pub use weighted_round_robin::{MAX_SCHEDULE_LEN, WeightedRoundRobin, WeightedRoundRobinConfig};
 
@@ -279,22 +279,22 @@ pub(crate) mod test_util {
         let mut running: BinaryHeap<Reverse<(std::time::Duration, usize, usize)>> =
             BinaryHeap::new();
         let mut picks = Vec::with_capacity(requests);
+        let mut calls = Vec::with_capacity(requests);
         for seq in 0..requests {
             if running.len() == concurrency {
-                let Some(Reverse((done, _, i))) = running.pop() else {
+                let Some(Reverse((done, call, i))) = running.pop() else {
                     unreachable!("the heap is full")
                 };
                 if let Some(wait) = done.checked_sub(start.elapsed()) {
                     tokio::time::advance(wait).await;
                 }
-                let (latency, ok) = outcome(i);
-                subs[i].stats.finish(latency, ok);
+                subs[i].stats.finish(calls[call], outcome(i).1);
             }
             let i = match picker.pick(&pr) {
                 Pick::Ready(i) => i,
                 other => panic!("expected Ready, got {other:?}"),
             };
-            subs[i].stats.start();
+            calls.push(subs[i].stats.start());
             running.push(Reverse((start.elapsed() + outcome(i).0, seq, i)));
             picks.push(i);
         }

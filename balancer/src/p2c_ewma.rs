@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::choice::{best_of, clamp_choices};
-use crate::rng::PickRng;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::choice::{best_of_with, clamp_choices};
+use crate::rng::{Padded, PickRng};
 use crate::stats::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, LoadClock};
 use crate::{Balancer, EndpointStats, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
@@ -14,6 +16,9 @@ const KRATOS_DECAY: Duration = Duration::from_millis(600);
 const GO_ZERO_DECAY: Duration = Duration::from_secs(10);
 /// Candidates compared per pick by default: two, "the power of two choices" (Mitzenmacher).
 const DEFAULT_CHOICE_COUNT: u32 = 2;
+/// Whether one candidate is the previous pick's winner by default (see
+/// [`P2cEwmaConfig::memory`]; chosen from the `skew` example's `two_slow` runs).
+const DEFAULT_MEMORY: bool = true;
 
 /// Configuration of [`P2cEwma`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +34,21 @@ pub struct P2cEwmaConfig {
     /// Distinct random candidates compared per pick, clamped to
     /// [[`MIN_CHOICES`](crate::MIN_CHOICES), [`MAX_CHOICES`](crate::MAX_CHOICES)]. Default 2.
     pub choice_count: u32,
+    /// "Power of two choices with memory" (Mitzenmacher, Prabhakar and Shah, "Load
+    /// balancing with memory", FOCS 2002): one of the candidates is the endpoint the previous
+    /// pick chose instead of a random one, and the winner is remembered for the next pick.
+    ///
+    /// Why: with plain best-of-2, two random candidates are both slow with probability
+    /// `s(s−1) / n(n−1)` for `s` slow endpoints of `n` (1 in 6 for 2 of 4), and then a slow
+    /// one is taken however idle the fast ones are. The remembered endpoint is the last
+    /// winner, so usually a cheap one: a slow endpoint is taken only when it is cheaper than
+    /// that, i.e. when the fast ones are really more loaded. Herding onto the remembered
+    /// endpoint is held back by the cost itself: each call started on it raises its
+    /// `in_flight + 1` factor before the next pick reads it.
+    ///
+    /// Default `true`. The presets [`go_zero`](Self::go_zero) and [`kratos`](Self::kratos)
+    /// set it to `false`, as those projects pick two at random.
+    pub memory: bool,
     /// Seeds the picker's random numbers, for reproducible tests and benchmarks. Default
     /// `None`: a per-thread generator seeded from the OS.
     pub seed: Option<u64>,
@@ -41,21 +61,23 @@ impl Default for P2cEwmaConfig {
             default_rtt: DEFAULT_RTT,
             failure_penalty: DEFAULT_FAILURE_PENALTY,
             choice_count: DEFAULT_CHOICE_COUNT,
+            memory: DEFAULT_MEMORY,
             seed: None,
         }
     }
 }
 
 impl P2cEwmaConfig {
-    /// go-zero's parameters: τ = 10 s, two choices. (go-zero also divides by an EWMA of the
-    /// success rate; meshless counts failures as a latency penalty instead.)
+    /// go-zero's parameters: τ = 10 s, two random choices, no memory. (go-zero also divides
+    /// by an EWMA of the success rate; meshless counts failures as a latency penalty
+    /// instead.)
     pub fn go_zero() -> Self {
-        Self::default().decay(GO_ZERO_DECAY)
+        Self::default().decay(GO_ZERO_DECAY).memory(false)
     }
 
-    /// kratos's parameters: τ = 600 ms, two choices.
+    /// kratos's parameters: τ = 600 ms, two random choices, no memory.
     pub fn kratos() -> Self {
-        Self::default().decay(KRATOS_DECAY)
+        Self::default().decay(KRATOS_DECAY).memory(false)
     }
 
     /// Sets [`decay`](Self::decay).
@@ -86,6 +108,13 @@ impl P2cEwmaConfig {
         self
     }
 
+    /// Sets [`memory`](Self::memory).
+    #[must_use]
+    pub fn memory(mut self, memory: bool) -> Self {
+        self.memory = memory;
+        self
+    }
+
     /// Sets [`seed`](Self::seed).
     #[must_use]
     pub fn seed(mut self, seed: u64) -> Self {
@@ -95,8 +124,14 @@ impl P2cEwmaConfig {
 }
 
 /// Power of two choices over peak-EWMA cost, as Finagle's and tower's `p2c` + `PeakEwma`:
-/// each request draws two distinct ready endpoints at random and takes the one with the
-/// lower `latency estimate × (in-flight + 1)`.
+/// each request compares two distinct ready endpoints and takes the one with the lower
+/// `max(latency estimate, mean age of its pending calls) × (in-flight + 1)`. By default one
+/// candidate is random and the other is the previous pick's winner
+/// ([`memory`](P2cEwmaConfig::memory)); without memory both are random.
+///
+/// The pending calls' age (see [`EndpointStats::load_cost`]) is what keeps a slow endpoint
+/// that has not answered yet, such as a new one still at the default RTT, from taking
+/// call after call until its first slow answer comes back.
 ///
 /// The estimate is a peak EWMA (see [`EndpointStats`]): it jumps up at once on a slow call
 /// and decays with time constant [`decay`](P2cEwmaConfig::decay), also while the endpoint
@@ -146,6 +181,7 @@ impl Balancer for P2cEwma {
             entries,
             choices: clamp_choices(self.config.choice_count),
             rng: PickRng::new(self.config.seed),
+            last: self.config.memory.then(|| Padded(AtomicUsize::new(0))),
         })
     }
 
@@ -160,6 +196,10 @@ struct P2cPicker {
     entries: Vec<(usize, Arc<EndpointStats>)>,
     choices: usize,
     rng: PickRng,
+    /// The previous pick's winner (a position in `entries`) when
+    /// [`memory`](P2cEwmaConfig::memory) is on. Written only when the winner changes, so
+    /// threads picking the same endpoint share the cache line without writing it.
+    last: Option<Padded<AtomicUsize>>,
 }
 
 impl Picker for P2cPicker {
@@ -168,10 +208,16 @@ impl Picker for P2cPicker {
             0 => Pick::Queue,
             1 => Pick::Ready(self.entries[0].0),
             n => {
-                let best = best_of(&self.rng, n, self.choices, |i| {
+                let remembered = self.last.as_ref().map(|l| l.0.load(Ordering::Relaxed));
+                let best = best_of_with(&self.rng, n, self.choices, remembered, |i| {
                     let stats = &self.entries[i].1;
                     stats.scale_by_success(stats.load_cost())
                 });
+                if let Some(last) = &self.last
+                    && remembered != Some(best)
+                {
+                    last.0.store(best, Ordering::Relaxed);
+                }
                 Pick::Ready(self.entries[best].0)
             }
         }
@@ -255,7 +301,7 @@ mod tests {
         subs[1]
             .stats
             .observe(Duration::from_secs(2), tokio::time::Instant::now());
-        subs[2].stats.start();
+        let _ = subs[2].stats.start();
         let _ = p.build(&subs);
         // Endpoint 0 leaves, a new one arrives; 1 and 2 keep what they learned.
         subs.remove(0);
@@ -280,8 +326,8 @@ mod tests {
         let now = tokio::time::Instant::now;
         subs[1].stats.observe(Duration::from_secs(2), now());
         for _ in 0..10 {
-            subs[0].stats.start();
-            subs[0].stats.finish(Duration::from_micros(10), false);
+            let call = subs[0].stats.start();
+            subs[0].stats.finish(call, false);
         }
         assert_eq!(subs[0].stats.latency_ewma(), Duration::from_secs(1));
         let cost0 = subs[0].stats.scale_by_success(subs[0].stats.load_cost());
@@ -296,8 +342,68 @@ mod tests {
     fn presets() {
         assert_eq!(P2cEwmaConfig::go_zero().decay, Duration::from_secs(10));
         assert_eq!(P2cEwmaConfig::kratos().decay, Duration::from_millis(600));
+        assert!(P2cEwmaConfig::default().memory);
+        assert!(!P2cEwmaConfig::go_zero().memory && !P2cEwmaConfig::kratos().memory);
         let s = P2cEwma::new(P2cEwmaConfig::default().default_rtt(Duration::from_millis(7)))
             .new_stats();
         assert_eq!(s.latency_ewma(), Duration::from_millis(7));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_age_turns_picks_away_before_the_first_answer() {
+        let p = P2cEwma::new(P2cEwmaConfig::default().seed(5));
+        let subs = subs_with_stats(&p, 2);
+        let now = tokio::time::Instant::now;
+        // Endpoint 1 answered in 80 ms: cost 80 ms. Endpoint 0 is new (30 ms) and has one
+        // call out: 30 ms × 2 = 60 ms, the cheaper.
+        subs[1].stats.observe(Duration::from_millis(80), now());
+        let _pending = subs[0].stats.start();
+        let picker = p.build(&subs);
+        assert_eq!(subs[0].stats.load_cost(), 60e6);
+        assert!(pick_n(&*picker, 10).iter().all(|&i| i == 0));
+        // 100 ms on without an answer from it: its call is 100 ms old, so it costs at least
+        // 100 ms × 2 = 200 ms (estimate-only it would still be 59.4 ms).
+        tokio::time::advance(Duration::from_millis(100)).await;
+        subs[1].stats.observe(Duration::from_millis(80), now());
+        assert_eq!(subs[0].stats.load_cost(), 200e6);
+        assert!(pick_n(&*picker, 10).iter().all(|&i| i == 1));
+    }
+
+    /// 20,000 calls at concurrency 8 over 4 endpoints at 1 ms, two of them at 6 ms:
+    /// the calls sent to the slow two.
+    async fn slow_pair_calls(memory: bool) -> usize {
+        let p = P2cEwma::new(P2cEwmaConfig::default().memory(memory).seed(11));
+        let subs = subs_with_stats(&p, 4);
+        let picker = p.build(&subs);
+        let ms = Duration::from_millis;
+        let lat = [ms(1), ms(1), ms(6), ms(6)];
+        let picks = simulate(&*picker, &subs, |i| (lat[i], true), 8, 20_000).await;
+        let c = counts(&picks, 4);
+        c[2] + c[3]
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_keeps_calls_off_a_slow_pair() {
+        // Without memory both candidates are slow in 1 pick of 6, so the slow pair gets
+        // more than a sixth of the calls (3,357 with this seed). With memory a slow one is
+        // taken only when cheaper than the last winner: less than half that sixth (1,034).
+        let plain = slow_pair_calls(false).await;
+        let remembered = slow_pair_calls(true).await;
+        assert!(plain > 20_000 / 6, "{plain}");
+        assert!(remembered < 20_000 / 12, "{remembered} vs {plain}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_does_not_herd() {
+        // Four equal endpoints: the remembered one wins only while it is no dearer than a
+        // random other, and every call started on it makes it dearer, so the calls spread
+        // evenly instead of piling onto the last winner.
+        let p = P2cEwma::new(P2cEwmaConfig::default().seed(13));
+        let subs = subs_with_stats(&p, 4);
+        let picker = p.build(&subs);
+        let lat = Duration::from_millis(1);
+        let picks = simulate(&*picker, &subs, |_| (lat, true), 8, 20_000).await;
+        let c = counts(&picks, 4);
+        assert!(c.iter().all(|&n| n.abs_diff(5000) < 500), "{c:?}");
     }
 }

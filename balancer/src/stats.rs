@@ -1,7 +1,7 @@
 //! Per-endpoint load statistics, shared lock-free between the request path and pickers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -11,7 +11,9 @@ pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 
 /// The latency estimate of an endpoint that has not completed a call yet: 30 ms, the
 /// default RTT of linkerd2-proxy's peak-EWMA balancer. Starting from zero would make every
-/// new endpoint look free, so it would take every request until its first answer.
+/// new endpoint look free, so it would take every request until its first answer. It is a
+/// placeholder, not a measurement: the first answer replaces it (see
+/// [`EndpointStats`]).
 pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
 
 /// The latency sample a failed call counts as when it was faster than this: 1 s. A fast
@@ -91,6 +93,17 @@ impl LoadClock {
     }
 }
 
+// ===== CallStart =====
+
+/// One call in flight on an endpoint, from [`EndpointStats::start`]: when it started, so
+/// that [`EndpointStats::finish`] can measure it and take it off the pending calls' age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a call that is never finished or abandoned counts as in flight forever"]
+pub struct CallStart {
+    /// The start, in nanoseconds of the stats' clock.
+    nanos: u64,
+}
+
 // ===== EndpointStats =====
 
 /// Load statistics of one endpoint, kept by address: they outlive picker rebuilds and
@@ -99,7 +112,17 @@ impl LoadClock {
 ///
 /// Latency is a *peak* EWMA (Finagle's): a sample above the current estimate replaces it at
 /// once, a sample below it is blended in with weight `1 - e^(-Δt/τ)`. A new endpoint starts
-/// from [`DEFAULT_RTT`]; a failed call counts as at least [`DEFAULT_FAILURE_PENALTY`].
+/// from [`DEFAULT_RTT`], which its first sample replaces whether above or below: blending a
+/// 1 ms answer into a made-up 30 ms with a 10 s time constant would keep the endpoint at
+/// about 30 ms for seconds, so a 1 ms and a 6 ms endpoint would look alike until then.
+/// Finagle's `PeakEwma` behaves so too: its cost starts at 0 with a separate penalty for an
+/// unprobed endpoint, so its first sample becomes the estimate through the peak rule. A
+/// failed call counts as at least [`DEFAULT_FAILURE_PENALTY`].
+///
+/// Calls still in flight count too: [`load_cost`](Self::load_cost) uses the mean age of the
+/// pending calls when it exceeds the estimate, as brpc's locality-aware balancer does with
+/// its "inflight delay", so an endpoint that has not answered for a while looks slow before
+/// its first slow answer arrives.
 ///
 /// The failure ratio is an EWMA over calls (each outcome weighs [`FAILURE_RATIO_WEIGHT`])
 /// that also decays toward 0 with the same time constant as the latency, so an endpoint
@@ -111,10 +134,16 @@ impl LoadClock {
 #[derive(Debug)]
 pub struct EndpointStats {
     in_flight: AtomicU64,
+    /// The sum of the start times of the calls in flight, in nanoseconds of `clock`,
+    /// wrapping: `in_flight × now − sum` is their total age, exact as long as that total
+    /// (not the sum) fits in 64 bits (see [`pending_age_nanos`](Self::pending_age_nanos)).
+    pending_start_sum: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
     /// The latency estimate in nanoseconds, as `f64` bits.
     ewma_bits: AtomicU64,
+    /// Whether a sample has replaced the starting estimate yet.
+    sampled: AtomicBool,
     /// When the estimate was last updated, in nanoseconds of `clock`.
     stamp_nanos: AtomicU64,
     /// The failure ratio in [0, 1], as `f64` bits; 0 (all bits clear) while healthy.
@@ -140,9 +169,11 @@ impl EndpointStats {
     pub fn new(decay: Duration, initial: Duration) -> Self {
         EndpointStats {
             in_flight: AtomicU64::new(0),
+            pending_start_sum: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             ewma_bits: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
+            sampled: AtomicBool::new(false),
             stamp_nanos: AtomicU64::new(0),
             failure_bits: AtomicU64::new(0),
             failure_stamp_nanos: AtomicU64::new(0),
@@ -231,34 +262,92 @@ impl EndpointStats {
         }
     }
 
-    /// The peak-EWMA load: the estimate decayed to the shared clock's time, times
-    /// `in_flight + 1`, in nanoseconds. Reads four atomics and takes one `exp`; never the
-    /// real clock (see [`LoadClock`]).
+    /// The peak-EWMA load, pending-aware: `max(estimate, mean age of the calls in flight) ×
+    /// (in_flight + 1)`, in nanoseconds, with the estimate decayed to the shared clock's
+    /// time. Reads five atomics and takes one `exp`; never the real clock (see
+    /// [`LoadClock`]).
+    ///
+    /// Why the age: the estimate learns only from completions, so an endpoint that is much
+    /// slower than its estimate (a new one, still at the default RTT, or one that slowed
+    /// down) keeps winning picks until its first slow answer comes back, up to its whole
+    /// latency later. A call pending for `a` will take at least `a`, so the mean age of the
+    /// pending calls is a lower bound of their mean latency, known at pick time; the cost
+    /// takes it when it is the larger. This is brpc's locality-aware balancer's "inflight
+    /// delay" (`docs/cn/lalb.md`: the sum of the in-flight calls' elapsed times over their
+    /// count, used when above the average latency).
     #[inline]
     pub fn load_cost(&self) -> f64 {
-        let pending = self.in_flight.load(Ordering::Relaxed) as f64 + 1.0;
-        self.decayed_nanos(self.clock.now_nanos()) * pending
+        let now = self.clock.now_nanos();
+        let (in_flight, age) = self.pending_age_nanos(now);
+        self.decayed_nanos(now).max(age) * (in_flight as f64 + 1.0)
     }
 
-    /// Marks the start of a call. Pair with [`finish`](Self::finish).
-    pub fn start(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    /// The calls in flight and their mean age at `now` (nanoseconds of the clock), 0 when
+    /// none is pending or the two counters were caught mid-update.
+    ///
+    /// `start` adds to the sum before it raises the count (release); `finish` lowers the
+    /// count before it takes from the sum (release). Reading the count, the sum (acquire) and
+    /// the count again, equal counts mean the sum holds at least the calls counted: the only
+    /// mismatch left is a sum with extra calls, which reads as a smaller age (clamped at 0),
+    /// never as a spurious huge one.
+    #[inline]
+    fn pending_age_nanos(&self, now: u64) -> (u64, f64) {
+        let n = self.in_flight.load(Ordering::Acquire);
+        if n == 0 {
+            return (0, 0.0);
+        }
+        let sum = self.pending_start_sum.load(Ordering::Acquire);
+        if self.in_flight.load(Ordering::Relaxed) != n {
+            return (n, 0.0);
+        }
+        // Wrapping: the sum may wrap, the total age does not (see `pending_start_sum`).
+        let total = n.wrapping_mul(now).wrapping_sub(sum) as i64;
+        (n, total.max(0) as f64 / n as f64)
+    }
+
+    /// The mean age of the calls in flight, by the shared clock (which may lag real time by
+    /// up to about a millisecond while calls complete); zero when none is pending.
+    pub fn pending_age(&self) -> Duration {
+        Duration::from_nanos(self.pending_age_nanos(self.clock.now_nanos()).1 as u64)
+    }
+
+    /// Marks the start of a call, reading the clock once; pass the returned [`CallStart`] to
+    /// [`finish`](Self::finish) or [`abandon`](Self::abandon). Until then the call counts in
+    /// [`in_flight`](Self::in_flight) and its age in [`load_cost`](Self::load_cost).
+    pub fn start(&self) -> CallStart {
+        let nanos = self.clock.observe(Instant::now());
+        self.pending_start_sum.fetch_add(nanos, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Release);
+        CallStart { nanos }
+    }
+
+    /// Takes a call started with [`start`](Self::start) off the pending count and sum.
+    fn end_pending(&self, call: CallStart) {
+        // Saturating: a `CallStart` of other stats must not wrap the count to 2^64.
+        if self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.pending_start_sum
+                .fetch_sub(call.nanos, Ordering::Release);
+        }
     }
 
     /// Undoes a [`start`](Self::start) for a call that never reached the endpoint (its
     /// connection closed first): nothing is learned about the endpoint from it.
-    pub fn abandon(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    pub fn abandon(&self, call: CallStart) {
+        self.end_pending(call);
     }
 
-    /// Marks the end of a call started with [`start`](Self::start) that took `latency`.
-    /// `ok` is false for failures that count against the endpoint; such a call counts as at
-    /// least the failure penalty (see [`with_failure_penalty`](Self::with_failure_penalty)).
-    pub fn finish(&self, latency: Duration, ok: bool) {
-        // Saturating: a stray `finish` must not wrap the count to 2^64.
-        let _ = self
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    /// Marks the end of a call started with [`start`](Self::start); its latency is the time
+    /// since then. `ok` is false for failures that count against the endpoint; such a call
+    /// counts as at least the failure penalty (see
+    /// [`with_failure_penalty`](Self::with_failure_penalty)). Returns the latency.
+    pub fn finish(&self, call: CallStart, ok: bool) -> Duration {
+        self.end_pending(call);
+        let now_nanos = self.clock.observe(Instant::now());
+        let latency = Duration::from_nanos(now_nanos.saturating_sub(call.nanos));
         let sample = if ok {
             self.successes.fetch_add(1, Ordering::Relaxed);
             latency
@@ -266,9 +355,9 @@ impl EndpointStats {
             self.failures.fetch_add(1, Ordering::Relaxed);
             latency.max(self.failure_penalty)
         };
-        let now_nanos = self.clock.observe(Instant::now());
         self.observe_at(sample, now_nanos);
         self.record_outcome(ok, now_nanos);
+        latency
     }
 
     /// Folds one latency sample taken at `now` into the peak EWMA, and moves the shared
@@ -312,6 +401,11 @@ impl EndpointStats {
         let sample = latency.as_nanos() as f64;
         let prev_stamp = self.stamp_nanos.swap(now_nanos, Ordering::Relaxed);
         let elapsed = now_nanos.saturating_sub(prev_stamp) as f64;
+        if !self.sampled.load(Ordering::Relaxed) && !self.sampled.swap(true, Ordering::Relaxed) {
+            // The first sample replaces the starting placeholder (see the type's docs).
+            self.ewma_bits.store(sample.to_bits(), Ordering::Relaxed);
+            return;
+        }
         let w = (-elapsed * self.inv_decay_nanos).exp();
         let mut cur = self.ewma_bits.load(Ordering::Relaxed);
         loop {
@@ -370,32 +464,45 @@ mod tests {
     #[test]
     fn counts() {
         let s = EndpointStats::default();
-        s.start();
-        s.start();
+        let a = s.start();
+        let b = s.start();
         assert_eq!(s.in_flight(), 2);
-        s.finish(Duration::from_millis(1), true);
-        s.finish(Duration::from_millis(1), false);
+        s.finish(a, true);
+        s.finish(b, false);
         assert_eq!((s.in_flight(), s.successes(), s.failures()), (0, 1, 1));
-        // A stray finish does not wrap.
-        s.finish(Duration::from_millis(1), true);
+        // A stray finish (of a call finished already) does not wrap.
+        s.finish(a, true);
         assert_eq!(s.in_flight(), 0);
+        assert_eq!(s.pending_age(), Duration::ZERO);
     }
 
-    #[test]
-    fn starts_from_default_rtt() {
-        assert_eq!(EndpointStats::default().latency_ewma(), DEFAULT_RTT);
+    #[tokio::test(start_paused = true)]
+    async fn first_sample_replaces_the_default_rtt() {
+        let s = EndpointStats::default();
+        assert_eq!(s.latency_ewma(), DEFAULT_RTT);
+        // 1 ms replaces the 30 ms placeholder instead of being blended into it.
+        s.observe(Duration::from_millis(1), Instant::now());
+        assert_eq!(s.latency_ewma(), Duration::from_millis(1));
+        // Later samples blend as usual: 3 ms is a peak, 2 ms one τ later weighs 1 − 1/e.
+        s.observe(Duration::from_millis(3), Instant::now());
+        tokio::time::advance(DEFAULT_DECAY).await;
+        s.observe(Duration::from_millis(2), Instant::now());
+        let expect = 3.0 * (-1.0f64).exp() + 2.0 * (1.0 - (-1.0f64).exp());
+        let got = s.latency_ewma().as_secs_f64() * 1e3;
+        assert!((got - expect).abs() < 1e-6, "{got} vs {expect}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn fast_failure_counts_as_penalty() {
         let s = EndpointStats::new(DEFAULT_DECAY, Duration::from_millis(5))
             .with_failure_penalty(Duration::from_millis(500));
-        s.start();
-        s.finish(Duration::from_micros(10), false);
+        let call = s.start();
+        s.finish(call, false);
         assert_eq!(s.latency_ewma(), Duration::from_millis(500));
         // A failure slower than the penalty counts as what it took.
-        s.start();
-        s.finish(Duration::from_secs(2), false);
+        let call = s.start();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(s.finish(call, false), Duration::from_secs(2));
         assert_eq!(s.latency_ewma(), Duration::from_secs(2));
     }
 
@@ -405,13 +512,12 @@ mod tests {
         let tau = Duration::from_secs(10);
         let s = EndpointStats::new(tau, Duration::ZERO).with_clock(clock.clone());
         let other = EndpointStats::new(tau, Duration::ZERO).with_clock(clock);
-        let ms = Duration::from_millis(1);
         // Successes on a healthy endpoint leave it at exactly 0.
-        s.finish(ms, true);
+        s.finish(s.start(), true);
         assert_eq!(s.failure_ratio(), 0.0);
         // Three failures at the same instant: 1 − 0.9³.
         for _ in 0..3 {
-            s.finish(ms, false);
+            s.finish(s.start(), false);
         }
         let three = 1.0 - 0.9f64.powi(3);
         assert!(
@@ -420,12 +526,12 @@ mod tests {
             s.failure_ratio()
         );
         // A success scales it by 0.9.
-        s.finish(ms, true);
+        s.finish(s.start(), true);
         assert!((s.failure_ratio() - three * 0.9).abs() < 1e-12);
         // One τ later, seen through another endpoint's completion: e^-1 of that.
         tokio::time::advance(tau).await;
         assert!((s.failure_ratio() - three * 0.9).abs() < 1e-12);
-        other.finish(ms, true);
+        other.finish(other.start(), true);
         let decayed = three * 0.9 * (-1.0f64).exp();
         assert!(
             (s.failure_ratio() - decayed).abs() < 1e-9,
@@ -434,7 +540,7 @@ mod tests {
         );
         // Long after, successes bring it back to exactly 0 (the fast path).
         tokio::time::advance(tau * 20).await;
-        s.finish(ms, true);
+        s.finish(s.start(), true);
         assert_eq!(s.failure_ratio(), 0.0);
         assert_eq!((s.successes(), s.failures()), (3, 3));
     }
@@ -446,14 +552,18 @@ mod tests {
         let idle = EndpointStats::new(tau, Duration::ZERO).with_clock(clock.clone());
         let busy = EndpointStats::new(tau, Duration::ZERO).with_clock(clock.clone());
         idle.observe(Duration::from_millis(100), Instant::now());
-        idle.start();
+        let call = idle.start();
         // cost = 100 ms × (1 in flight + 1)
         assert_eq!(idle.load_cost(), 200e6);
+        // Idle from here on: a call still pending would count its age (see
+        // `pending_calls_count_their_age`).
+        idle.abandon(call);
+        assert_eq!(idle.load_cost(), 100e6);
         // Time passes for the idle endpoint only through the busy one's completions.
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(idle.load_cost(), 200e6);
+        assert_eq!(idle.load_cost(), 100e6);
         busy.observe(Duration::from_millis(1), Instant::now());
-        let expect = 200e6 * (-1.0f64).exp();
+        let expect = 100e6 * (-1.0f64).exp();
         assert!(
             (idle.load_cost() - expect).abs() < 1.0,
             "{}",
@@ -462,11 +572,50 @@ mod tests {
         // Twenty more seconds: e^-3 of the peak.
         tokio::time::advance(Duration::from_secs(20)).await;
         busy.observe(Duration::from_millis(1), Instant::now());
-        let expect = 200e6 * (-3.0f64).exp();
+        let expect = 100e6 * (-3.0f64).exp();
         assert!(
             (idle.load_cost() - expect).abs() < 1.0,
             "{}",
             idle.load_cost()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_calls_count_their_age() {
+        let clock = Arc::new(LoadClock::new());
+        let tau = Duration::from_secs(10);
+        let s = EndpointStats::new(tau, DEFAULT_RTT).with_clock(clock.clone());
+        let other = EndpointStats::new(tau, DEFAULT_RTT).with_clock(clock);
+        let ms = Duration::from_millis;
+        // Time moves for `s` through another endpoint's completions only.
+        let tick = |d: Duration| {
+            let other = &other;
+            async move {
+                tokio::time::advance(d).await;
+                other.observe(ms(1), Instant::now());
+            }
+        };
+        let first = s.start();
+        // Just started: the estimate (30 ms) × (1 + 1).
+        assert_eq!(s.load_cost(), 60e6);
+        // 100 ms later the pending call is older than the estimate: 100 ms × 2.
+        tick(ms(100)).await;
+        assert_eq!(s.pending_age(), ms(100));
+        assert_eq!(s.load_cost(), 200e6);
+        // A second call: mean age (100 + 0) / 2 = 50 ms, × 3.
+        let second = s.start();
+        assert_eq!(s.load_cost(), 150e6);
+        // 50 ms on: ages 150 and 50, mean 100 ms, × 3.
+        tick(ms(50)).await;
+        assert_eq!(s.load_cost(), 300e6);
+        // The first answers after 150 ms: the peak estimate jumps to it and is the larger
+        // again (the other call is 50 ms old): 150 ms × 2.
+        assert_eq!(s.finish(first, true), ms(150));
+        assert_eq!(s.pending_age(), ms(50));
+        assert_eq!(s.load_cost(), 300e6);
+        // The second never reached the endpoint: 150 ms × 1, nothing pending.
+        s.abandon(second);
+        assert_eq!(s.load_cost(), 150e6);
+        assert_eq!(s.pending_age(), Duration::ZERO);
     }
 }

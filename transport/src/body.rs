@@ -4,13 +4,11 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use meshless_balancer::EndpointStats;
-use tokio::time::Instant;
+use meshless_balancer::{CallStart, EndpointStats};
 use tonic::{Code, Status};
 
 /// Request bodies up to this size are kept so that a call the server never processed can be
@@ -165,7 +163,7 @@ impl Body for ReqBody {
 /// records the completion, so a cancelled or abandoned call is counted too.
 pub(crate) struct CallGuard {
     stats: Arc<EndpointStats>,
-    start: Instant,
+    call: CallStart,
     /// `Some` once the outcome is known.
     ok: Option<bool>,
     abandoned: bool,
@@ -173,10 +171,9 @@ pub(crate) struct CallGuard {
 
 impl CallGuard {
     pub(crate) fn start(stats: Arc<EndpointStats>) -> Self {
-        stats.start();
         CallGuard {
+            call: stats.start(),
             stats,
-            start: Instant::now(),
             ok: None,
             abandoned: false,
         }
@@ -190,21 +187,17 @@ impl CallGuard {
     pub(crate) fn set_outcome(&mut self, ok: bool) {
         self.ok.get_or_insert(ok);
     }
-
-    fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if self.abandoned {
-            self.stats.abandon();
+            self.stats.abandon(self.call);
             return;
         }
         // A call dropped before its outcome is known was cancelled by the caller: that says
         // nothing bad about the endpoint.
-        self.stats.finish(self.elapsed(), self.ok.unwrap_or(true));
+        self.stats.finish(self.call, self.ok.unwrap_or(true));
     }
 }
 
