@@ -24,7 +24,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use meshless::Channel;
-use meshless::balancer::{Balancer, P2cEwmaConfig};
+use meshless::balancer::{Balancer, LeastRequestConfig, P2cEwmaConfig};
 use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
 use meshless_integration::load::{self, LoadOutcome};
@@ -46,9 +46,22 @@ const TWO_SLOW_BACKENDS: usize = 4;
 const TWO_SLOW_SLOW: usize = 2;
 /// meshless policies compared, each with its defaults.
 const POLICIES: &[&str] = &["p2c_ewma", "least_request", "round_robin", "random"];
-/// The name of the run of p2c_ewma without memory (plain best-of-2, as go-zero and kratos),
-/// shown next to the default to measure what the memory does.
-const P2C_NO_MEMORY: &str = "p2c_ewma memory=false";
+
+/// Runs of a policy with its `memory` option flipped from the default, shown after that
+/// policy's default run to measure what the "power of two choices with memory" does.
+fn memory_variant(policy: &str) -> Option<(&'static str, Arc<dyn Balancer>)> {
+    match policy {
+        "p2c_ewma" => Some((
+            "p2c_ewma memory=false",
+            P2cEwmaConfig::default().memory(false).into(),
+        )),
+        "least_request" => Some((
+            "least_request memory=true",
+            LeastRequestConfig::default().memory(true).into(),
+        )),
+        _ => None,
+    }
+}
 /// The name of the run through tonic's own balancer.
 const TONIC: &str = "tonic_balance_list";
 /// tonic's balancer connects in the background and says nothing about when it is done;
@@ -231,9 +244,8 @@ async fn compare(backends: &[Backend], args: &Args) -> Result<Report, Error> {
     for name in POLICIES {
         let policy = meshless::balancer::policy(name)?;
         report.push(meshless_run(name, policy, backends, args).await?);
-        if *name == "p2c_ewma" {
-            let plain = P2cEwmaConfig::default().memory(false).into();
-            report.push(meshless_run(P2C_NO_MEMORY, plain, backends, args).await?);
+        if let Some((variant, policy)) = memory_variant(name) {
+            report.push(meshless_run(variant, policy, backends, args).await?);
         }
     }
     report.push(tonic_run(backends, args).await?);

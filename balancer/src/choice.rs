@@ -1,6 +1,8 @@
 //! Best of k random distinct candidates: the core of `p2c_ewma` and `least_request`.
 
-use crate::rng::{PickRng, below, mix64};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::rng::{Padded, PickRng, below, mix64};
 
 /// The fewest candidates compared per pick (gRPC A48 `choice_count` minimum).
 pub const MIN_CHOICES: u32 = 2;
@@ -12,18 +14,49 @@ pub(crate) fn clamp_choices(choice_count: u32) -> usize {
     choice_count.clamp(MIN_CHOICES, MAX_CHOICES) as usize
 }
 
-/// Draws `k` distinct indices out of `0..n` (Floyd's algorithm: exactly `k` draws, no
-/// rejection loop) and returns the one with the lowest `cost`, ties broken uniformly at
-/// random. When `n <= k` every index is a candidate. No allocation: the candidates live in
-/// a fixed array of [`MAX_CHOICES`].
-#[inline]
-pub(crate) fn best_of(rng: &PickRng, n: usize, k: usize, cost: impl Fn(usize) -> f64) -> usize {
-    best_of_with(rng, n, k, None, cost)
+/// The choice step of a picker: best of `choices` candidates, one of them optionally the
+/// previous winner ("power of two choices with memory", Mitzenmacher, Prabhakar and Shah,
+/// "Load balancing with memory", FOCS 2002).
+#[derive(Debug)]
+pub(crate) struct BestOf {
+    choices: usize,
+    rng: PickRng,
+    /// The previous pick's winner when memory is on. Written only when the winner
+    /// changes, so threads that keep picking the same endpoint read the cache line without
+    /// bouncing it.
+    last: Option<Padded<AtomicUsize>>,
 }
 
-/// [`best_of`] with one candidate given rather than drawn: `remembered` (an index below
-/// `n`) and `k − 1` distinct random others. Used by the "power of two choices with memory"
-/// (see [`P2cEwmaConfig::memory`](crate::P2cEwmaConfig::memory)).
+impl BestOf {
+    /// `choice_count` clamped as [`clamp_choices`]; `memory` remembers the last winner;
+    /// `seed` as [`PickRng::new`].
+    pub(crate) fn new(choice_count: u32, memory: bool, seed: Option<u64>) -> Self {
+        BestOf {
+            choices: clamp_choices(choice_count),
+            rng: PickRng::new(seed),
+            last: memory.then(|| Padded(AtomicUsize::new(0))),
+        }
+    }
+
+    /// The lowest-`cost` index of `0..n` among the candidates (see [`best_of_with`]).
+    #[inline]
+    pub(crate) fn pick(&self, n: usize, cost: impl Fn(usize) -> f64) -> usize {
+        let remembered = self.last.as_ref().map(|l| l.0.load(Ordering::Relaxed));
+        let best = best_of_with(&self.rng, n, self.choices, remembered, cost);
+        if let Some(last) = &self.last
+            && remembered != Some(best)
+        {
+            last.0.store(best, Ordering::Relaxed);
+        }
+        best
+    }
+}
+
+/// Draws `k` distinct indices out of `0..n` (Floyd's algorithm: exactly `k` draws, no
+/// rejection loop) and returns the one with the lowest `cost`, ties broken uniformly at
+/// random. With `remembered` (an index below `n`), that one is a candidate and only `k − 1`
+/// others are drawn. When `n <= k` every index is a candidate. No allocation: the
+/// candidates live in a fixed array of [`MAX_CHOICES`].
 #[inline]
 pub(crate) fn best_of_with(
     rng: &PickRng,
@@ -108,7 +141,7 @@ mod tests {
         let mut counts = [0u32; 5];
         let draws = 50_000;
         for _ in 0..draws {
-            counts[best_of(&rng, n, 2, |_| 1.0)] += 1;
+            counts[best_of_with(&rng, n, 2, None, |_| 1.0)] += 1;
         }
         let mean = f64::from(draws) / n as f64;
         for c in counts {
@@ -116,7 +149,7 @@ mod tests {
         }
         // The worst of n never wins when two distinct candidates are compared.
         for _ in 0..1000 {
-            assert_ne!(best_of(&rng, n, 2, |i| -(i as f64)), 0);
+            assert_ne!(best_of_with(&rng, n, 2, None, |i| -(i as f64)), 0);
         }
     }
 

@@ -3,8 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::choice::{best_of, clamp_choices};
-use crate::rng::PickRng;
+use crate::choice::BestOf;
 use crate::stats::{DEFAULT_DECAY, DEFAULT_RTT, LoadClock};
 use crate::{Balancer, EndpointStats, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
@@ -22,6 +21,11 @@ pub struct LeastRequestConfig {
     /// Time constant with which an endpoint's failure ratio decays toward 0 while it gets no
     /// calls, so one shunned for failing is tried again. Default [`DEFAULT_DECAY`] (10 s).
     pub failure_decay: Duration,
+    /// One candidate is the previous pick's winner instead of a random endpoint, as
+    /// [`P2cEwmaConfig::memory`](crate::P2cEwmaConfig::memory) explains. Default `false`:
+    /// A48 draws every candidate at random, and in-flight counts alone (without latency)
+    /// give the memory little to remember.
+    pub memory: bool,
     /// Seeds the picker's random numbers, for reproducible tests and benchmarks. Default
     /// `None`: a per-thread generator seeded from the OS.
     pub seed: Option<u64>,
@@ -32,6 +36,7 @@ impl Default for LeastRequestConfig {
         LeastRequestConfig {
             choice_count: DEFAULT_CHOICE_COUNT,
             failure_decay: DEFAULT_DECAY,
+            memory: false,
             seed: None,
         }
     }
@@ -49,6 +54,13 @@ impl LeastRequestConfig {
     #[must_use]
     pub fn failure_decay(mut self, decay: Duration) -> Self {
         self.failure_decay = decay;
+        self
+    }
+
+    /// Sets [`memory`](Self::memory).
+    #[must_use]
+    pub fn memory(mut self, memory: bool) -> Self {
+        self.memory = memory;
         self
     }
 
@@ -120,10 +132,10 @@ impl Balancer for LeastRequest {
                 stats: subchannels[index].stats.clone(),
             })
             .collect();
+        let c = &self.config;
         Arc::new(LeastRequestPicker {
             entries,
-            choices: clamp_choices(self.config.choice_count),
-            rng: PickRng::new(self.config.seed),
+            choose: BestOf::new(c.choice_count, c.memory, c.seed),
         })
     }
 
@@ -151,8 +163,7 @@ impl Entry {
 
 struct LeastRequestPicker {
     entries: Vec<Entry>,
-    choices: usize,
-    rng: PickRng,
+    choose: BestOf,
 }
 
 impl Picker for LeastRequestPicker {
@@ -161,7 +172,7 @@ impl Picker for LeastRequestPicker {
             0 => Pick::Queue,
             1 => Pick::Ready(self.entries[0].index),
             n => {
-                let best = best_of(&self.rng, n, self.choices, |i| self.entries[i].cost());
+                let best = self.choose.pick(n, |i| self.entries[i].cost());
                 Pick::Ready(self.entries[best].index)
             }
         }

@@ -3,10 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-use crate::choice::{best_of_with, clamp_choices};
-use crate::rng::{Padded, PickRng};
+use crate::choice::BestOf;
 use crate::stats::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, LoadClock};
 use crate::{Balancer, EndpointStats, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
@@ -177,11 +174,10 @@ impl Balancer for P2cEwma {
             .into_iter()
             .map(|(index, _)| (index, subchannels[index].stats.clone()))
             .collect();
+        let c = &self.config;
         Arc::new(P2cPicker {
             entries,
-            choices: clamp_choices(self.config.choice_count),
-            rng: PickRng::new(self.config.seed),
-            last: self.config.memory.then(|| Padded(AtomicUsize::new(0))),
+            choose: BestOf::new(c.choice_count, c.memory, c.seed),
         })
     }
 
@@ -194,12 +190,7 @@ impl Balancer for P2cEwma {
 
 struct P2cPicker {
     entries: Vec<(usize, Arc<EndpointStats>)>,
-    choices: usize,
-    rng: PickRng,
-    /// The previous pick's winner (a position in `entries`) when
-    /// [`memory`](P2cEwmaConfig::memory) is on. Written only when the winner changes, so
-    /// threads picking the same endpoint share the cache line without writing it.
-    last: Option<Padded<AtomicUsize>>,
+    choose: BestOf,
 }
 
 impl Picker for P2cPicker {
@@ -208,16 +199,10 @@ impl Picker for P2cPicker {
             0 => Pick::Queue,
             1 => Pick::Ready(self.entries[0].0),
             n => {
-                let remembered = self.last.as_ref().map(|l| l.0.load(Ordering::Relaxed));
-                let best = best_of_with(&self.rng, n, self.choices, remembered, |i| {
+                let best = self.choose.pick(n, |i| {
                     let stats = &self.entries[i].1;
                     stats.scale_by_success(stats.load_cost())
                 });
-                if let Some(last) = &self.last
-                    && remembered != Some(best)
-                {
-                    last.0.store(best, Ordering::Relaxed);
-                }
                 Pick::Ready(self.entries[best].0)
             }
         }
