@@ -85,7 +85,11 @@ pub(crate) fn best_of_with(
     for j in pool - (k - first)..pool {
         bits = mix64(bits);
         let t = below(bits, j + 1);
-        let pick = if chosen[first..len].contains(&t) { j } else { t };
+        let pick = if chosen[first..len].contains(&t) {
+            j
+        } else {
+            t
+        };
         chosen[len] = pick;
         len += 1;
     }
@@ -166,7 +170,10 @@ mod tests {
         let n = 5;
         // Index 3 is remembered and the cheapest: it always wins.
         for _ in 0..1000 {
-            assert_eq!(best_of_with(&rng, n, 2, Some(3), |i| (i != 3) as u8 as f64), 3);
+            assert_eq!(
+                best_of_with(&rng, n, 2, Some(3), |i| (i != 3) as u8 as f64),
+                3
+            );
         }
         // Remembered index 3 the dearest: the winner is the random other, uniform over the
         // remaining four and never 3 itself.

@@ -22,9 +22,9 @@ pub struct LeastRequestConfig {
     /// calls, so one shunned for failing is tried again. Default [`DEFAULT_DECAY`] (10 s).
     pub failure_decay: Duration,
     /// One candidate is the previous pick's winner instead of a random endpoint, as
-    /// [`P2cEwmaConfig::memory`](crate::P2cEwmaConfig::memory) explains. Default `false`:
-    /// A48 draws every candidate at random, and in-flight counts alone (without latency)
-    /// give the memory little to remember.
+    /// [`P2cEwmaConfig::memory`](crate::P2cEwmaConfig::memory) explains. Default `false`,
+    /// so that `least_request` is A48's, which draws every candidate at random. (In the
+    /// `skew` example memory cut least_request's p90 from 60 to 19 ms, its p99.9 less.)
     pub memory: bool,
     /// Seeds the picker's random numbers, for reproducible tests and benchmarks. Default
     /// `None`: a per-thread generator seeded from the OS.
