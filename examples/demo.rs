@@ -13,9 +13,8 @@
 use std::time::Duration;
 
 use meshless::Channel;
-use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
-use meshless_integration::load::{self, LoadOutcome};
+use meshless_integration::load::{self, LoadArgs, LoadOutcome};
 use meshless_integration::proxy::ProxyHandle;
 use meshless_integration::report::{Report, RunReport};
 use meshless_integration::server::{ServerHandle, TestServer};
@@ -30,66 +29,10 @@ const LOAD_AWARE: &[&str] = &["least_request", "p2c_ewma"];
 /// Seed of the L4 proxy's backend choice, so the plain-tonic run is reproducible.
 const PROXY_SEED: u64 = 7;
 
-struct Args {
-    requests: usize,
-    concurrency: usize,
-    json: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        requests: DEFAULT_REQUESTS,
-        concurrency: DEFAULT_CONCURRENCY,
-        json: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut number = |name: &str| -> Result<usize, String> {
-            let v = it.next().ok_or(format!("{name} needs a value"))?;
-            match v.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!("{name}: `{v}` is not a positive number")),
-            }
-        };
-        match a.as_str() {
-            "--requests" => args.requests = number("--requests")?,
-            "--concurrency" => args.concurrency = number("--concurrency")?,
-            "--json" => args.json = true,
-            "-h" | "--help" => {
-                return Err("usage: demo [--requests N] [--concurrency C] [--json]".to_owned());
-            }
-            other => return Err(format!("unknown argument `{other}`; try --help")),
-        }
-    }
-    Ok(args)
-}
-
-async fn drive<T>(client: GreeterClient<T>, args: &Args) -> LoadOutcome
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    load::run(args.concurrency, args.requests, |i| {
-        let mut c = client.clone();
-        async move {
-            let req = HelloRequest {
-                name: format!("call {i}"),
-                ..Default::default()
-            };
-            c.say_hello(req).await.map(|r| r.into_inner().server)
-        }
-    })
-    .await
-}
-
 async fn meshless_run(
     policy: &str,
     servers: &[ServerHandle],
-    args: &Args,
+    args: &LoadArgs,
 ) -> Result<LoadOutcome, Box<dyn std::error::Error>> {
     let list: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
     let channel = Channel::builder(format!("static:///{}", list.join(",")))
@@ -100,12 +43,12 @@ async fn meshless_run(
     while channel.status().ready_count() < servers.len() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(drive(GreeterClient::new(channel), args).await)
+    Ok(load::say_hello(GreeterClient::new(channel), args).await)
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = match parse_args() {
+    let args = match LoadArgs::from_env("demo", DEFAULT_REQUESTS, DEFAULT_CONCURRENCY) {
         Ok(a) => a,
         Err(msg) => {
             eprintln!("{msg}");
@@ -132,7 +75,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plain = tonic::transport::Channel::from_shared(proxy.uri())?
         .connect()
         .await?;
-    let outcome = drive(GreeterClient::new(plain), &args).await;
+    let outcome = load::say_hello(GreeterClient::new(plain), &args).await;
     report.push(RunReport::new("tonic_via_l4_proxy", &names, &outcome));
 
     // 2. meshless, one policy after another.

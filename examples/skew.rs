@@ -23,9 +23,8 @@ use std::time::Duration;
 
 use meshless::Channel;
 use meshless::balancer::{Balancer, LeastRequestConfig, P2cEwmaConfig};
-use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
-use meshless_integration::load::{self, LoadOutcome};
+use meshless_integration::load::{self, LoadArgs};
 use meshless_integration::report::{Report, RunReport};
 use meshless_integration::server::{ServerHandle, TestServer};
 
@@ -74,40 +73,6 @@ const GOAL_VS_TONIC: f64 = 0.5;
 const GOAL_VS_HEALTHY: f64 = 2.0;
 
 type Error = Box<dyn std::error::Error>;
-
-struct Args {
-    requests: usize,
-    concurrency: usize,
-    json: bool,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        requests: DEFAULT_REQUESTS,
-        concurrency: DEFAULT_CONCURRENCY,
-        json: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut number = |name: &str| -> Result<usize, String> {
-            let v = it.next().ok_or(format!("{name} needs a value"))?;
-            match v.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(n),
-                _ => Err(format!("{name}: `{v}` is not a positive number")),
-            }
-        };
-        match a.as_str() {
-            "--requests" => args.requests = number("--requests")?,
-            "--concurrency" => args.concurrency = number("--concurrency")?,
-            "--json" => args.json = true,
-            "-h" | "--help" => {
-                return Err("usage: skew [--requests N] [--concurrency C] [--json]".to_owned());
-            }
-            other => return Err(format!("unknown argument `{other}`; try --help")),
-        }
-    }
-    Ok(args)
-}
 
 // ===== backends =====
 
@@ -171,34 +136,12 @@ fn spawn(backends: &[Backend]) -> std::io::Result<Vec<ServerHandle>> {
 
 // ===== runs =====
 
-async fn drive<T>(client: GreeterClient<T>, args: &Args) -> LoadOutcome
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    load::run(args.concurrency, args.requests, |i| {
-        let mut c = client.clone();
-        async move {
-            let req = HelloRequest {
-                name: format!("call {i}"),
-                ..Default::default()
-            };
-            c.say_hello(req).await.map(|r| r.into_inner().server)
-        }
-    })
-    .await
-}
-
 /// One run of meshless with `policy` over fresh `backends`, reported as `name`.
 async fn meshless_run(
     name: &str,
     policy: Arc<dyn Balancer>,
     backends: &[Backend],
-    args: &Args,
+    args: &LoadArgs,
 ) -> Result<RunReport, Error> {
     let servers = spawn(backends)?;
     let list: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
@@ -218,13 +161,13 @@ async fn meshless_run(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let outcome = drive(GreeterClient::new(channel), args).await;
+    let outcome = load::say_hello(GreeterClient::new(channel), args).await;
     Ok(RunReport::new(name, &names(backends), &outcome))
 }
 
 /// One run of tonic's `Channel::balance_list` (tower's p2c over tonic connections) over
 /// fresh `backends`.
-async fn tonic_run(backends: &[Backend], args: &Args) -> Result<RunReport, Error> {
+async fn tonic_run(backends: &[Backend], args: &LoadArgs) -> Result<RunReport, Error> {
     let servers = spawn(backends)?;
     let endpoints = servers
         .iter()
@@ -232,12 +175,12 @@ async fn tonic_run(backends: &[Backend], args: &Args) -> Result<RunReport, Error
         .collect::<Result<Vec<_>, _>>()?;
     let channel = tonic::transport::Channel::balance_list(endpoints.into_iter());
     tokio::time::sleep(TONIC_CONNECT_GRACE).await;
-    let outcome = drive(GreeterClient::new(channel), args).await;
+    let outcome = load::say_hello(GreeterClient::new(channel), args).await;
     Ok(RunReport::new(TONIC, &names(backends), &outcome))
 }
 
 /// Every meshless policy, then tonic, over fresh copies of `backends`.
-async fn compare(backends: &[Backend], args: &Args) -> Result<Report, Error> {
+async fn compare(backends: &[Backend], args: &LoadArgs) -> Result<Report, Error> {
     let mut report = Report::default();
     for name in POLICIES {
         let policy = meshless::balancer::policy(name)?;
@@ -356,7 +299,7 @@ fn goals(skew: &Report, two_slow: &Report, healthy: &RunReport) -> Result<Vec<Go
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    let args = match parse_args() {
+    let args = match LoadArgs::from_env("skew", DEFAULT_REQUESTS, DEFAULT_CONCURRENCY) {
         Ok(a) => a,
         Err(msg) => {
             eprintln!("{msg}");

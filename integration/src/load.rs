@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use tonic::Status;
 
+use crate::greeter::HelloRequest;
+use crate::greeter::greeter_client::GreeterClient;
 use crate::report::Latencies;
 
 /// The bound [`run`] puts on a whole run. Generous: a run that needs this long is broken.
@@ -124,4 +126,129 @@ where
     outcome.unfinished = requests as u64 - finished;
     outcome.elapsed = start.elapsed();
     outcome
+}
+
+// ===== the load examples' command line and call =====
+
+/// The options every load example takes: `--requests N`, `--concurrency C` and `--json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadArgs {
+    /// Calls to send.
+    pub requests: usize,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// Print one JSON object instead of tables.
+    pub json: bool,
+}
+
+impl LoadArgs {
+    /// Parses the process's arguments for the example `program`, with these defaults.
+    pub fn from_env(program: &str, requests: usize, concurrency: usize) -> Result<Self, String> {
+        Self::parse(program, requests, concurrency, std::env::args().skip(1))
+    }
+
+    /// Parses `args` (without the program name); the error is a line to print.
+    pub fn parse(
+        program: &str,
+        requests: usize,
+        concurrency: usize,
+        args: impl IntoIterator<Item = String>,
+    ) -> Result<Self, String> {
+        let mut out = LoadArgs {
+            requests,
+            concurrency,
+            json: false,
+        };
+        let mut it = args.into_iter();
+        while let Some(a) = it.next() {
+            let mut number = |name: &str| -> Result<usize, String> {
+                let v = it.next().ok_or(format!("{name} needs a value"))?;
+                match v.parse::<usize>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(format!("{name}: `{v}` is not a positive number")),
+                }
+            };
+            match a.as_str() {
+                "--requests" => out.requests = number("--requests")?,
+                "--concurrency" => out.concurrency = number("--concurrency")?,
+                "--json" => out.json = true,
+                "-h" | "--help" => {
+                    return Err(format!(
+                        "usage: {program} [--requests N] [--concurrency C] [--json]"
+                    ));
+                }
+                other => return Err(format!("unknown argument `{other}`; try --help")),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Sends `args.requests` `SayHello` calls through `client` at `args.concurrency`; each
+/// successful call counts for the server that answered.
+pub async fn say_hello<T>(client: GreeterClient<T>, args: &LoadArgs) -> LoadOutcome
+where
+    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    run(args.concurrency, args.requests, |i| {
+        let mut c = client.clone();
+        async move {
+            let req = HelloRequest {
+                name: format!("call {i}"),
+                ..Default::default()
+            };
+            c.say_hello(req).await.map(|r| r.into_inner().server)
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod args_tests {
+    use super::LoadArgs;
+
+    fn parse(args: &[&str]) -> Result<LoadArgs, String> {
+        LoadArgs::parse("demo", 4000, 32, args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults_overrides_and_errors() {
+        assert_eq!(
+            parse(&[]).unwrap(),
+            LoadArgs {
+                requests: 4000,
+                concurrency: 32,
+                json: false
+            }
+        );
+        assert_eq!(
+            parse(&["--requests", "10", "--concurrency", "2", "--json"]).unwrap(),
+            LoadArgs {
+                requests: 10,
+                concurrency: 2,
+                json: true
+            }
+        );
+        assert!(
+            parse(&["--requests"])
+                .unwrap_err()
+                .contains("needs a value")
+        );
+        assert!(
+            parse(&["--requests", "0"])
+                .unwrap_err()
+                .contains("not a positive number")
+        );
+        assert!(
+            parse(&["--bogus"])
+                .unwrap_err()
+                .contains("unknown argument `--bogus`")
+        );
+        assert!(parse(&["--help"]).unwrap_err().starts_with("usage: demo"));
+    }
 }
