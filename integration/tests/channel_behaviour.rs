@@ -208,3 +208,80 @@ async fn status_reports_states_and_errors() {
         assert_eq!(hello(&mut client).await.unwrap(), "s0");
     }
 }
+
+/// A raw HTTP/2 server that accepts every stream and never answers (a hung process behind
+/// an open socket); records each stream's `grpc-timeout` header.
+async fn black_hole_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(sock).await else {
+                    return;
+                };
+                let mut held = Vec::new();
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    let t = req
+                        .headers()
+                        .get("grpc-timeout")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    log.lock().unwrap().push(t);
+                    held.push(respond); // never answered, never reset
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_deadline_bounds_a_server_that_never_answers() {
+    let (addr, seen) = black_hole_server().await;
+    let (channel, handle) = manual_channel("round_robin");
+    handle.reset(vec![Endpoint::new(addr)]);
+    wait_ready(&channel, 1).await;
+    let mut client = GreeterClient::new(channel);
+    let mut req = tonic::Request::new(HelloRequest::default());
+    req.set_timeout(Duration::from_millis(300));
+    let start = tokio::time::Instant::now();
+    let err = client.say_hello(req).await.unwrap_err();
+    let took = start.elapsed();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // The server was told what was left of the deadline, never more than the call's.
+    let got = seen.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let left = got[0].trim_end_matches('u').parse::<u64>().expect("micros");
+    assert!(left <= 300_000 && left > 200_000, "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_cannot_be_encoded_fails_locally_and_reaches_no_server() {
+    let servers = servers(1);
+    let channel = Channel::builder(static_target(&servers)).build().unwrap();
+    wait_ready(&channel, 1).await;
+    let mut client = GreeterClient::new(channel.clone()).max_encoding_message_size(16);
+    let err = client
+        .say_hello(HelloRequest {
+            name: "x".repeat(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{err}");
+    assert_eq!(servers[0].calls(), 0);
+    let st = channel.status();
+    assert_eq!(
+        st.endpoints[0].failures, 0,
+        "a local error was blamed on the endpoint"
+    );
+}

@@ -7,10 +7,7 @@ use http::HeaderValue;
 use tower_layer::Layer;
 use tower_service::Service;
 
-/// The gRPC header that carries a call's deadline.
-const GRPC_TIMEOUT: &str = "grpc-timeout";
-/// gRPC allows at most 8 digits in a `grpc-timeout` value.
-const MAX_TIMEOUT_DIGITS: u64 = 99_999_999;
+use meshless_transport::grpc_timeout::{HEADER as GRPC_TIMEOUT, encode as encode_timeout};
 
 /// Adds a `grpc-timeout` header to every request that has none. The server then cancels the
 /// call at the deadline, and a meshless `Channel` bounds its wait for a ready endpoint by it.
@@ -66,47 +63,10 @@ where
     }
 }
 
-/// Encodes `d` in the largest-precision unit that fits gRPC's 8 digits.
-fn encode_timeout(d: Duration) -> HeaderValue {
-    let nanos = d.as_nanos();
-    let candidates: [(u128, &str); 6] = [
-        (1, "n"),
-        (1_000, "u"),
-        (1_000_000, "m"),
-        (1_000_000_000, "S"),
-        (60_000_000_000, "M"),
-        (3_600_000_000_000, "H"),
-    ];
-    for (unit, suffix) in candidates {
-        let v = nanos.div_ceil(unit);
-        if v <= u128::from(MAX_TIMEOUT_DIGITS) {
-            return HeaderValue::from_str(&format!("{v}{suffix}"))
-                .unwrap_or(HeaderValue::from_static("99999999H"));
-        }
-    }
-    HeaderValue::from_static("99999999H")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tower::{ServiceExt, service_fn};
-
-    #[test]
-    fn encodes_in_the_finest_unit_that_fits() {
-        assert_eq!(encode_timeout(Duration::from_millis(250)), "250000u");
-        assert_eq!(encode_timeout(Duration::from_secs(2)), "2000000u");
-        assert_eq!(encode_timeout(Duration::from_secs(200)), "200000m");
-        assert_eq!(
-            encode_timeout(Duration::from_secs(86_400 * 365)),
-            "31536000S"
-        );
-        assert_eq!(
-            encode_timeout(Duration::from_secs(86_400 * 365 * 4)),
-            "2102400M"
-        );
-        assert_eq!(encode_timeout(Duration::MAX), "99999999H");
-    }
 
     #[tokio::test]
     async fn adds_only_when_missing() {

@@ -59,6 +59,10 @@ impl BackoffConfig {
     }
 }
 
+/// Multipliers above this are taken as this: the delay reaches the cap in a step or two
+/// anyway, and an infinite multiplier must not overflow `Duration`.
+const MAX_MULTIPLIER: f64 = 1e6;
+
 /// The running state of one backoff sequence.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
@@ -81,9 +85,18 @@ impl Backoff {
     /// The delay before the next attempt, with `unit` a uniform sample in [-1, 1].
     pub(crate) fn next_delay_with(&mut self, unit: f64) -> Duration {
         let cur = self.next.min(self.config.max_delay);
-        let mult = self.config.multiplier.max(1.0);
+        let mult = if self.config.multiplier.is_nan() {
+            1.0
+        } else {
+            self.config.multiplier.clamp(1.0, MAX_MULTIPLIER)
+        };
         self.next = cur.mul_f64(mult).min(self.config.max_delay);
-        let jitter = self.config.jitter.clamp(0.0, 1.0) * unit.clamp(-1.0, 1.0);
+        // NaN settings must not reach `mul_f64`, which panics on them.
+        let jitter = if self.config.jitter.is_nan() || unit.is_nan() {
+            0.0
+        } else {
+            self.config.jitter.clamp(0.0, 1.0) * unit.clamp(-1.0, 1.0)
+        };
         cur.mul_f64(1.0 + jitter)
     }
 
@@ -108,6 +121,21 @@ mod tests {
         assert!((secs[2] - 2.56).abs() < 1e-9);
         assert_eq!(*secs.last().unwrap(), 120.0);
         b.reset();
+        assert_eq!(b.next_delay_with(0.0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn nonsense_settings_do_not_panic() {
+        let cfg = BackoffConfig::default()
+            .jitter(f64::NAN)
+            .multiplier(f64::INFINITY)
+            .base_delay(Duration::from_secs(1));
+        let mut b = Backoff::new(cfg);
+        for _ in 0..5 {
+            assert!(b.next_delay() <= Duration::from_secs(120));
+        }
+        let mut b = Backoff::new(BackoffConfig::default().multiplier(f64::NAN));
+        assert_eq!(b.next_delay_with(0.0), Duration::from_secs(1));
         assert_eq!(b.next_delay_with(0.0), Duration::from_secs(1));
     }
 

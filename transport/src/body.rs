@@ -30,8 +30,9 @@ pub(crate) enum Replay {
 }
 
 impl Replay {
-    /// Reads what `body` has ready without waiting, up to [`REPLAY_LIMIT`] bytes.
-    pub(crate) fn new(mut body: tonic::body::Body) -> Replay {
+    /// Reads what `body` has ready without waiting, up to [`REPLAY_LIMIT`] bytes. A body that
+    /// fails at once (a message that could not be encoded) is that failure.
+    pub(crate) fn new(mut body: tonic::body::Body) -> Result<Replay, Status> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut chunks: Vec<Bytes> = Vec::new();
         let mut len = 0usize;
@@ -61,16 +62,17 @@ impl Replay {
                             buf.freeze()
                         }
                     };
-                    return Replay::Full(full);
+                    return Ok(Replay::Full(full));
                 }
-                // An error or a body not complete yet: send what we have, then the rest.
-                Poll::Ready(Some(Err(_))) | Poll::Pending => break,
+                Poll::Ready(Some(Err(status))) => return Err(status),
+                // Not complete yet: send what we have, then the rest.
+                Poll::Pending => break,
             }
         }
-        Replay::Stream {
+        Ok(Replay::Stream {
             prefix: chunks.into(),
             rest: Arc::new(Mutex::new(Some(body))),
-        }
+        })
     }
 
     /// A body for one attempt, or `None` when the original body was already consumed by an

@@ -17,6 +17,7 @@ use tonic::Status;
 use crate::backoff::BackoffConfig;
 use crate::body::{CallGuard, Replay, ReqBody, TrackedBody, outcome_of};
 use crate::control::{Control, PickerState, Shared};
+use crate::grpc_timeout;
 use crate::status::ChannelStatus;
 use crate::subchannel::{ConnectConfig, Subchannel};
 
@@ -301,24 +302,21 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
 struct Waiter {
     rx: Option<watch::Receiver<u64>>,
     deadline: Option<(Instant, bool)>,
+    /// The call's own deadline, from its `grpc-timeout`.
+    call_deadline: Option<Instant>,
 }
 
 impl Waiter {
     /// Returns `Ok` when it is worth picking again.
-    async fn wait(
-        &mut self,
-        shared: &Shared,
-        headers: &http::HeaderMap,
-        last: &Option<String>,
-    ) -> Result<(), Status> {
+    async fn wait(&mut self, shared: &Shared, last: &Option<String>) -> Result<(), Status> {
         let Some(rx) = &mut self.rx else {
             // First time: subscribe, then pick again at once, so a snapshot published
             // between our pick and the subscription is not missed.
             self.rx = Some(shared.version.subscribe());
-            let bound = shared.wait_for_ready;
-            self.deadline = Some(match grpc_timeout(headers) {
-                Some(t) if t < bound => (Instant::now() + t, true),
-                _ => (Instant::now() + bound, false),
+            let bound = later(Instant::now(), shared.wait_for_ready);
+            self.deadline = Some(match self.call_deadline {
+                Some(own) if own < bound => (own, true),
+                _ => (bound, false),
             });
             return Ok(());
         };
@@ -364,19 +362,53 @@ async fn call(
     req: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
     let (parts, body) = req.into_parts();
-    let replay = Replay::new(body);
+    // A body that failed to encode (a message over the size limit) fails the call here, as
+    // tonic's own channel does, instead of reaching the server cut short.
+    let replay = Replay::new(body)?;
+    let Some(timeout) = grpc_timeout::parse(&parts.headers) else {
+        return attempts(&shared, parts, replay, None).await;
+    };
+    // The call's deadline bounds everything up to the response headers, as tonic's own
+    // channel does: the wait for an endpoint, connecting, and a server that never answers.
+    let deadline = later(Instant::now(), timeout);
+    match tokio::time::timeout_at(deadline, attempts(&shared, parts, replay, Some(deadline))).await
+    {
+        Ok(result) => result,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "{}: deadline of {timeout:?} exceeded",
+            shared.target
+        ))),
+    }
+}
+
+/// `from + d`, or a time far enough away to mean "never" when that overflows.
+fn later(from: Instant, d: Duration) -> Instant {
+    from.checked_add(d)
+        .unwrap_or_else(|| from + Duration::from_secs(FAR_FUTURE_SECS))
+}
+
+/// About 30 years: what "no bound" means where an `Instant` is needed.
+const FAR_FUTURE_SECS: u64 = 86_400 * 365 * 30;
+
+async fn attempts(
+    shared: &Shared,
+    parts: http::request::Parts,
+    replay: Replay,
+    deadline: Option<Instant>,
+) -> Result<http::Response<tonic::body::Body>, Status> {
     let mut waiter = Waiter {
         rx: None,
         deadline: None,
+        call_deadline: deadline,
     };
     let mut transparent_retries = 1usize;
     let mut unsent = 0usize;
     let mut last_error: Option<String> = None;
     loop {
-        let (sub, mut sender) = match pick(&shared, &parts) {
+        let (sub, mut sender) = match pick(shared, &parts) {
             Picked::Send(sub, tx) => (sub, tx),
             Picked::Wait => {
-                waiter.wait(&shared, &parts.headers, &last_error).await?;
+                waiter.wait(shared, &last_error).await?;
                 continue;
             }
             Picked::Fail(status) => return Err(status),
@@ -390,6 +422,12 @@ async fn call(
         };
         let mut req = http::Request::from_parts(parts.clone(), body);
         set_origin(req.uri_mut(), &sub.authority);
+        if let Some(at) = deadline {
+            // The server's deadline is what is left of the call's, not the whole of it.
+            let left = at.saturating_duration_since(Instant::now());
+            req.headers_mut()
+                .insert(grpc_timeout::HEADER, grpc_timeout::encode(left));
+        }
         let mut guard = CallGuard::start(sub.stats.clone());
         match sender.try_send_request(req).await {
             Ok(resp) => {
@@ -414,6 +452,9 @@ async fn call(
                         continue;
                     }
                 } else if transparent_retries > 0 && never_processed(&error) {
+                    if is_remote_go_away(&error) {
+                        sub.drained();
+                    }
                     guard.abandon();
                     transparent_retries -= 1;
                     tracing::debug!(addr = %sub.addr, "call refused before processing; retrying transparently: {error}");
@@ -421,18 +462,38 @@ async fn call(
                 } else {
                     guard.set_outcome(false);
                 }
-                let code = Status::from_error(Box::new(error)).code();
-                let code = if code == tonic::Code::Unknown {
-                    tonic::Code::Unavailable
-                } else {
-                    code
-                };
                 return Err(Status::new(
-                    code,
+                    code_of(&error, never_sent),
                     format!("{}: {}", shared.target, last_error.unwrap_or_default()),
                 ));
             }
         }
+    }
+}
+
+/// The gRPC status code of a transport failure, per gRPC's HTTP/2 mapping
+/// (PROTOCOL-HTTP2.md): a call that never left, a refused or drained stream, or a broken
+/// connection is UNAVAILABLE; a stream the server cancelled is CANCELLED; ENHANCE_YOUR_CALM
+/// is RESOURCE_EXHAUSTED; INADEQUATE_SECURITY is PERMISSION_DENIED; other resets are
+/// INTERNAL. Spelled out here rather than taken from tonic, whose mapping depends on which
+/// of its cargo features the application happens to enable.
+fn code_of(err: &hyper::Error, never_sent: bool) -> tonic::Code {
+    use tonic::Code;
+    if never_sent || err.is_canceled() || err.is_closed() {
+        return Code::Unavailable;
+    }
+    let Some(h2) = h2_error(err) else {
+        return Code::Unavailable;
+    };
+    if h2.is_io() || h2.is_go_away() {
+        return Code::Unavailable;
+    }
+    match h2.reason() {
+        Some(h2::Reason::REFUSED_STREAM) | None => Code::Unavailable,
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+        Some(_) => Code::Internal,
     }
 }
 
@@ -447,61 +508,30 @@ fn set_origin(uri: &mut Uri, authority: &http::uri::Authority) {
     *uri = Uri::from_parts(parts).unwrap_or_default();
 }
 
+/// True when the error is the server's GOAWAY.
+fn is_remote_go_away(err: &hyper::Error) -> bool {
+    h2_error(err).is_some_and(|h2| h2.is_remote() && h2.is_go_away())
+}
+
+/// The h2 error behind a hyper error, if there is one.
+fn h2_error(err: &hyper::Error) -> Option<&h2::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// True when the server provably did not process the stream: it refused it
 /// (`REFUSED_STREAM`) or its GOAWAY's last stream id is below ours. gRPC retries these
 /// transparently.
 fn never_processed(err: &hyper::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            // h2 gives streams above a GOAWAY's last id the remote GOAWAY error itself;
-            // streams below it that die later see a broken pipe instead.
-            return h2.is_remote()
-                && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM));
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// The `grpc-timeout` header as a duration (gRPC over HTTP/2: 1-8 digits and a unit).
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get("grpc-timeout")?.to_str().ok()?;
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
+    // h2 gives streams above a GOAWAY's last id the remote GOAWAY error itself; streams
+    // below it that die later see a broken pipe instead.
+    h2_error(err).is_some_and(|h2| {
+        h2.is_remote() && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_units() {
-        let mut h = http::HeaderMap::new();
-        for (v, d) in [
-            ("5S", Duration::from_secs(5)),
-            ("250m", Duration::from_millis(250)),
-            ("1H", Duration::from_secs(3600)),
-            ("7u", Duration::from_micros(7)),
-        ] {
-            h.insert("grpc-timeout", v.parse().unwrap());
-            assert_eq!(grpc_timeout(&h), Some(d), "{v}");
-        }
-        for bad in ["", "S", "12x", "123456789S", "-1S"] {
-            h.insert("grpc-timeout", http::HeaderValue::from_str(bad).unwrap());
-            assert_eq!(grpc_timeout(&h), None, "{bad}");
-        }
-    }
 }

@@ -18,6 +18,7 @@ mod backoff;
 mod body;
 mod channel;
 mod control;
+pub mod grpc_timeout;
 mod status;
 mod subchannel;
 

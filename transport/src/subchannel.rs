@@ -40,9 +40,19 @@ pub(crate) struct Subchannel {
     pub authority: http::uri::Authority,
     pub stats: Arc<EndpointStats>,
     sender: ArcSwapOption<http2::SendRequest<ReqBody>>,
+    /// Told by a call that met the server's GOAWAY. hyper's dispatch task notices a GOAWAY
+    /// only when the next request arrives if streams are still open, so without this the
+    /// first call after every drain would pay for the reconnect.
+    drained: tokio::sync::Notify,
 }
 
 impl Subchannel {
+    /// The server said GOAWAY: stop using this connection and open a new one now.
+    pub(crate) fn drained(&self) {
+        self.sender.store(None);
+        self.drained.notify_one();
+    }
+
     /// A handle on the live connection, if there is one and it is not known to be closed.
     pub(crate) fn sender(&self) -> Option<http2::SendRequest<ReqBody>> {
         let guard = self.sender.load();
@@ -92,6 +102,7 @@ pub(crate) fn spawn(
         authority,
         stats,
         sender: ArcSwapOption::empty(),
+        drained: tokio::sync::Notify::new(),
     });
     let (stop, stop_rx) = watch::channel(false);
     tokio::spawn(connection_loop(
@@ -139,6 +150,8 @@ async fn connection_loop(
                 report(ConnectivityState::Ready, None);
                 let end = tokio::select! {
                     r = conn => r,
+                    // In-flight streams carry on in hyper's connection task.
+                    _ = sub.drained.notified() => Ok(()),
                     _ = stopped(&mut stop) => {
                         // Dropping `conn` here ends our side of the dispatch; hyper keeps
                         // the connection until in-flight streams are done, then closes it.

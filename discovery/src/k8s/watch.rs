@@ -70,7 +70,12 @@ impl State {
         };
         match watch.next().await {
             Some(Ok(event)) => self.on_event(event),
-            Some(Err(err)) => vec![Err(self.error(&err))],
+            Some(Err(err)) => {
+                // kube resumes a broken watch without a relist: send a snapshot with the next
+                // event even if the set is unchanged, so the channel learns discovery works again.
+                self.last = None;
+                vec![Err(self.error(&err))]
+            }
             None => {
                 self.watch = None;
                 Vec::new()
@@ -120,10 +125,17 @@ impl State {
     fn on_event(&mut self, event: Event<DynamicObject>) -> Vec<Item> {
         let mut problems = Vec::new();
         match event {
-            Event::Init => self.relist = Some(BTreeMap::new()),
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                // Problems of an earlier list that did not finish are stale.
+                self.pending.clear();
+            }
             Event::InitApply(obj) => {
                 let name = obj.metadata.name.clone().unwrap_or_default();
-                let slice = self.parse(obj, &mut problems);
+                // A slice that no longer parses keeps its previous version, as between lists.
+                let slice = self
+                    .parse(obj, &mut problems)
+                    .or_else(|| self.slices.get(&name).cloned());
                 if let (Some(map), Some(slice)) = (self.relist.as_mut(), slice) {
                     map.insert(name, slice);
                 }

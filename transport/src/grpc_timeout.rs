@@ -1,0 +1,88 @@
+//! The `grpc-timeout` header: a call's deadline as gRPC over HTTP/2 carries it.
+
+use std::time::Duration;
+
+use http::HeaderValue;
+
+/// The header's name.
+pub const HEADER: &str = "grpc-timeout";
+/// gRPC allows at most 8 digits in a `grpc-timeout` value.
+const MAX_DIGITS: u64 = 99_999_999;
+
+/// The deadline in `headers`, if it has a well-formed one (1 to 8 digits and a unit).
+pub fn parse(headers: &http::HeaderMap) -> Option<Duration> {
+    let v = headers.get(HEADER)?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Encodes `d` in the finest unit that fits gRPC's 8 digits (rounding up, so a deadline is
+/// never made shorter than asked).
+pub fn encode(d: Duration) -> HeaderValue {
+    let nanos = d.as_nanos();
+    let units: [(u128, &str); 6] = [
+        (1, "n"),
+        (1_000, "u"),
+        (1_000_000, "m"),
+        (1_000_000_000, "S"),
+        (60_000_000_000, "M"),
+        (3_600_000_000_000, "H"),
+    ];
+    for (unit, suffix) in units {
+        let v = nanos.div_ceil(unit);
+        if v <= u128::from(MAX_DIGITS)
+            && let Ok(h) = HeaderValue::from_str(&format!("{v}{suffix}"))
+        {
+            return h;
+        }
+    }
+    HeaderValue::from_static("99999999H")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_unit_and_rejects_garbage() {
+        let mut h = http::HeaderMap::new();
+        for (v, d) in [
+            ("5S", Duration::from_secs(5)),
+            ("250m", Duration::from_millis(250)),
+            ("1H", Duration::from_secs(3600)),
+            ("7u", Duration::from_micros(7)),
+        ] {
+            h.insert(HEADER, v.parse().unwrap());
+            assert_eq!(parse(&h), Some(d), "{v}");
+        }
+        for bad in ["", "S", "12x", "123456789S", "-1S"] {
+            h.insert(HEADER, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(parse(&h), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn encodes_in_the_finest_unit_that_fits() {
+        assert_eq!(encode(Duration::from_millis(250)), "250000u");
+        assert_eq!(encode(Duration::from_secs(2)), "2000000u");
+        assert_eq!(encode(Duration::from_secs(200)), "200000m");
+        assert_eq!(encode(Duration::from_secs(86_400 * 365)), "31536000S");
+        assert_eq!(encode(Duration::from_secs(86_400 * 365 * 4)), "2102400M");
+        assert_eq!(encode(Duration::MAX), "99999999H");
+        let mut h = http::HeaderMap::new();
+        h.insert(HEADER, encode(Duration::from_millis(1234)));
+        assert_eq!(parse(&h), Some(Duration::from_millis(1234)));
+    }
+}
