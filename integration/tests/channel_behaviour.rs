@@ -285,3 +285,47 @@ async fn a_message_that_cannot_be_encoded_fails_locally_and_reaches_no_server() 
         "a local error was blamed on the endpoint"
     );
 }
+
+/// A TCP port that accepts and then writes `reply` (nothing, when empty) and holds the
+/// connection: a sidecar whose app is not up, an HTTP/1 or TLS port.
+async fn not_http2_port(reply: &'static [u8]) -> SocketAddr {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            if !reply.is_empty() {
+                let _ = sock.write_all(reply).await;
+            }
+            held.push(sock);
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_does_not_speak_http2_is_never_ready() {
+    for (reply, want) in [
+        (&b""[..], "HTTP/2 preface"),
+        (
+            &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..],
+            "does not speak HTTP/2",
+        ),
+    ] {
+        let addr = not_http2_port(reply).await;
+        let (discovery, handle) = meshless::discovery::ManualDiscovery::new();
+        let channel = Channel::with_discovery("not-h2", Arc::new(discovery))
+            .connect_timeout(Duration::from_millis(300))
+            .backoff(fast_backoff())
+            .build()
+            .unwrap();
+        handle.reset(vec![Endpoint::new(addr)]);
+        let mut client = GreeterClient::new(channel.clone());
+        let err = hello(&mut client).await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert!(err.message().contains(want), "`{want}` missing: {err}");
+        let st = channel.status();
+        assert_eq!(st.ready_count(), 0, "{st:?}");
+    }
+}

@@ -19,6 +19,7 @@ mod body;
 mod channel;
 mod control;
 pub mod grpc_timeout;
+mod preface;
 mod status;
 mod subchannel;
 

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::body::ReqBody;
+use crate::preface::{Preface, PrefaceWatch};
 
 /// Connection settings shared by every subchannel of a channel.
 #[derive(Debug, Clone)]
@@ -184,7 +185,7 @@ async fn connection_loop(
             }
             Err(_elapsed) => {
                 let msg = format!(
-                    "connecting to {} timed out after {:?}",
+                    "connecting to {} timed out after {:?} (no TCP connection, or no HTTP/2 preface from the server)",
                     sub.addr, config.connect_timeout
                 );
                 tracing::debug!("{msg}");
@@ -229,14 +230,12 @@ async fn connect(
         Address::Tcp(sa) => {
             let tcp = tokio::net::TcpStream::connect(sa).await?;
             tcp.set_nodelay(true)?;
-            let (tx, conn) = builder.handshake(TokioIo::new(tcp)).await?;
-            Ok((tx, Box::pin(conn)))
+            handshake(&builder, tcp).await
         }
         #[cfg(unix)]
         Address::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path).await?;
-            let (tx, conn) = builder.handshake(TokioIo::new(stream)).await?;
-            Ok((tx, Box::pin(conn)))
+            handshake(&builder, stream).await
         }
         #[cfg(not(unix))]
         Address::Unix(path) => Err(ConnectError::Io(std::io::Error::new(
@@ -249,8 +248,44 @@ async fn connect(
     }
 }
 
+/// The HTTP/2 handshake, done only when the server has sent its SETTINGS frame (hyper's
+/// returns as soon as our preface is written). The caller's connect timeout bounds the wait.
+async fn handshake<T>(
+    builder: &http2::Builder<TokioExecutor>,
+    io: T,
+) -> Result<(http2::SendRequest<ReqBody>, Connection), ConnectError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (io, mut preface) = PrefaceWatch::new(io);
+    let (tx, conn) = builder.handshake(TokioIo::new(io)).await?;
+    let mut conn: Connection = Box::pin(conn);
+    // Drive our side of the dispatch too, so a connection that fails meanwhile is seen; what
+    // the server sent says more than h2's protocol error, so it is looked at first.
+    let seen = tokio::select! {
+        biased;
+        p = &mut preface => p.unwrap_or(Preface::Closed),
+        r = &mut conn => match (r, preface.try_recv()) {
+            (_, Ok(p)) => p,
+            (Ok(()), Err(_)) => Preface::Closed,
+            (Err(e), Err(_)) => return Err(ConnectError::Handshake(e)),
+        },
+    };
+    match seen {
+        Preface::Http2 => Ok((tx, conn)),
+        Preface::Other => Err(ConnectError::NotHttp2),
+        Preface::Closed => Err(ConnectError::ClosedEarly),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
+    #[error(
+        "the server does not speak HTTP/2 (its first bytes are not a SETTINGS frame; TLS or HTTP/1 port?)"
+    )]
+    NotHttp2,
+    #[error("the server closed the connection before its HTTP/2 preface")]
+    ClosedEarly,
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("HTTP/2 handshake failed: {0}")]
