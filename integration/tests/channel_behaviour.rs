@@ -329,3 +329,56 @@ async fn a_port_that_does_not_speak_http2_is_never_ready() {
         assert_eq!(st.ready_count(), 0, "{st:?}");
     }
 }
+
+/// round_robin that counts how often it builds a picker.
+#[derive(Debug)]
+struct CountingRoundRobin(Arc<AtomicU64>);
+
+impl meshless::balancer::Balancer for CountingRoundRobin {
+    fn name(&self) -> &'static str {
+        "round_robin"
+    }
+
+    fn build(
+        &self,
+        subchannels: &[meshless::balancer::SubchannelView],
+    ) -> Arc<dyn meshless::balancer::Picker> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        meshless::balancer::Balancer::build(&meshless::balancer::RoundRobin, subchannels)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_endpoint_that_never_gets_ready_does_not_rebuild_the_picker() {
+    let servers = servers(1);
+    let builds = Arc::new(AtomicU64::new(0));
+    let (discovery, handle) = meshless::discovery::ManualDiscovery::new();
+    let channel = Channel::with_discovery("flap", Arc::new(discovery))
+        .balancer(Arc::new(CountingRoundRobin(builds.clone())))
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let dead = dead_addr();
+    handle.reset(vec![Endpoint::new(servers[0].addr()), Endpoint::new(dead)]);
+    wait_ready(&channel, 1).await;
+    wait_until("the dead endpoint failing", || {
+        channel
+            .status()
+            .endpoint(&Address::from(dead))
+            .is_some_and(|e| e.last_error.is_some())
+    })
+    .await;
+    let before = builds.load(Ordering::SeqCst);
+    // fast_backoff retries every 50–200 ms: about ten Connecting/TransientFailure rounds.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        builds.load(Ordering::SeqCst),
+        before,
+        "picker rebuilt for a non-ready endpoint's backoff"
+    );
+    // A real change still rebuilds.
+    handle.reset(vec![Endpoint::new(servers[0].addr())]);
+    wait_until("the rebuild", || builds.load(Ordering::SeqCst) > before).await;
+    let mut client = GreeterClient::new(channel);
+    assert_eq!(hello(&mut client).await.unwrap(), "s0");
+}

@@ -125,6 +125,9 @@ struct Run {
     resolved: bool,
     discovery_error: Option<DiscoveryError>,
     next_generation: u64,
+    /// What the published picker was built from, while it is a balancer's picker: each
+    /// subchannel's incarnation, endpoint and readiness.
+    picked_from: Option<Vec<(u64, Endpoint, bool)>>,
 }
 
 impl Control {
@@ -140,6 +143,7 @@ impl Control {
             resolved: false,
             discovery_error: None,
             next_generation: 0,
+            picked_from: None,
         };
         loop {
             tokio::select! {
@@ -286,14 +290,37 @@ impl Run {
     }
 
     fn rebuild(&mut self) {
-        let subchannels: Vec<Arc<Subchannel>> =
-            self.entries.iter().map(|e| e.handle.sub.clone()).collect();
-        let picker = self.picker_state();
-        // Publish first: whoever sees the new status can count on the picker matching it.
-        self.c.shared.publish(Snapshot {
-            picker,
-            subchannels,
-        });
+        // A balancer's picker depends only on which subchannels there are, their endpoints
+        // and which are ready. Endpoints that are not ready going Connecting ↔ TransientFailure
+        // through their backoff must not cost a rebuild (a ring or Maglev table for large sets)
+        // and a wake-up of every queued call.
+        let inputs: Option<Vec<(u64, Endpoint, bool)>> = self
+            .entries
+            .iter()
+            .any(|e| e.state == ConnectivityState::Ready)
+            .then(|| {
+                self.entries
+                    .iter()
+                    .map(|e| {
+                        (
+                            e.handle.generation,
+                            e.endpoint.clone(),
+                            e.state == ConnectivityState::Ready,
+                        )
+                    })
+                    .collect()
+            });
+        if inputs.is_none() || inputs != self.picked_from {
+            let subchannels: Vec<Arc<Subchannel>> =
+                self.entries.iter().map(|e| e.handle.sub.clone()).collect();
+            let picker = self.picker_state();
+            // Publish first: whoever sees the new status can count on the picker matching it.
+            self.c.shared.publish(Snapshot {
+                picker,
+                subchannels,
+            });
+            self.picked_from = inputs;
+        }
         let mut base = self
             .c
             .shared
