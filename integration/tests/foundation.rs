@@ -95,32 +95,15 @@ async fn added_endpoint_gets_traffic_within_100ms() {
     let (channel, handle) = manual_channel("round_robin");
     handle.reset(endpoints(&servers[..2]));
     wait_ready(&channel, 2).await;
-    let client = GreeterClient::new(channel.clone());
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut load = Vec::new();
-    for _ in 0..4 {
-        let mut c = client.clone();
-        let stop = stop.clone();
-        load.push(tokio::spawn(async move {
-            let mut failed = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if hello(&mut c).await.is_err() {
-                    failed += 1;
-                }
-            }
-            failed
-        }));
-    }
+    let load = Load::start(&channel, 4);
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(servers[2].calls(), 0);
     let added_at = Instant::now();
     handle.add([Endpoint::new(servers[2].addr())]);
     wait_until("the new endpoint's first call", || servers[2].calls() > 0).await;
     let took = added_at.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for l in load {
-        assert_eq!(l.await.unwrap(), 0, "calls failed during the addition");
-    }
+    let (_, failed, errors) = load.finish().await;
+    assert_eq!(failed, 0, "calls failed during the addition: {errors:?}");
     assert!(
         took < Duration::from_millis(100),
         "new endpoint waited {took:?} for traffic"

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -165,64 +163,6 @@ async fn publish(c: &Cluster, s: &ServerHandle, ready: bool, terminating: bool) 
         &[pod(s, ready, terminating)],
     ))
     .await;
-}
-
-/// Runs unary calls on `n` tasks until stopped; counts failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    failures: Arc<AtomicU64>,
-    calls: Arc<AtomicU64>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    errors: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Load {
-    fn start(channel: &Channel, n: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let failures = Arc::new(AtomicU64::new(0));
-        let calls = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tasks = (0..n)
-            .map(|_| {
-                let mut client = GreeterClient::new(channel.clone());
-                let (stop, failures, calls, errors) = (
-                    stop.clone(),
-                    failures.clone(),
-                    calls.clone(),
-                    errors.clone(),
-                );
-                tokio::spawn(async move {
-                    while !stop.load(Ordering::Relaxed) {
-                        calls.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = hello(&mut client).await {
-                            failures.fetch_add(1, Ordering::Relaxed);
-                            errors.lock().unwrap().push(e.to_string());
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            failures,
-            calls,
-            tasks,
-            errors,
-        }
-    }
-
-    async fn finish(self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let errors = self.errors.lock().unwrap().clone();
-        (
-            self.calls.load(Ordering::Relaxed),
-            self.failures.load(Ordering::Relaxed),
-            errors,
-        )
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

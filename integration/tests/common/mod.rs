@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use meshless::discovery::{Endpoint, ManualDiscovery, ManualHandle};
@@ -93,4 +94,64 @@ pub async fn hello(client: &mut GreeterClient<Channel>) -> Result<String, tonic:
 pub fn dead_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
+}
+
+/// Runs unary calls on `n` tasks until stopped; counts failures.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    calls: Arc<AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    errors: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Load {
+    /// Starts `n` tasks that send unary calls until [`finish`](Self::finish).
+    pub fn start(channel: &Channel, n: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..n)
+            .map(|_| {
+                let mut client = GreeterClient::new(channel.clone());
+                let (stop, failures, calls, errors) = (
+                    stop.clone(),
+                    failures.clone(),
+                    calls.clone(),
+                    errors.clone(),
+                );
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        calls.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = hello(&mut client).await {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(e.to_string());
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            failures,
+            calls,
+            tasks,
+            errors,
+        }
+    }
+
+    /// Stops the calls; returns (calls, failures, failure messages).
+    pub async fn finish(self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let errors = self.errors.lock().unwrap().clone();
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+            errors,
+        )
+    }
 }
