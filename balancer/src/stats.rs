@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::rng::Padded;
+
 /// The default time constant of the latency EWMA: 10 s, Finagle's and go-zero's value.
 pub const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 
@@ -32,6 +34,12 @@ pub const FAILURE_RATIO_WEIGHT: f64 = 0.1;
 /// ago returns to the fast path of a healthy one (see [`EndpointStats::failure_ratio`]).
 const FAILURE_RATIO_FLOOR: f64 = 1e-6;
 
+/// The default most calls a latency sample is remembered over: 128, the window of brpc's
+/// locality-aware balancer (`docs/cn/lalb.md`: latency over a circular queue of 128 calls,
+/// small enough because the in-flight delay corrects over-reactions). See
+/// [`EndpointStats::with_sample_window`].
+pub const DEFAULT_SAMPLE_WINDOW: u32 = 128;
+
 /// The least success ratio a cost is divided by (see [`EndpointStats::scale_by_success`]),
 /// so an endpoint whose every recent call failed costs a thousand times its load rather than
 /// infinity: costs stay comparable (no ∞ = ∞ ties), and it still loses to any endpoint with
@@ -46,7 +54,8 @@ const CLOCK_RESOLUTION_NANOS: u64 = 1_000_000;
 // ===== LoadClock =====
 
 /// A coarse clock shared by the statistics of one balancer's endpoints, advanced by every
-/// completed call (which reads the real clock anyway).
+/// completed call (which reads the real clock anyway), and the count of their calls in
+/// flight.
 ///
 /// Pickers read it instead of the real clock: reading `Instant::now()` costs 20–50 ns (more
 /// under tokio's test clock), as much as the whole pick budget, while this is one relaxed
@@ -56,6 +65,18 @@ const CLOCK_RESOLUTION_NANOS: u64 = 1_000_000;
 pub struct LoadClock {
     origin: Instant,
     now_nanos: AtomicU64,
+    /// The endpoints a balancer picks among (see [`set_endpoints`](Self::set_endpoints)).
+    endpoints: AtomicU64,
+    /// Calls started and completed (or abandoned) over every endpoint sharing this clock.
+    /// On a cache line of their own: every call writes them, while every pick reads
+    /// `now_nanos`.
+    calls: Padded<CallCounts>,
+}
+
+#[derive(Debug, Default)]
+struct CallCounts {
+    started: AtomicU64,
+    completed: AtomicU64,
 }
 
 impl Default for LoadClock {
@@ -70,7 +91,45 @@ impl LoadClock {
         LoadClock {
             origin: Instant::now(),
             now_nanos: AtomicU64::new(0),
+            endpoints: AtomicU64::new(1),
+            calls: Padded(CallCounts::default()),
         }
+    }
+
+    /// Calls in flight over every endpoint whose statistics share this clock (see
+    /// [`EndpointStats::with_clock`]).
+    #[inline]
+    pub fn in_flight(&self) -> u64 {
+        // Completed first: a call that completes in between then reads as still in flight,
+        // never the count as negative.
+        let completed = self.completed();
+        self.calls
+            .0
+            .started
+            .load(Ordering::Relaxed)
+            .saturating_sub(completed)
+    }
+
+    /// Calls completed or abandoned over every endpoint sharing this clock: the clock the
+    /// estimates' [sample window](EndpointStats::with_sample_window) counts in.
+    #[inline]
+    pub fn completed(&self) -> u64 {
+        self.calls.0.completed.load(Ordering::Relaxed)
+    }
+
+    /// Tells the endpoints sharing this clock how many of them the balancer picks among
+    /// (at least 1), which scales their [sample window](EndpointStats::with_sample_window).
+    /// Balancers set it when they build a picker.
+    pub fn set_endpoints(&self, n: usize) {
+        self.endpoints.store(
+            u64::try_from(n.max(1)).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// As last set by [`set_endpoints`](Self::set_endpoints); 1 before.
+    pub fn endpoints(&self) -> u64 {
+        self.endpoints.load(Ordering::Relaxed)
     }
 
     /// The last time observed, in nanoseconds since the clock started.
@@ -142,10 +201,15 @@ pub struct EndpointStats {
     failures: AtomicU64,
     /// The latency estimate in nanoseconds, as `f64` bits.
     ewma_bits: AtomicU64,
+    /// The average of the endpoint's recent samples, without the peak rule, in nanoseconds
+    /// as `f64` bits (see [`idle_decayed_nanos`](Self::idle_decayed_nanos)).
+    base_bits: AtomicU64,
     /// Whether a sample has replaced the starting estimate yet.
     sampled: AtomicBool,
     /// When the estimate was last updated, in nanoseconds of `clock`.
     stamp_nanos: AtomicU64,
+    /// When the estimate was last updated, in [`LoadClock::completed`] calls.
+    stamp_calls: AtomicU64,
     /// The failure ratio in [0, 1], as `f64` bits; 0 (all bits clear) while healthy.
     failure_bits: AtomicU64,
     /// When the failure ratio was last updated, in nanoseconds of `clock`.
@@ -153,6 +217,9 @@ pub struct EndpointStats {
     clock: Arc<LoadClock>,
     /// `1 / τ` in 1/ns.
     inv_decay_nanos: f64,
+    /// `1 / window` (see [`with_sample_window`](Self::with_sample_window)), 0 for decay by
+    /// time only.
+    inv_window: f64,
     failure_penalty: Duration,
 }
 
@@ -173,14 +240,49 @@ impl EndpointStats {
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             ewma_bits: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
+            base_bits: AtomicU64::new((initial.as_nanos() as f64).to_bits()),
             sampled: AtomicBool::new(false),
             stamp_nanos: AtomicU64::new(0),
+            stamp_calls: AtomicU64::new(0),
             failure_bits: AtomicU64::new(0),
             failure_stamp_nanos: AtomicU64::new(0),
             clock: Arc::new(LoadClock::new()),
             inv_decay_nanos: 1.0 / decay.as_nanos().max(1) as f64,
+            inv_window: 1.0 / f64::from(DEFAULT_SAMPLE_WINDOW),
             failure_penalty: DEFAULT_FAILURE_PENALTY,
         }
+    }
+
+    /// Bounds the estimate's memory by calls as well as by time: a sample below the
+    /// estimate is blended in with weight `1 − e^(−x)`, where `x` is the larger of `Δt / τ`
+    /// (Finagle's, `Δt` the time since the previous sample) and `Δc / (calls × n)`, `Δc`
+    /// being the calls the whole balancer completed since this endpoint's previous sample
+    /// and `n` its endpoints ([`LoadClock::set_endpoints`]). An endpoint that gets its even
+    /// share of the calls thus remembers about its last `calls` samples (default
+    /// [`DEFAULT_SAMPLE_WINDOW`]); one that gets few calls weighs each of them more, as
+    /// Finagle's time-based decay does for an endpoint sampled rarely. 0 keeps the decay
+    /// purely by time, as Finagle's and tower's `PeakEwma`.
+    ///
+    /// Why: with decay by time only, a busy endpoint's estimate is its recent *peak*. At
+    /// 10,000 calls a second and τ = 10 s each sample below the estimate weighs 10⁻⁵, so one
+    /// slow call (a scheduling hiccup at the p99.9) sets the estimate for seconds. Measured
+    /// in the `skew` example's `two_slow` scenario: endpoints answering in 2.6 ms (p50) were
+    /// estimated at 5.3–5.5 ms, and the 7.5 ms ones at 8.8–10 ms, so latency hardly told
+    /// them apart. With the window, a lone peak fades within about `calls` of the
+    /// balancer's calls per endpoint, while an endpoint that really slowed down keeps its
+    /// estimate up with every call. Counting the balancer's calls rather than the endpoint's
+    /// own keeps an endpoint that a peak made look slow, and so gets few calls, from
+    /// keeping that estimate: its next answer replaces most of it. At low call rates the
+    /// time constant is the shorter memory and nothing changes. An endpoint with nothing in
+    /// flight still decays by time only (see [`latency_ewma_at`](Self::latency_ewma_at)).
+    #[must_use]
+    pub fn with_sample_window(mut self, calls: u32) -> Self {
+        self.inv_window = if calls == 0 {
+            0.0
+        } else {
+            1.0 / f64::from(calls)
+        };
+        self
     }
 
     /// Sets the least latency a failed call counts as (default [`DEFAULT_FAILURE_PENALTY`]).
@@ -199,6 +301,12 @@ impl EndpointStats {
         let now = clock.observe(Instant::now());
         self.stamp_nanos = AtomicU64::new(now);
         self.failure_stamp_nanos = AtomicU64::new(now);
+        self.stamp_calls = AtomicU64::new(clock.completed());
+        // Calls already started move to the new clock, so that finishing them balances.
+        let pending = self.in_flight();
+        let old = &self.clock.calls.0;
+        old.completed.fetch_add(pending, Ordering::Relaxed);
+        clock.calls.0.started.fetch_add(pending, Ordering::Relaxed);
         self.clock = clock;
         self
     }
@@ -277,9 +385,63 @@ impl EndpointStats {
     /// count, used when above the average latency).
     #[inline]
     pub fn load_cost(&self) -> f64 {
+        let (latency, in_flight) = self.latency_and_load();
+        latency * (in_flight as f64 + 1.0)
+    }
+
+    /// The two inputs of [`load_cost`](Self::load_cost): `max(estimate, mean age of the
+    /// calls in flight)` in nanoseconds, with the estimate decayed to the shared clock's
+    /// time, and the calls in flight.
+    ///
+    /// One exception: an endpoint that has not answered yet and has no call in flight reads
+    /// as latency 0, so that a policy comparing latencies tries it once (as Finagle's
+    /// `PeakEwma` does: an unprobed endpoint costs 0 until its first call is pending). While
+    /// that call is pending it reads as the starting estimate (or the call's age), and its
+    /// answer replaces both.
+    #[inline]
+    pub fn latency_and_load(&self) -> (f64, u64) {
         let now = self.clock.now_nanos();
         let (in_flight, age) = self.pending_age_nanos(now);
-        self.decayed_nanos(now).max(age) * (in_flight as f64 + 1.0)
+        if in_flight > 0 {
+            return (self.decayed_nanos(now).max(age), in_flight);
+        }
+        if !self.sampled.load(Ordering::Relaxed) {
+            return (0.0, 0);
+        }
+        (self.idle_decayed_nanos(now), 0)
+    }
+
+    /// The estimate of an endpoint with nothing in flight. Its whole estimate decays by
+    /// time, as always; what its peaks added above the average of its last `window` or so
+    /// samples decays also by calls, as a sample would be blended: by `Δc / (window × n)`
+    /// (see [`with_sample_window`](Self::with_sample_window)).
+    ///
+    /// Why: an endpoint that one slow answer made look slow loses every comparison, gets
+    /// no call, and so no sample to correct it; with decay by time only it would starve for
+    /// seconds. Its peak now fades within a few `window`s of the balancer's calls per
+    /// endpoint, it is tried again, and its answer replaces most of the old estimate. An
+    /// endpoint that is slow on average keeps its average until time decays it, so it is not
+    /// retried (and its slow answers paid for) every few hundred calls. The decay by calls
+    /// applies only while nothing is in flight: the first call started stops it, so a
+    /// retried endpoint gets one call until it answers, not a burst.
+    #[inline]
+    fn idle_decayed_nanos(&self, now_nanos: u64) -> f64 {
+        if self.inv_window == 0.0 {
+            return self.decayed_nanos(now_nanos);
+        }
+        let peak = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
+        let base = f64::from_bits(self.base_bits.load(Ordering::Relaxed)).min(peak);
+        let elapsed = now_nanos.saturating_sub(self.stamp_nanos.load(Ordering::Relaxed));
+        let calls = self
+            .clock
+            .completed()
+            .saturating_sub(self.stamp_calls.load(Ordering::Relaxed));
+        let by_time = elapsed as f64 * self.inv_decay_nanos;
+        let by_calls = self.calls_decay(calls);
+        if by_calls <= by_time {
+            return peak * (-by_time).exp();
+        }
+        base * (-by_time).exp() + (peak - base) * (-by_calls).exp()
     }
 
     /// The calls in flight and their mean age at `now` (nanoseconds of the clock), 0 when
@@ -318,11 +480,13 @@ impl EndpointStats {
         let nanos = self.clock.observe(Instant::now());
         self.pending_start_sum.fetch_add(nanos, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Release);
+        self.clock.calls.0.started.fetch_add(1, Ordering::Relaxed);
         CallStart { nanos }
     }
 
-    /// Takes a call started with [`start`](Self::start) off the pending count and sum.
-    fn end_pending(&self, call: CallStart) {
+    /// Takes a call started with [`start`](Self::start) off the pending count and sum;
+    /// returns the clock's [completed](LoadClock::completed) calls after it.
+    fn end_pending(&self, call: CallStart) -> u64 {
         // Saturating: a `CallStart` of other stats must not wrap the count to 2^64.
         if self
             .in_flight
@@ -331,13 +495,15 @@ impl EndpointStats {
         {
             self.pending_start_sum
                 .fetch_sub(call.nanos, Ordering::Release);
+            return self.clock.calls.0.completed.fetch_add(1, Ordering::Relaxed) + 1;
         }
+        self.clock.completed()
     }
 
     /// Undoes a [`start`](Self::start) for a call that never reached the endpoint (its
     /// connection closed first): nothing is learned about the endpoint from it.
     pub fn abandon(&self, call: CallStart) {
-        self.end_pending(call);
+        let _ = self.end_pending(call);
     }
 
     /// Marks the end of a call started with [`start`](Self::start); its latency is the time
@@ -345,7 +511,7 @@ impl EndpointStats {
     /// counts as at least the failure penalty (see
     /// [`with_failure_penalty`](Self::with_failure_penalty)). Returns the latency.
     pub fn finish(&self, call: CallStart, ok: bool) -> Duration {
-        self.end_pending(call);
+        let calls = self.end_pending(call);
         let now_nanos = self.clock.observe(Instant::now());
         let latency = Duration::from_nanos(now_nanos.saturating_sub(call.nanos));
         let sample = if ok {
@@ -355,7 +521,7 @@ impl EndpointStats {
             self.failures.fetch_add(1, Ordering::Relaxed);
             latency.max(self.failure_penalty)
         };
-        self.observe_at(sample, now_nanos);
+        self.observe_at(sample, now_nanos, calls);
         self.record_outcome(ok, now_nanos);
         latency
     }
@@ -363,7 +529,7 @@ impl EndpointStats {
     /// Folds one latency sample taken at `now` into the peak EWMA, and moves the shared
     /// clock to `now`.
     pub fn observe(&self, latency: Duration, now: Instant) {
-        self.observe_at(latency, self.clock.observe(now));
+        self.observe_at(latency, self.clock.observe(now), self.clock.completed());
     }
 
     /// Folds one call's outcome into the failure ratio: decay for the time since the last
@@ -397,34 +563,41 @@ impl EndpointStats {
         }
     }
 
-    fn observe_at(&self, latency: Duration, now_nanos: u64) {
+    /// Folds `latency` in at `now_nanos` of the clock, when it had completed `calls`.
+    fn observe_at(&self, latency: Duration, now_nanos: u64, calls: u64) {
         let sample = latency.as_nanos() as f64;
         let prev_stamp = self.stamp_nanos.swap(now_nanos, Ordering::Relaxed);
         let elapsed = now_nanos.saturating_sub(prev_stamp) as f64;
+        let prev_calls = self.stamp_calls.swap(calls, Ordering::Relaxed);
         if !self.sampled.load(Ordering::Relaxed) && !self.sampled.swap(true, Ordering::Relaxed) {
             // The first sample replaces the starting placeholder (see the type's docs).
             self.ewma_bits.store(sample.to_bits(), Ordering::Relaxed);
+            self.base_bits.store(sample.to_bits(), Ordering::Relaxed);
             return;
         }
-        let w = (-elapsed * self.inv_decay_nanos).exp();
-        let mut cur = self.ewma_bits.load(Ordering::Relaxed);
-        loop {
-            let est = f64::from_bits(cur);
-            let next = if sample > est {
+        // The weight the old estimate keeps: e^(−max(Δt/τ, Δc/(window × n))).
+        let by_time = elapsed * self.inv_decay_nanos;
+        let by_calls = self.calls_decay(calls.saturating_sub(prev_calls));
+        let w = (-by_time.max(by_calls)).exp();
+        update_f64(&self.ewma_bits, |est| {
+            if sample > est {
                 sample
             } else {
                 est * w + sample * (1.0 - w)
-            };
-            match self.ewma_bits.compare_exchange_weak(
-                cur,
-                next.to_bits(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(actual) => cur = actual,
             }
-        }
+        });
+        // The average counts the endpoint's own samples, 1 / window each (or by time when
+        // that weighs more): an endpoint that got few calls while one slow call was pending
+        // must not have that call weigh as much as all the calls it missed.
+        let w = (-by_time.max(self.inv_window)).exp();
+        update_f64(&self.base_bits, |avg| avg * w + sample * (1.0 - w));
+    }
+
+    /// `Δc / (window × n)` for `calls` completed by the balancer: the exponent of the decay
+    /// by calls (see [`with_sample_window`](Self::with_sample_window)); 0 without a window.
+    #[inline]
+    fn calls_decay(&self, calls: u64) -> f64 {
+        calls as f64 * self.inv_window / self.clock.endpoints() as f64
     }
 
     /// The estimate in nanoseconds decayed to `now_nanos` of the clock.
@@ -436,6 +609,18 @@ impl EndpointStats {
             est
         } else {
             est * (-(elapsed as f64) * self.inv_decay_nanos).exp()
+        }
+    }
+}
+
+/// Replaces the `f64` stored as bits in `cell` by `f(value)`, retrying on races.
+fn update_f64(cell: &AtomicU64, f: impl Fn(f64) -> f64) {
+    let mut cur = cell.load(Ordering::Relaxed);
+    loop {
+        let next = f(f64::from_bits(cur)).to_bits();
+        match cell.compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return,
+            Err(actual) => cur = actual,
         }
     }
 }
@@ -578,6 +763,65 @@ mod tests {
             "{}",
             idle.load_cost()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn window_counts_the_balancers_calls() {
+        // Window 10 over 2 endpoints: a sample weighs 1 − e^(−Δc/20), Δc being the calls the
+        // whole balancer completed since this endpoint's previous sample. No time passes, so
+        // the time constant plays no part.
+        for (window, expect) in [(10, 100.0 * (-1.0f64).exp()), (0, 100.0)] {
+            let clock = Arc::new(LoadClock::new());
+            clock.set_endpoints(2);
+            let new = || {
+                EndpointStats::new(DEFAULT_DECAY, DEFAULT_RTT)
+                    .with_sample_window(window)
+                    .with_clock(clock.clone())
+            };
+            let (a, b) = (new(), new());
+            a.observe(Duration::from_millis(100), Instant::now());
+            // The other endpoint completes 19 calls, then one of `a`'s answers in 0 ms: the
+            // 20th call since `a`'s previous sample.
+            for _ in 0..19 {
+                b.finish(b.start(), true);
+            }
+            a.finish(a.start(), true);
+            let got = a.latency_ewma().as_secs_f64() * 1e3;
+            assert!(
+                (got - expect).abs() < 1e-6,
+                "window {window}: {got} vs {expect}"
+            );
+        }
+    }
+
+    #[test]
+    fn clock_counts_calls_in_flight_over_its_endpoints() {
+        let clock = Arc::new(LoadClock::new());
+        let a = EndpointStats::default().with_clock(clock.clone());
+        // A call started before the stats joined the clock moves with them.
+        let early = EndpointStats::default();
+        let pending = early.start();
+        let b = early.with_clock(clock.clone());
+        let (x, y) = (a.start(), a.start());
+        assert_eq!(clock.in_flight(), 3);
+        a.finish(x, true);
+        a.abandon(y);
+        b.finish(pending, true);
+        assert_eq!((clock.in_flight(), clock.completed()), (0, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unprobed_idle_endpoint_reads_as_free() {
+        let s = EndpointStats::default();
+        assert_eq!(s.latency_and_load(), (0.0, 0));
+        // While its first call is pending it reads as the starting estimate.
+        let call = s.start();
+        assert_eq!(s.latency_and_load(), (DEFAULT_RTT.as_nanos() as f64, 1));
+        s.abandon(call);
+        assert_eq!(s.latency_and_load(), (0.0, 0));
+        // Once it answered, its estimate counts, idle or not.
+        s.observe(Duration::from_millis(5), Instant::now());
+        assert_eq!(s.latency_and_load(), (5e6, 0));
     }
 
     #[tokio::test(start_paused = true)]
