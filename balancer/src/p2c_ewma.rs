@@ -246,12 +246,13 @@ impl Balancer for P2cEwma {
             .map(|(index, _)| (index, subchannels[index].stats.clone()))
             .collect::<Vec<_>>();
         self.clock.set_endpoints(entries.len());
+        let entries_len = entries.len();
         let c = &self.config;
         Arc::new(P2cPicker {
             entries,
             choose: BestOf::new(c.choice_count, c.memory, c.seed),
             clock: self.clock.clone(),
-            load_scale: f64::from(c.load_scale),
+            scale_per_endpoint: f64::from(c.load_scale) / entries_len.max(1) as f64,
         })
     }
 
@@ -268,7 +269,9 @@ struct P2cPicker {
     choose: BestOf,
     /// The clock the entries' stats share, for the calls in flight over all of them.
     clock: Arc<LoadClock>,
-    load_scale: f64,
+    /// `load_scale / entries.len()`: times the calls in flight, `load_scale ×
+    /// mean_in_flight`.
+    scale_per_endpoint: f64,
 }
 
 impl Picker for P2cPicker {
@@ -278,12 +281,13 @@ impl Picker for P2cPicker {
             1 => Pick::Ready(self.entries[0].0),
             n => {
                 // In-flight calls count in units of `load_scale` × the mean per endpoint, + 1.
-                let mean = self.clock.in_flight() as f64 / n as f64;
-                let unit = self.load_scale * mean + 1.0;
+                // `latency × (1 + in_flight / unit)` ranks endpoints as `latency × (unit +
+                // in_flight)` does, `unit` being the same for all: no division per pick.
+                let unit = self.clock.in_flight() as f64 * self.scale_per_endpoint + 1.0;
                 let best = self.choose.pick(n, |i| {
                     let stats = &self.entries[i].1;
                     let (latency, in_flight) = stats.latency_and_load();
-                    stats.scale_by_success(latency * (1.0 + in_flight as f64 / unit))
+                    stats.scale_by_success(latency * (unit + in_flight as f64))
                 });
                 Pick::Ready(self.entries[best].0)
             }
