@@ -13,9 +13,10 @@
 //! ```
 //!
 //! The 0.1 % tail of 20,000 calls is 20 calls, so p2c_ewma meets tower's 105 ms p99.9 only
-//! if fewer than about 20 calls reach the 1000 ms backend. With its default memory it sends
-//! it 5–8 calls per run (0.03–0.04 %); without (`p2c_ewma memory=false`, plain best-of-2)
-//! 24–28 (0.12–0.14 %), and then the p99.9 lands on that backend in some runs.
+//! if fewer than about 20 calls reach the 1000 ms backend; the 1 % tail in `two_slow` is 200
+//! calls, so its p99 stays on the fast pair only if the slow pair gets less than 1 %. Plain
+//! best-of-2 (`p2c_ewma memory=false`) cannot: both candidates are slow in one pick of six.
+//! `p2c_ewma load_scale=0` is Finagle's and tower's cost, `latency × (in_flight + 1)`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -44,19 +45,26 @@ const TWO_SLOW_SLOW: usize = 2;
 /// meshless policies compared, each with its defaults.
 const POLICIES: &[&str] = &["p2c_ewma", "least_request", "round_robin", "random"];
 
-/// Runs of a policy with its `memory` option flipped from the default, shown after that
-/// policy's default run to measure what the "power of two choices with memory" does.
-fn memory_variant(policy: &str) -> Option<(&'static str, Arc<dyn Balancer>)> {
+/// Runs of a policy with one option changed from the default, shown after that policy's
+/// default run to measure what the option does: p2c_ewma without "power of two choices with
+/// memory" and with Finagle's cost (`load_scale` 0), least_request with memory.
+fn variants(policy: &str) -> Vec<(&'static str, Arc<dyn Balancer>)> {
     match policy {
-        "p2c_ewma" => Some((
-            "p2c_ewma memory=false",
-            P2cEwmaConfig::default().memory(false).into(),
-        )),
-        "least_request" => Some((
+        "p2c_ewma" => vec![
+            (
+                "p2c_ewma memory=false",
+                P2cEwmaConfig::default().memory(false).into(),
+            ),
+            (
+                "p2c_ewma load_scale=0",
+                P2cEwmaConfig::default().load_scale(0).into(),
+            ),
+        ],
+        "least_request" => vec![(
             "least_request memory=true",
             LeastRequestConfig::default().memory(true).into(),
-        )),
-        _ => None,
+        )],
+        _ => Vec::new(),
     }
 }
 /// The name of the run through tonic's own balancer.
@@ -185,7 +193,7 @@ async fn compare(backends: &[Backend], args: &LoadArgs) -> Result<Report, Error>
     for name in POLICIES {
         let policy = meshless::balancer::policy(name)?;
         report.push(meshless_run(name, policy, backends, args).await?);
-        if let Some((variant, policy)) = memory_variant(name) {
+        for (variant, policy) in variants(name) {
             report.push(meshless_run(variant, policy, backends, args).await?);
         }
     }

@@ -73,10 +73,10 @@ pub struct P2cEwmaConfig {
     /// Default 4, chosen by measurement (`cargo run --release --example skew`, `two_slow`,
     /// where the fast pair holds twice its even share when it takes every call): the slow
     /// pair got about 2 % of the calls with 2 (the p99 lands on it: 2.1× the all-healthy
-    /// p99), 0.6–0.8 % with 3 and 0.15 % with 4 (p99 1.0× the all-healthy one), while four
-    /// equal endpoints got 23–27 % each at every setting. Larger values trust latency more
-    /// and load less. The presets [`go_zero`](Self::go_zero) and [`kratos`](Self::kratos)
-    /// set it to 0.
+    /// p99), 0.6–0.8 % with 3 and 0.15–0.6 % with 4 (p99 1.0–1.4× the all-healthy one),
+    /// while four equal endpoints got 23–27 % each at every setting. Larger values trust
+    /// latency more and load less. The presets [`go_zero`](Self::go_zero) and
+    /// [`kratos`](Self::kratos) set it to 0.
     pub load_scale: u32,
     /// Calls a latency sample is remembered over at most, besides the time constant (see
     /// [`EndpointStats::with_sample_window`]). Default [`DEFAULT_SAMPLE_WINDOW`] (128);
