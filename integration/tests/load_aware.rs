@@ -81,6 +81,54 @@ async fn slow_server_gets_clearly_less() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_server_that_saturates_sheds_calls() {
+    // p2c_ewma weighs load against the mean rather than as whole latencies, so it trusts
+    // latency more than Finagle's cost does. This checks the other side: a server that is
+    // fastest when idle but serves only two calls at a time (a semaphore of 2 around 1 ms of
+    // work) must not be sent everything. At concurrency 24 it would then queue 11 deep, about
+    // 12 ms per call, against the two others' 4 ms; near balance it holds about 8 calls
+    // (4 ms) and gets a third of them or less (657 of 3000 in one run). Nor must it be
+    // starved once it looked slow: trusting latency alone (`load_scale(1000)`) gave it 112,
+    // and without the sample window 20, both below the lower bound. Share bounds only.
+    const REQUESTS: usize = 3000;
+    let workers = Arc::new(tokio::sync::Semaphore::new(2));
+    let fast = TestServer::new("fast-2-workers")
+        .on_call(move |_| {
+            let workers = workers.clone();
+            async move {
+                let _permit = workers.acquire().await.expect("semaphore open");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok(())
+            }
+        })
+        .spawn()
+        .expect("spawn server");
+    let mut servers = vec![fast];
+    for i in 0..2 {
+        servers.push(
+            TestServer::new(format!("slow-parallel-{i}"))
+                .latency(Duration::from_millis(4))
+                .spawn()
+                .expect("spawn server"),
+        );
+    }
+    let channel = channel_over(P2cEwmaConfig::default().seed(5).into(), &servers).await;
+    let out = drive(&channel, 24, REQUESTS).await;
+    assert_eq!(out.failed(), 0, "{:?}", out.errors);
+    let fast_calls = servers[0].calls() as usize;
+    assert!(
+        fast_calls < REQUESTS * 7 / 10,
+        "the saturating server got {fast_calls} of {REQUESTS}: {:?}",
+        out.backends
+    );
+    assert!(
+        fast_calls > REQUESTS / 10,
+        "the fast server got only {fast_calls} of {REQUESTS}: {:?}",
+        out.backends
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instantly_failing_server_gets_at_most_its_share_then_less() {
     const WINDOW: usize = 1000;
     for (name, balancer) in load_aware() {
