@@ -417,10 +417,11 @@ impl EndpointStats {
         }
     }
 
-    /// The peak-EWMA load, pending-aware: `max(estimate, mean age of the calls in flight) ×
-    /// (in_flight + 1)`, in nanoseconds, with the estimate decayed to the shared clock's
-    /// time. Reads five atomics and takes one `exp`; never the real clock (see
-    /// [`LoadClock`]).
+    /// Finagle's peak-EWMA load, pending-aware: `latency × (in_flight + 1)` in nanoseconds,
+    /// with `latency` as [`latency_and_load`](Self::latency_and_load) reads it (the
+    /// estimate decayed to the shared clock's time, or the mean age of the calls in flight
+    /// when larger). Never reads the real clock (see [`LoadClock`]). `p2c_ewma` with
+    /// `load_scale` 0 ranks endpoints by this.
     ///
     /// Why the age: the estimate learns only from completions, so an endpoint that is much
     /// slower than its estimate (a new one, still at the default RTT, or one that slowed
@@ -461,8 +462,9 @@ impl EndpointStats {
 
     /// The estimate of an endpoint with nothing in flight. Its whole estimate decays by
     /// time, as always; what its peaks added above the average of its last `window` or so
-    /// samples decays also by calls, as a sample would be blended: by `Δc / (window × n)`
-    /// (see [`with_sample_window`](Self::with_sample_window)). `word` is `base_and_calls`.
+    /// samples fades also with the calls, at the rate a sample would be blended: about
+    /// `e^(−Δc / (window × n))` (see [`with_sample_window`](Self::with_sample_window)).
+    /// `word` is `base_and_calls`.
     ///
     /// Why: an endpoint that one slow answer made look slow loses every comparison, gets
     /// no call, and so no sample to correct it; with decay by time only it would starve for
