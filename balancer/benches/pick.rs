@@ -20,6 +20,9 @@
 //!   `Sync` (it needs a `Buffer` to be shared), so it has no 8-thread figure.
 //! - `p2c_record/<n>`: meshless p2c_ewma's comparable per-request work: `pick`, then
 //!   `EndpointStats::start` and `finish` (each reads the clock once), as the channel does.
+//! - `p2c_record8/{shared,own}/<n>`: the same from 8 threads at once, with the stats sharing
+//!   the balancer's `LoadClock` (its call counters are written by every call) or each on a
+//!   clock of its own: what the shared counters cost under contention.
 //!
 //! At the end a table is printed: mean ns per iteration over all criterion samples.
 
@@ -272,6 +275,56 @@ fn bench_versus_tower(c: &mut Criterion) {
     group.finish();
 }
 
+/// 8 threads each doing p2c_ewma's per-call work (pick, `start`, `finish`) on one picker,
+/// with the endpoints' stats sharing the balancer's `LoadClock` (as `new_stats` makes them:
+/// every call writes its call counters) or each on a clock of its own (no line written by
+/// every call). The difference is what the shared counters cost under contention.
+fn bench_record_contended(c: &mut Criterion) {
+    let mut group = c.benchmark_group("p2c_record8");
+    let policy: Arc<dyn Balancer> = P2cEwmaConfig::default().into();
+    for (kind, shared) in [("shared", true), ("own", false)] {
+        for n in PICK_SIZES {
+            let mut subs = endpoints(&*policy, n);
+            if !shared {
+                for s in &mut subs {
+                    s.stats = Arc::new(meshless_balancer::EndpointStats::default());
+                }
+            }
+            let picker = policy.build(&subs);
+            let id = format!("p2c_record8/{kind}/{n}");
+            group.bench_function(BenchmarkId::new(kind, n), |b| {
+                b.iter_custom(|iters| {
+                    let per_thread = iters.div_ceil(THREADS as u64);
+                    let barrier = Barrier::new(THREADS + 1);
+                    let elapsed = std::thread::scope(|s| {
+                        for _ in 0..THREADS {
+                            s.spawn(|| {
+                                let req = http::Request::new(());
+                                let pr = PickRequest::from_request(&req);
+                                barrier.wait();
+                                for _ in 0..per_thread {
+                                    if let Pick::Ready(i) = picker.pick(black_box(&pr)) {
+                                        let stats = &subs[i].stats;
+                                        let call = stats.start();
+                                        stats.finish(call, true);
+                                    }
+                                }
+                            });
+                        }
+                        barrier.wait();
+                        Instant::now()
+                    })
+                    .elapsed();
+                    let total = per_thread * THREADS as u64;
+                    record(&id, elapsed, total);
+                    elapsed.mul_f64(iters as f64 / total as f64)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn fmt_ns(v: Option<f64>) -> String {
     match v {
         Some(ns) if ns >= 1e6 => format!("{:.2} ms", ns / 1e6),
@@ -337,6 +390,16 @@ fn print_table() {
             ratio(tower, rec)
         );
     }
+    println!("\n## p2c_ewma pick + record, 8 threads (wall time / all calls)\n");
+    println!("| endpoints | stats sharing the balancer's clock | stats on clocks of their own |");
+    println!("|---|---|---|");
+    for n in PICK_SIZES {
+        println!(
+            "| {n} | {} | {} |",
+            fmt_ns(mean_ns(&format!("p2c_record8/shared/{n}"))),
+            fmt_ns(mean_ns(&format!("p2c_record8/own/{n}")))
+        );
+    }
 }
 
 fn main() {
@@ -348,6 +411,7 @@ fn main() {
     bench_picks(&mut c);
     bench_builds(&mut c);
     bench_versus_tower(&mut c);
+    bench_record_contended(&mut c);
     c.final_summary();
     print_table();
 }
