@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion};
 use meshless_balancer::{
-    Balancer, ConnectivityState, LeastRequestConfig, MaglevConfig, P2cEwmaConfig, Pick,
-    PickFirstConfig, PickRequest, RandomConfig, RingHashConfig, RoundRobin, SubchannelView,
-    WeightedRoundRobinConfig,
+    Balancer, ConnectivityState, DEFAULT_DECAY, DEFAULT_RTT, EndpointStats, LeastRequestConfig,
+    MaglevConfig, P2cEwmaConfig, Pick, PickFirstConfig, PickRequest, RandomConfig, RingHashConfig,
+    RoundRobin, SubchannelView, WeightedRoundRobinConfig,
 };
 use meshless_discovery::Endpoint;
 use tower::Service;
@@ -84,6 +84,11 @@ fn policies() -> Vec<Arc<dyn Balancer>> {
 
 /// `n` ready endpoints with weights 1–4, stats from the policy, some load recorded.
 fn endpoints(policy: &dyn Balancer, n: usize) -> Vec<SubchannelView> {
+    endpoints_with(n, || policy.new_stats())
+}
+
+/// As [`endpoints`], each endpoint's stats made by `new_stats`.
+fn endpoints_with(n: usize, new_stats: impl Fn() -> EndpointStats) -> Vec<SubchannelView> {
     let mut x = SEED;
     let mut next = move || {
         // xorshift64: enough to vary the setup reproducibly.
@@ -96,7 +101,7 @@ fn endpoints(policy: &dyn Balancer, n: usize) -> Vec<SubchannelView> {
         .map(|i| {
             let addr =
                 std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 50051));
-            let stats = Arc::new(policy.new_stats());
+            let stats = Arc::new(new_stats());
             for _ in 0..next() % 4 {
                 let _ = stats.start();
             }
@@ -284,12 +289,12 @@ fn bench_record_contended(c: &mut Criterion) {
     let policy: Arc<dyn Balancer> = P2cEwmaConfig::default().into();
     for (kind, shared) in [("shared", true), ("own", false)] {
         for n in PICK_SIZES {
-            let mut subs = endpoints(&*policy, n);
-            if !shared {
-                for s in &mut subs {
-                    s.stats = Arc::new(meshless_balancer::EndpointStats::default());
-                }
-            }
+            // The same setup either way; only whose clock the stats use differs.
+            let subs = if shared {
+                endpoints(&*policy, n)
+            } else {
+                endpoints_with(n, || EndpointStats::new(DEFAULT_DECAY, DEFAULT_RTT))
+            };
             let picker = policy.build(&subs);
             let id = format!("p2c_record8/{kind}/{n}");
             group.bench_function(BenchmarkId::new(kind, n), |b| {

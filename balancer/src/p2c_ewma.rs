@@ -213,6 +213,12 @@ impl P2cEwmaConfig {
 ///
 /// The statistics must come from [`new_stats`](Balancer::new_stats) for the configured
 /// decay, starting RTT and penalty to apply, and for idle endpoints to see time pass.
+///
+/// Give each channel a `P2cEwma` of its own (`.policy("p2c_ewma")` does): the mean load is
+/// counted over every endpoint whose statistics this instance made, so two channels sharing
+/// one would weigh each other's calls. Calls still in flight on endpoints that left the
+/// picker (removed, or no longer ready) count toward that mean until they end, which makes
+/// the load weigh a little less meanwhile.
 #[derive(Debug)]
 pub struct P2cEwma {
     config: P2cEwmaConfig,
@@ -463,6 +469,36 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_endpoint_that_refuses_every_call_is_not_a_black_hole() {
+        // Three endpoints answer in 1 ms; a new one refuses every stream, so the channel
+        // abandons each call it sends there (and retries elsewhere). Free to try only until
+        // its first call started, it then costs the 30 ms default RTT and loses; were it free
+        // again after each abandoned call, the remembered winner would be it, every time.
+        let p = P2cEwma::new(P2cEwmaConfig::default().seed(9));
+        let subs = subs_with_stats(&p, 4);
+        let now = tokio::time::Instant::now;
+        for s in &subs[..3] {
+            s.stats.observe(Duration::from_millis(1), now());
+        }
+        let picker = p.build(&subs);
+        let mut refused = 0;
+        for _ in 0..1000 {
+            let i = pick_n(&*picker, 1)[0];
+            let call = subs[i].stats.start();
+            if i == 3 {
+                refused += 1;
+                subs[i].stats.abandon(call);
+            } else {
+                subs[i].stats.finish(call, true);
+            }
+        }
+        assert!(
+            refused <= 1,
+            "{refused} of 1000 picks went to the refusing endpoint"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn slow_pair_gets_almost_nothing_at_high_concurrency() {
         // Issue 3's "two of four slow" at concurrency 40: four endpoints at 1 ms, two of them
         // 5 ms slower. Finagle's cost sends the slow pair calls until each holds two or
@@ -488,7 +524,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_slow_answer_does_not_starve_an_endpoint() {
-        // Four equal endpoints at 1 ms, concurrency 40; the 200th call or so takes 20 ms.
+        // Four equal endpoints at 1 ms, concurrency 40; the 400th outcome drawn (about the
+        // 200th call) takes 20 ms.
         // The peak rule sets that endpoint's estimate to 20 ms and it loses every comparison.
         // Decaying by time only (τ = 10 s, Finagle's), the estimate stays far above the
         // others' for the whole half second the run takes: the endpoint starves. With the
