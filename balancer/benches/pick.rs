@@ -127,6 +127,32 @@ fn endpoints_with(n: usize, new_stats: impl Fn() -> EndpointStats) -> Vec<Subcha
     views
 }
 
+/// Runs `per_call` `iters` times in all, split over [`THREADS`] threads started together;
+/// records the wall time against `id` and returns it scaled to `iters` calls.
+fn on_threads(id: &str, iters: u64, per_call: impl Fn(&PickRequest<'_>) + Sync) -> Duration {
+    let per_thread = iters.div_ceil(THREADS as u64);
+    let barrier = Barrier::new(THREADS + 1);
+    let elapsed = std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                let req = http::Request::new(());
+                let pr = PickRequest::from_request(&req);
+                barrier.wait();
+                for _ in 0..per_thread {
+                    per_call(&pr);
+                }
+            });
+        }
+        barrier.wait();
+        // Leaving the scope joins every thread.
+        Instant::now()
+    })
+    .elapsed();
+    let total = per_thread * THREADS as u64;
+    record(id, elapsed, total);
+    elapsed.mul_f64(iters as f64 / total as f64)
+}
+
 fn bench_picks(c: &mut Criterion) {
     let mut group = c.benchmark_group("pick");
     for policy in policies() {
@@ -158,30 +184,11 @@ fn bench_picks(c: &mut Criterion) {
             let picker = policy.build(&subs);
             let id = format!("pick8/{}/{n}", policy.name());
             group.bench_function(BenchmarkId::new(policy.name(), n), |b| {
+                // Each thread makes `iters / THREADS` picks; wall time covers all.
                 b.iter_custom(|iters| {
-                    // Each thread makes `iters / THREADS` picks; wall time covers all.
-                    let per_thread = iters.div_ceil(THREADS as u64);
-                    let barrier = Barrier::new(THREADS + 1);
-                    let elapsed = std::thread::scope(|s| {
-                        for _ in 0..THREADS {
-                            s.spawn(|| {
-                                let req = http::Request::new(());
-                                let pr = PickRequest::from_request(&req);
-                                barrier.wait();
-                                for _ in 0..per_thread {
-                                    black_box(picker.pick(black_box(&pr)));
-                                }
-                            });
-                        }
-                        barrier.wait();
-                        let start = Instant::now();
-                        // Leaving the scope joins every thread.
-                        start
+                    on_threads(&id, iters, |pr| {
+                        black_box(picker.pick(black_box(pr)));
                     })
-                    .elapsed();
-                    let total = per_thread * THREADS as u64;
-                    record(&id, elapsed, total);
-                    elapsed.mul_f64(iters as f64 / total as f64)
                 })
             });
         }
@@ -299,30 +306,13 @@ fn bench_record_contended(c: &mut Criterion) {
             let id = format!("p2c_record8/{kind}/{n}");
             group.bench_function(BenchmarkId::new(kind, n), |b| {
                 b.iter_custom(|iters| {
-                    let per_thread = iters.div_ceil(THREADS as u64);
-                    let barrier = Barrier::new(THREADS + 1);
-                    let elapsed = std::thread::scope(|s| {
-                        for _ in 0..THREADS {
-                            s.spawn(|| {
-                                let req = http::Request::new(());
-                                let pr = PickRequest::from_request(&req);
-                                barrier.wait();
-                                for _ in 0..per_thread {
-                                    if let Pick::Ready(i) = picker.pick(black_box(&pr)) {
-                                        let stats = &subs[i].stats;
-                                        let call = stats.start();
-                                        stats.finish(call, true);
-                                    }
-                                }
-                            });
+                    on_threads(&id, iters, |pr| {
+                        if let Pick::Ready(i) = picker.pick(black_box(pr)) {
+                            let stats = &subs[i].stats;
+                            let call = stats.start();
+                            stats.finish(call, true);
                         }
-                        barrier.wait();
-                        Instant::now()
                     })
-                    .elapsed();
-                    let total = per_thread * THREADS as u64;
-                    record(&id, elapsed, total);
-                    elapsed.mul_f64(iters as f64 / total as f64)
                 })
             });
         }

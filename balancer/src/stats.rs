@@ -65,9 +65,9 @@ const CLOCK_RESOLUTION_NANOS: u64 = 1_000_000;
 pub struct LoadClock {
     origin: Instant,
     now_nanos: AtomicU64,
-    /// The endpoints a balancer picks among (see [`set_endpoints`](Self::set_endpoints)).
-    endpoints: AtomicU64,
-    /// `1 / endpoints` as `f64` bits, so that the pick path multiplies instead of divides.
+    /// `1 / n` for the `n` endpoints a balancer picks among (see
+    /// [`set_endpoints`](Self::set_endpoints)), as `f64` bits, so that the pick path
+    /// multiplies instead of divides.
     inv_endpoints_bits: AtomicU64,
     /// Calls started and completed (or abandoned) over every endpoint sharing this clock.
     /// On a cache line of their own: every call writes them, while every pick reads
@@ -93,7 +93,6 @@ impl LoadClock {
         LoadClock {
             origin: Instant::now(),
             now_nanos: AtomicU64::new(0),
-            endpoints: AtomicU64::new(1),
             inv_endpoints_bits: AtomicU64::new(1f64.to_bits()),
             calls: Padded(CallCounts::default()),
         }
@@ -125,13 +124,11 @@ impl LoadClock {
     /// Balancers set it when they build a picker.
     pub fn set_endpoints(&self, n: usize) {
         let n = n.max(1);
-        self.endpoints
-            .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.inv_endpoints_bits
             .store((1.0 / n as f64).to_bits(), Ordering::Relaxed);
     }
 
-    /// `1 / endpoints()`.
+    /// `1 / n`, as [`set_endpoints`](Self::set_endpoints) stored it.
     #[inline]
     fn inv_endpoints(&self) -> f64 {
         f64::from_bits(self.inv_endpoints_bits.load(Ordering::Relaxed))
@@ -139,7 +136,7 @@ impl LoadClock {
 
     /// As last set by [`set_endpoints`](Self::set_endpoints); 1 before.
     pub fn endpoints(&self) -> u64 {
-        self.endpoints.load(Ordering::Relaxed)
+        (1.0 / self.inv_endpoints()).round() as u64
     }
 
     /// The last time observed, in nanoseconds since the clock started.
