@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshless::Channel;
-use meshless::balancer::{Balancer, LeastRequestConfig, P2cEwmaConfig};
+use meshless::balancer::{LeastRequestConfig, P2cEwmaConfig, Policy};
 use meshless_integration::greeter::greeter_client::GreeterClient;
 use meshless_integration::load::{self, LoadArgs};
 use meshless_integration::report::{Report, RunReport};
@@ -48,7 +48,7 @@ const POLICIES: &[&str] = &["p2c_ewma", "least_request", "round_robin", "random"
 /// Runs of a policy with one option changed from the default, shown after that policy's
 /// default run to measure what the option does: p2c_ewma without "power of two choices with
 /// memory" and with Finagle's cost (`load_scale` 0), least_request with memory.
-fn variants(policy: &str) -> Vec<(&'static str, Arc<dyn Balancer>)> {
+fn variants(policy: &str) -> Vec<(&'static str, Arc<dyn Policy>)> {
     match policy {
         "p2c_ewma" => vec![
             (
@@ -147,7 +147,7 @@ fn spawn(backends: &[Backend]) -> std::io::Result<Vec<ServerHandle>> {
 /// One run of meshless with `policy` over fresh `backends`, reported as `name`.
 async fn meshless_run(
     name: &str,
-    policy: Arc<dyn Balancer>,
+    policy: Arc<dyn Policy>,
     backends: &[Backend],
     args: &LoadArgs,
 ) -> Result<RunReport, Error> {

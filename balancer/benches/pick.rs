@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use meshless_balancer::{
     Balancer, ConnectivityState, DEFAULT_DECAY, DEFAULT_RTT, EndpointStats, LeastRequestConfig,
-    MaglevConfig, P2cEwmaConfig, Pick, PickFirstConfig, PickRequest, RandomConfig, RingHashConfig,
-    RoundRobin, SubchannelView, WeightedRoundRobinConfig,
+    MaglevConfig, P2cEwmaConfig, Pick, PickFirstConfig, PickRequest, Policy, RandomConfig,
+    RingHashConfig, RoundRobin, SubchannelView, WeightedRoundRobinConfig,
 };
 use meshless_discovery::Endpoint;
 use tower::Service;
@@ -69,17 +69,18 @@ fn mean_ns(id: &str) -> Option<f64> {
 }
 
 /// Every strategy, configured as a user would, seeded where it draws random numbers.
-fn policies() -> Vec<Arc<dyn Balancer>> {
-    vec![
+fn policies() -> Vec<Box<dyn Balancer>> {
+    let configs: Vec<Arc<dyn Policy>> = vec![
         PickFirstConfig::default().into(),
-        Arc::new(RoundRobin),
+        RoundRobin.into(),
         WeightedRoundRobinConfig::default().seed(SEED).into(),
         RandomConfig::default().into(),
         LeastRequestConfig::default().into(),
         P2cEwmaConfig::default().into(),
         RingHashConfig::default().into(),
         MaglevConfig::default().into(),
-    ]
+    ];
+    configs.iter().map(|p| p.new_balancer()).collect()
 }
 
 /// `n` ready endpoints with weights 1–4, stats from the policy, some load recorded.
@@ -262,7 +263,7 @@ fn bench_versus_tower(c: &mut Criterion) {
             })
         });
 
-        let policy: Arc<dyn Balancer> = P2cEwmaConfig::default().into();
+        let policy = P2cEwmaConfig::default().new_balancer();
         let subs = endpoints(&*policy, n);
         let picker = policy.build(&subs);
         let id = format!("p2c_record/{n}");
@@ -293,7 +294,7 @@ fn bench_versus_tower(c: &mut Criterion) {
 /// every call). The difference is what the shared counters cost under contention.
 fn bench_record_contended(c: &mut Criterion) {
     let mut group = c.benchmark_group("p2c_record8");
-    let policy: Arc<dyn Balancer> = P2cEwmaConfig::default().into();
+    let policy = P2cEwmaConfig::default().new_balancer();
     for (kind, shared) in [("shared", true), ("own", false)] {
         for n in PICK_SIZES {
             // The same setup either way; only whose clock the stats use differs.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::choice::BestOf;
-use crate::stats::{DEFAULT_DECAY, DEFAULT_RTT, LoadClock};
+use crate::stats::{DEFAULT_DECAY, DEFAULT_RTT, LoadClock, Signals};
 use crate::{Balancer, EndpointStats, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
 /// Candidates compared per pick by default: 2 (gRPC A48 `choice_count` default).
@@ -142,7 +142,13 @@ impl Balancer for LeastRequest {
     fn new_stats(&self) -> EndpointStats {
         // The latency EWMA is not used here; it shares the failure decay so that status
         // shows a latency that forgets at the same pace.
-        EndpointStats::new(self.config.failure_decay, DEFAULT_RTT).with_clock(self.clock.clone())
+        // The failure ratio only: the picker reads no latency.
+        EndpointStats::new(self.config.failure_decay, DEFAULT_RTT)
+            .with_signals(Signals {
+                failure_ratio: true,
+                ..Signals::COUNTS
+            })
+            .with_clock(self.clock.clone())
     }
 }
 

@@ -17,7 +17,7 @@
 //!         state: ConnectivityState::Ready,
 //!     })
 //!     .collect();
-//! let picker = policy("round_robin").unwrap().build(&subchannels);
+//! let picker = policy("round_robin").unwrap().new_balancer().build(&subchannels);
 //! let req = http::Request::new(());
 //! assert!(matches!(picker.pick(&PickRequest::from_request(&req)), Pick::Ready(i) if i < 3));
 //! ```
@@ -50,16 +50,16 @@ pub use maglev::{
     DEFAULT_MAX_TABLE_SIZE, DEFAULT_MIN_TABLE_SIZE, Maglev, MaglevConfig, SLOTS_PER_ENDPOINT,
 };
 pub use p2c_ewma::{P2cEwma, P2cEwmaConfig};
-pub use pick_first::{PickFirst, PickFirstConfig};
+pub use pick_first::{HAPPY_EYEBALLS_DELAY, PickFirst, PickFirstConfig};
 pub use random::{Random, RandomConfig};
-pub use registry::{POLICY_NAMES, UnknownPolicy, policy};
+pub use registry::{POLICY_NAMES, PolicyRegistry, UnknownPolicy, policy};
 pub use ring_hash::{
     BALANCE_REPLICAS, DEFAULT_MAX_RING_SIZE, DEFAULT_MIN_RING_SIZE, RingHash, RingHashConfig,
 };
 pub use round_robin::RoundRobin;
 pub use stats::{
     CallStart, DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, DEFAULT_SAMPLE_WINDOW,
-    EndpointStats, FAILURE_RATIO_WEIGHT, LoadClock,
+    EndpointStats, FAILURE_RATIO_WEIGHT, LoadClock, Outcome, Signals,
 };
 pub use weighted_round_robin::{MAX_SCHEDULE_LEN, WeightedRoundRobin, WeightedRoundRobinConfig};
 
@@ -153,8 +153,39 @@ pub trait Picker: Send + Sync + 'static {
     fn pick(&self, req: &PickRequest<'_>) -> Pick;
 }
 
-/// A load-balancing policy: builds a [`Picker`] whenever the subchannels or their states
-/// change.
+/// A load-balancing policy as configured: it makes one [`Balancer`] per channel, so that two
+/// channels built from the same configuration never share policy state (pick_first's choice,
+/// weighted round robin's phases, p2c's load clock). gRPC calls this a balancer builder.
+///
+/// Every policy config of this crate implements it (`P2cEwmaConfig`, `RingHashConfig`, ...),
+/// and converts into an `Arc<dyn Policy>`, which is what the channel builder takes. Register
+/// your own under a name in a [`PolicyRegistry`] to select it by name.
+pub trait Policy: Send + Sync + 'static {
+    /// The policy's gRPC-style name, such as `round_robin`.
+    fn name(&self) -> &'static str;
+
+    /// A new balancer, with state of its own, for one channel.
+    fn new_balancer(&self) -> Box<dyn Balancer>;
+}
+
+/// How a balancer wants its subchannels connected; the channel carries it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectMode {
+    /// Connect to every endpoint and keep every connection up (round robin and the
+    /// load-aware and hashing policies need them all).
+    All,
+    /// Connect to one endpoint at a time, in discovery order, as gRPC's pick_first does:
+    /// the next one starts when the previous fails or after `attempt_delay` without an
+    /// answer (gRFC A61's "happy eyeballs", 250 ms). Once one is ready the others are let go.
+    OneAtATime {
+        /// How long an attempt may go unanswered before the next endpoint is tried too.
+        attempt_delay: std::time::Duration,
+    },
+}
+
+/// One channel's load-balancing policy: builds a [`Picker`] whenever the subchannels or
+/// their states change. Made by a [`Policy`]; only the channel's control task calls it.
 pub trait Balancer: Send + Sync + 'static {
     /// The policy's gRPC-style name, such as `round_robin`.
     fn name(&self) -> &'static str;
@@ -164,11 +195,24 @@ pub trait Balancer: Send + Sync + 'static {
     fn build(&self, subchannels: &[SubchannelView]) -> Arc<dyn Picker>;
 
     /// The load statistics the channel should create for a new endpoint address (it keeps
-    /// them by address for as long as the address stays). Policies that read latency, such
-    /// as `p2c_ewma`, return stats with their configured decay, starting RTT and failure
-    /// penalty, sharing one [`LoadClock`]; the default is [`EndpointStats::default`].
+    /// them by address for as long as the address stays). A policy asks for the signals its
+    /// picker reads and pays for nothing else: the default keeps only calls in flight and
+    /// outcome counts ([`Signals::COUNTS`]). Policies that read latency, such as
+    /// `p2c_ewma`, return stats with their configured decay, starting RTT and failure
+    /// penalty, sharing one [`LoadClock`].
     fn new_stats(&self) -> EndpointStats {
-        EndpointStats::default()
+        EndpointStats::default().with_signals(Signals::COUNTS)
+    }
+
+    /// Which subchannels the channel should connect. Default [`ConnectMode::All`].
+    fn connect_mode(&self) -> ConnectMode {
+        ConnectMode::All
+    }
+}
+
+impl fmt::Debug for dyn Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -4,7 +4,11 @@ use std::sync::{Arc, Mutex};
 
 use meshless_discovery::Address;
 
-use crate::{Balancer, Pick, PickRequest, Picker, SubchannelView, ready_indices};
+use crate::{Balancer, ConnectMode, Pick, PickRequest, Picker, SubchannelView, ready_indices};
+
+/// How long pick_first waits for a connection attempt before it starts the next one too:
+/// 250 ms, gRFC A61's "Connection Attempt Delay" (from RFC 8305, happy eyeballs).
+pub const HAPPY_EYEBALLS_DELAY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Configuration of [`PickFirst`].
 #[derive(Debug, Clone, Default)]
@@ -71,6 +75,12 @@ impl Balancer for PickFirst {
         });
         *current = chosen.map(|i| subchannels[i].endpoint.addr.clone());
         Arc::new(PickFirstPicker { chosen })
+    }
+
+    fn connect_mode(&self) -> ConnectMode {
+        ConnectMode::OneAtATime {
+            attempt_delay: HAPPY_EYEBALLS_DELAY,
+        }
     }
 }
 

@@ -166,9 +166,65 @@ impl LoadClock {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a call that is never finished or abandoned counts as in flight forever"]
 pub struct CallStart {
-    /// The start, in nanoseconds of the stats' clock.
+    /// The start, in nanoseconds of the stats' clock (0 when latency is not tracked).
     nanos: u64,
+    /// Still waiting for its response headers: counted in the pending calls' age.
+    pending: bool,
 }
+
+// ===== Signals, Outcome =====
+
+/// Which load signals an endpoint's statistics keep. Calls in flight and the success and
+/// failure counts are always kept; the rest costs work on every call, so each policy asks
+/// only for what its picker reads (see [`Balancer::new_stats`](crate::Balancer::new_stats)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Signals {
+    /// The peak-EWMA latency estimate and the age of calls waiting for their response
+    /// headers (`p2c_ewma`). Reads the clock twice per call.
+    pub latency: bool,
+    /// The decaying failure ratio (`p2c_ewma`, `least_request`).
+    pub failure_ratio: bool,
+}
+
+impl Signals {
+    /// Every signal: what [`EndpointStats::default`] keeps.
+    pub const ALL: Signals = Signals {
+        latency: true,
+        failure_ratio: true,
+    };
+    /// Only calls in flight and outcome counts: what policies that read no load keep.
+    pub const COUNTS: Signals = Signals {
+        latency: false,
+        failure_ratio: false,
+    };
+
+    fn bits(self) -> u8 {
+        u8::from(self.latency) | (u8::from(self.failure_ratio) << 1)
+    }
+}
+
+/// How a call ended, as far as its endpoint's health is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// It succeeded, or failed in a way that says nothing about the endpoint (the
+    /// application rejected the request: NOT_FOUND, INVALID_ARGUMENT, ...).
+    Success,
+    /// It failed in a way that counts against the endpoint: a transport error, an
+    /// UNAVAILABLE, or our own deadline expiring while it waited for the endpoint.
+    Failure,
+    /// The caller gave it up with no deadline involved: neither success nor failure.
+    Cancelled,
+}
+
+/// The in-flight word: calls in flight in the low half, calls still waiting for their
+/// response headers (pending) in the high half. One word, so a pick reads both in one load
+/// and the stats keep their one-cache-line layout.
+const PENDING_ONE: u64 = 1 << 32;
+const IN_FLIGHT_MASK: u64 = u32::MAX as u64;
+
+const SIGNAL_LATENCY: u8 = 1;
+const SIGNAL_FAILURE_RATIO: u8 = 2;
 
 // ===== EndpointStats =====
 
@@ -206,9 +262,11 @@ pub struct CallStart {
 #[repr(C, align(64))]
 pub struct EndpointStats {
     // What a pick reads: 8 words.
+    /// Calls in flight (low half) and, of those, calls still waiting for their response
+    /// headers (high half): see [`PENDING_ONE`].
     in_flight: AtomicU64,
-    /// The sum of the start times of the calls in flight, in nanoseconds of `clock`,
-    /// wrapping: `in_flight × now − sum` is their total age, exact as long as that total
+    /// The sum of the start times of the pending calls, in nanoseconds of `clock`,
+    /// wrapping: `pending × now − sum` is their total age, exact as long as that total
     /// (not the sum) fits in 64 bits (see [`pending_age_nanos`](Self::pending_age_nanos)).
     pending_start_sum: AtomicU64,
     /// The latency estimate in nanoseconds, as `f64` bits.
@@ -234,6 +292,8 @@ pub struct EndpointStats {
     /// When the failure ratio was last updated, in nanoseconds of `clock`.
     failure_stamp_nanos: AtomicU64,
     failure_penalty: Duration,
+    /// [`Signals`] as bits.
+    signals: u8,
 }
 
 /// [`EndpointStats::base_and_calls`] before any call started: NaN bits in the high half, so
@@ -299,6 +359,7 @@ impl EndpointStats {
             failures: AtomicU64::new(0),
             failure_stamp_nanos: AtomicU64::new(0),
             failure_penalty: DEFAULT_FAILURE_PENALTY,
+            signals: Signals::ALL.bits(),
         }
     }
 
@@ -350,6 +411,27 @@ impl EndpointStats {
         self
     }
 
+    /// Keeps only these signals (default [`Signals::ALL`]). Without latency a call reads no
+    /// clock and updates no estimate; without the failure ratio an outcome only counts.
+    #[must_use]
+    pub fn with_signals(mut self, signals: Signals) -> Self {
+        self.signals = signals.bits();
+        self
+    }
+
+    /// The signals these statistics keep.
+    pub fn signals(&self) -> Signals {
+        Signals {
+            latency: self.tracks(SIGNAL_LATENCY),
+            failure_ratio: self.tracks(SIGNAL_FAILURE_RATIO),
+        }
+    }
+
+    #[inline]
+    fn tracks(&self, signal: u8) -> bool {
+        self.signals & signal != 0
+    }
+
     /// Shares `clock` with the other endpoints of the same balancer, so that an endpoint
     /// which stopped receiving calls sees time pass through the others' completions, and
     /// its estimate decays in [`load_cost`](Self::load_cost) until it is tried again.
@@ -379,9 +461,14 @@ impl EndpointStats {
         self
     }
 
-    /// Calls sent and not yet completed.
+    /// Calls sent and not yet completed (a streaming call until its response body ends).
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        self.in_flight.load(Ordering::Relaxed) & IN_FLIGHT_MASK
+    }
+
+    /// Calls sent that have not received their response headers yet.
+    pub fn pending(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed) >> 32
     }
 
     /// Calls completed successfully.
@@ -519,41 +606,55 @@ impl EndpointStats {
         base * by_time + (peak - base) * fade.min(by_time)
     }
 
-    /// The calls in flight and their mean age at `now` (nanoseconds of the clock), 0 when
-    /// none is pending or the two counters were caught mid-update.
+    /// The calls in flight and the mean age of those still waiting for their response
+    /// headers at `now` (nanoseconds of the clock); the age is 0 when none is pending or the
+    /// counters were caught mid-update.
     ///
-    /// `start` adds to the sum before it raises the count (release); `finish` lowers the
-    /// count before it takes from the sum (release). Reading the count, the sum (acquire) and
-    /// the count again, equal counts mean the sum holds at least the calls counted: the only
-    /// mismatch left is a sum with extra calls, which reads as a smaller age (clamped at 0),
-    /// never as a spurious huge one.
+    /// `start` adds to the sum before it raises the count (release); `respond` and `finish`
+    /// lower the count before they take from the sum (release). Reading the count, the sum
+    /// (acquire) and the count again, equal counts mean the sum holds at least the calls
+    /// counted: the only mismatch left is a sum with extra calls, which reads as a smaller age
+    /// (clamped at 0), never as a spurious huge one.
     #[inline]
     fn pending_age_nanos(&self, now: u64) -> (u64, f64) {
-        let n = self.in_flight.load(Ordering::Acquire);
+        let word = self.in_flight.load(Ordering::Acquire);
         let sum = self.pending_start_sum.load(Ordering::Acquire);
-        if self.in_flight.load(Ordering::Relaxed) != n {
-            return (n, 0.0);
+        let in_flight = word & IN_FLIGHT_MASK;
+        if self.in_flight.load(Ordering::Relaxed) != word {
+            return (in_flight, 0.0);
         }
+        let n = word >> 32;
         // Wrapping: the sum may wrap, the total age does not (see `pending_start_sum`).
-        // With nothing in flight the sum is 0, or a call's start caught mid-update, which
+        // With nothing pending the sum is 0, or a call's start caught mid-update, which
         // reads as negative and is clamped: the age is 0 without a branch on `n`.
         let total = n.wrapping_mul(now).wrapping_sub(sum) as i64;
-        (n, total.max(0) as f64 / n.max(1) as f64)
+        (in_flight, total.max(0) as f64 / n.max(1) as f64)
     }
 
-    /// The mean age of the calls in flight, by the shared clock (which may lag real time by
-    /// up to about a millisecond while calls complete); zero when none is pending.
+    /// The mean age of the calls waiting for their response headers, by the shared clock
+    /// (which may lag real time by up to about a millisecond while calls complete); zero
+    /// when none is pending.
     pub fn pending_age(&self) -> Duration {
         Duration::from_nanos(self.pending_age_nanos(self.clock.now_nanos()).1 as u64)
     }
 
-    /// Marks the start of a call, reading the clock once; pass the returned [`CallStart`] to
-    /// [`finish`](Self::finish) or [`abandon`](Self::abandon). Until then the call counts in
-    /// [`in_flight`](Self::in_flight) and its age in [`load_cost`](Self::load_cost).
+    /// Marks the start of a call, reading the clock once when latency is tracked; pass the
+    /// returned [`CallStart`] to [`respond`](Self::respond) when the response headers
+    /// arrive, and to [`end`](Self::end) (or [`abandon`](Self::abandon)) when the call is
+    /// over. Until its headers arrive the call's age counts in
+    /// [`load_cost`](Self::load_cost); until it ends it counts in
+    /// [`in_flight`](Self::in_flight).
     pub fn start(&self) -> CallStart {
+        if !self.tracks(SIGNAL_LATENCY) {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            return CallStart {
+                nanos: 0,
+                pending: false,
+            };
+        }
         let nanos = self.clock.observe(Instant::now());
         self.pending_start_sum.fetch_add(nanos, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Release);
+        self.in_flight.fetch_add(1 | PENDING_ONE, Ordering::Release);
         self.clock.calls.0.started.fetch_add(1, Ordering::Relaxed);
         // An endpoint is free to try only until its first call starts: one whose calls are
         // all abandoned (refused streams) must not stay free, or it would take every pick.
@@ -565,48 +666,131 @@ impl EndpointStats {
                 Ordering::Relaxed,
             );
         }
-        CallStart { nanos }
+        CallStart {
+            nanos,
+            pending: true,
+        }
     }
 
-    /// Takes a call started with [`start`](Self::start) off the pending count and sum;
-    /// returns the clock's [completed](LoadClock::completed) calls after it.
-    fn end_pending(&self, call: CallStart) -> u64 {
-        // Saturating: a `CallStart` of other stats must not wrap the count to 2^64.
-        if self
+    /// The response headers of `call` arrived: its latency is sampled now, as tower's
+    /// `CompleteOnResponse` and Finagle do, so a stream that stays open for minutes reads as
+    /// the time its server took to answer, not as its lifetime. gRPC servers send a unary
+    /// call's headers only once the handler has answered. `failed` is true for a
+    /// Trailers-Only response whose status counts against the endpoint; the sample is then
+    /// at least the failure penalty. The call stays in flight until [`end`](Self::end).
+    /// Returns the latency (zero when latency is not tracked, or already sampled).
+    pub fn respond(&self, call: &mut CallStart, failed: bool) -> Duration {
+        if !call.pending {
+            return Duration::ZERO;
+        }
+        call.pending = false;
+        let mut removed = false;
+        let _ = self
             .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-            .is_ok()
-        {
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+                removed = w >> 32 > 0;
+                removed.then(|| w - PENDING_ONE)
+            });
+        if removed {
             self.pending_start_sum
                 .fetch_sub(call.nanos, Ordering::Release);
-            return self.clock.calls.0.completed.fetch_add(1, Ordering::Relaxed) + 1;
         }
-        self.clock.completed()
+        let now_nanos = self.clock.observe(Instant::now());
+        let latency = Duration::from_nanos(now_nanos.saturating_sub(call.nanos));
+        let sample = if failed {
+            latency.max(self.failure_penalty)
+        } else {
+            latency
+        };
+        // The call sampled counts as one of the balancer's calls since this endpoint's
+        // previous sample, as it would if it were sampled when it completes.
+        self.observe_at(sample, now_nanos, self.clock.completed().wrapping_add(1));
+        latency
+    }
+
+    /// Takes a call off the in-flight count (and the pending one, if its headers never
+    /// came); returns the clock's [completed](LoadClock::completed) calls after it.
+    fn end_in_flight(&self, call: &CallStart) -> u64 {
+        let dec = if call.pending { 1 | PENDING_ONE } else { 1 };
+        // Checked: a `CallStart` of other stats, or one ended twice, must not wrap the
+        // count to 2^32.
+        let ended = self
+            .in_flight
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |w| {
+                let ok = w & IN_FLIGHT_MASK > 0 && (!call.pending || w >> 32 > 0);
+                ok.then(|| w - dec)
+            })
+            .is_ok();
+        if !ended || !self.tracks(SIGNAL_LATENCY) {
+            return self.clock.completed();
+        }
+        if call.pending {
+            self.pending_start_sum
+                .fetch_sub(call.nanos, Ordering::Release);
+        }
+        self.clock.calls.0.completed.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Undoes a [`start`](Self::start) for a call that never reached the endpoint (its
     /// connection closed first): nothing is learned about the endpoint from it.
     pub fn abandon(&self, call: CallStart) {
-        let _ = self.end_pending(call);
+        let _ = self.end_in_flight(&call);
     }
 
-    /// Marks the end of a call started with [`start`](Self::start); its latency is the time
-    /// since then. `ok` is false for failures that count against the endpoint; such a call
-    /// counts as at least the failure penalty (see
-    /// [`with_failure_penalty`](Self::with_failure_penalty)). Returns the latency.
-    pub fn finish(&self, call: CallStart, ok: bool) -> Duration {
-        let calls = self.end_pending(call);
-        let now_nanos = self.clock.observe(Instant::now());
-        let latency = Duration::from_nanos(now_nanos.saturating_sub(call.nanos));
-        let sample = if ok {
-            self.successes.fetch_add(1, Ordering::Relaxed);
-            latency
-        } else {
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            latency.max(self.failure_penalty)
+    /// Marks the end of a call started with [`start`](Self::start): its response body
+    /// ended, failed or was dropped. `outcome` counts toward the success and failure counts
+    /// and the failure ratio ([`Outcome::Cancelled`] toward neither). A call that ends
+    /// before its headers arrived (a connection lost, our deadline) is sampled now, a
+    /// failure as at least the failure penalty; a cancelled one is not sampled.
+    pub fn end(&self, call: CallStart, outcome: Outcome) {
+        let calls = self.end_in_flight(&call);
+        let ok = match outcome {
+            Outcome::Success => {
+                self.successes.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Outcome::Failure => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Outcome::Cancelled => return,
         };
-        self.observe_at(sample, now_nanos, calls);
-        self.record_outcome(ok, now_nanos);
+        let sample_now = call.pending && self.tracks(SIGNAL_LATENCY);
+        // With a failure ratio the clock moves on every completion, healthy ones too: the
+        // ratio of an endpoint that gets no calls decays by the time its peers see.
+        let ratio = self.tracks(SIGNAL_FAILURE_RATIO);
+        if !sample_now && !ratio {
+            return;
+        }
+        let now_nanos = self.clock.observe(Instant::now());
+        if sample_now {
+            let latency = Duration::from_nanos(now_nanos.saturating_sub(call.nanos));
+            let sample = if ok {
+                latency
+            } else {
+                latency.max(self.failure_penalty)
+            };
+            self.observe_at(sample, now_nanos, calls);
+        }
+        if ratio {
+            self.record_outcome(ok, now_nanos);
+        }
+    }
+
+    /// A whole call at once: [`respond`](Self::respond) then [`end`](Self::end), as a unary
+    /// call that answered now. `ok` is false for failures that count against the endpoint;
+    /// such a call counts as at least the failure penalty (see
+    /// [`with_failure_penalty`](Self::with_failure_penalty)). Returns the latency.
+    pub fn finish(&self, mut call: CallStart, ok: bool) -> Duration {
+        let latency = self.respond(&mut call, !ok);
+        self.end(
+            call,
+            if ok {
+                Outcome::Success
+            } else {
+                Outcome::Failure
+            },
+        );
         latency
     }
 
@@ -1028,5 +1212,56 @@ mod tests {
         s.abandon(second);
         assert_eq!(s.load_cost(), 150e6);
         assert_eq!(s.pending_age(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_is_sampled_at_its_headers_and_in_flight_until_it_ends() {
+        let s = EndpointStats::default();
+        let ms = Duration::from_millis;
+        let mut call = s.start();
+        tokio::time::advance(ms(4)).await;
+        assert_eq!(s.respond(&mut call, false), ms(4));
+        assert_eq!((s.in_flight(), s.pending()), (1, 0));
+        assert_eq!(s.latency_ewma(), ms(4));
+        // Ten minutes of streaming: no pending age, and the end takes no second sample.
+        tokio::time::advance(Duration::from_secs(600)).await;
+        s.observe(ms(4), Instant::now());
+        assert_eq!(s.pending_age(), Duration::ZERO);
+        s.end(call, Outcome::Success);
+        assert_eq!((s.in_flight(), s.successes()), (0, 1));
+        assert_eq!(s.latency_ewma(), ms(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn outcomes_without_headers() {
+        let s = EndpointStats::default().with_failure_penalty(Duration::from_millis(500));
+        // Cancelled by the caller before any answer: neither counted nor sampled.
+        let call = s.start();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        s.end(call, Outcome::Cancelled);
+        assert_eq!((s.in_flight(), s.successes(), s.failures()), (0, 0, 0));
+        assert_eq!(s.latency_ewma(), DEFAULT_RTT);
+        assert_eq!(s.failure_ratio(), 0.0);
+        // Our deadline (a failure) after 2 s without headers: a 2 s sample, and a failure.
+        let call = s.start();
+        tokio::time::advance(Duration::from_secs(2)).await;
+        s.end(call, Outcome::Failure);
+        assert_eq!((s.in_flight(), s.pending(), s.failures()), (0, 0, 1));
+        assert_eq!(s.latency_ewma(), Duration::from_secs(2));
+        assert!(s.failure_ratio() > 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn counts_only_keeps_no_latency() {
+        let s = EndpointStats::default().with_signals(Signals::COUNTS);
+        let mut call = s.start();
+        assert_eq!((s.in_flight(), s.pending()), (1, 0));
+        tokio::time::advance(Duration::from_millis(7)).await;
+        assert_eq!(s.respond(&mut call, false), Duration::ZERO);
+        s.end(call, Outcome::Failure);
+        assert_eq!((s.in_flight(), s.failures()), (0, 1));
+        assert_eq!(s.latency_ewma(), DEFAULT_RTT);
+        assert_eq!(s.failure_ratio(), 0.0);
+        assert_eq!(s.signals(), Signals::COUNTS);
     }
 }

@@ -92,6 +92,10 @@ pub struct Endpoint {
     pub zone: Option<String>,
     /// Everything else the backend reported.
     pub metadata: Metadata,
+    /// The `:authority` calls to this endpoint carry, when the backend knows better than the
+    /// target's host (the channel's `.authority(..)` still overrides it). Backends set it
+    /// only from data the service owner controls.
+    pub authority: Option<String>,
 }
 
 impl Endpoint {
@@ -102,7 +106,15 @@ impl Endpoint {
             weight: DEFAULT_WEIGHT,
             zone: None,
             metadata: Metadata::new(),
+            authority: None,
         }
+    }
+
+    /// Sets the `:authority` of calls to this endpoint (see [`Endpoint::authority`]).
+    #[must_use]
+    pub fn with_authority(mut self, authority: impl Into<String>) -> Self {
+        self.authority = Some(authority.into());
+        self
     }
 
     /// Sets the weight.

@@ -110,19 +110,24 @@ async fn unix_socket_targets_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn streaming_calls_are_measured_to_the_end_of_the_body() {
+async fn streaming_calls_are_sampled_at_their_headers_and_in_flight_to_the_end() {
     let servers = servers(1);
-    let channel = Channel::builder(static_target(&servers)).build().unwrap();
+    let channel = Channel::builder(static_target(&servers))
+        .policy("p2c_ewma")
+        .build()
+        .unwrap();
     let mut client = GreeterClient::new(channel.clone());
     let addr = Address::from(servers[0].addr());
     let req = HelloRequest {
         name: "stream".into(),
         count: 3,
-        interval_ms: 150,
+        interval_ms: 300,
     };
+    let started = std::time::Instant::now();
     let mut stream = client.stream_replies(req).await.unwrap().into_inner();
     stream.next().await.unwrap().unwrap();
-    // Headers and the first message have arrived; the call is still in flight.
+    // Headers and the first message have arrived; the call is still in flight, and its
+    // outcome is not known yet.
     let st = channel.status();
     let ep = st.endpoint(&addr).unwrap();
     assert_eq!(ep.state, ConnectivityState::Ready);
@@ -130,6 +135,7 @@ async fn streaming_calls_are_measured_to_the_end_of_the_body() {
     while let Some(item) = stream.next().await {
         item.unwrap();
     }
+    let lasted = started.elapsed();
     wait_until("completion recorded", || {
         channel.status().endpoint(&addr).unwrap().successes == 1
     })
@@ -138,8 +144,13 @@ async fn streaming_calls_are_measured_to_the_end_of_the_body() {
     let ep = st.endpoint(&addr).unwrap();
     assert_eq!(ep.in_flight, 0);
     assert_eq!(ep.failures, 0);
-    // The latency is the whole stream (two 150 ms gaps), not the time to the headers.
-    assert!(ep.latency_ewma >= Duration::from_millis(300), "{ep:?}");
+    // The latency is the time to the headers, which the server sent at once, not the whole
+    // stream (two 300 ms gaps): a long-lived stream must not make its endpoint look slow.
+    assert!(lasted >= Duration::from_millis(600), "{lasted:?}");
+    assert!(
+        ep.latency_ewma < lasted / 2,
+        "{ep:?} for a stream of {lasted:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,7 +170,8 @@ async fn failed_and_cancelled_calls_are_recorded() {
     servers[0].set_fail(Some(Code::NotFound));
     assert_eq!(hello(&mut client).await.unwrap_err().code(), Code::NotFound);
     servers[0].set_fail(None);
-    // A stream the caller abandons is recorded, and no longer in flight.
+    // A stream the caller abandons is no longer in flight, and counts as neither success nor
+    // failure: no deadline was involved.
     let req = HelloRequest {
         name: "abandon".into(),
         count: 100,
@@ -174,7 +186,7 @@ async fn failed_and_cancelled_calls_are_recorded() {
     .await;
     let st = channel.status();
     let ep = st.endpoint(&addr).unwrap();
-    assert_eq!((ep.failures, ep.successes), (3, 2), "{ep:?}");
+    assert_eq!((ep.failures, ep.successes), (3, 1), "{ep:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -334,6 +346,18 @@ async fn a_port_that_does_not_speak_http2_is_never_ready() {
 #[derive(Debug)]
 struct CountingRoundRobin(Arc<AtomicU64>);
 
+/// Makes [`CountingRoundRobin`]s that share one counter.
+struct CountingPolicy(Arc<AtomicU64>);
+
+impl meshless::balancer::Policy for CountingPolicy {
+    fn name(&self) -> &'static str {
+        "round_robin"
+    }
+    fn new_balancer(&self) -> Box<dyn meshless::balancer::Balancer> {
+        Box::new(CountingRoundRobin(self.0.clone()))
+    }
+}
+
 impl meshless::balancer::Balancer for CountingRoundRobin {
     fn name(&self) -> &'static str {
         "round_robin"
@@ -354,7 +378,7 @@ async fn a_flapping_endpoint_that_never_gets_ready_does_not_rebuild_the_picker()
     let builds = Arc::new(AtomicU64::new(0));
     let (discovery, handle) = meshless::discovery::ManualDiscovery::new();
     let channel = Channel::with_discovery("flap", Arc::new(discovery))
-        .balancer(Arc::new(CountingRoundRobin(builds.clone())))
+        .balancer(Arc::new(CountingPolicy(builds.clone())) as Arc<dyn meshless::balancer::Policy>)
         .backoff(fast_backoff())
         .build()
         .unwrap();

@@ -363,7 +363,9 @@ async fn a_connection_failure_triggers_a_rate_limited_re_resolution() {
         &dns,
         "dns",
         &format!("greeter.test:{port}"),
-        "pick_first",
+        // round_robin keeps reconnecting to every endpoint; pick_first would let s0 go
+        // once s1 is ready, and nothing would fail any more.
+        "round_robin",
         cfg,
     );
     wait_ready(&ch, 1).await;

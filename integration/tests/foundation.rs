@@ -9,6 +9,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use meshless::Channel;
+use meshless::balancer::ConnectivityState;
 use meshless::discovery::{Endpoint, ManualDiscovery};
 use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
@@ -52,7 +53,19 @@ async fn pick_first_sticks_to_one_then_fails_over_quickly() {
         .backoff(fast_backoff())
         .build()
         .unwrap();
-    wait_ready(&channel, 3).await;
+    // pick_first connects to one endpoint at a time, as gRPC does: the first answers, so the
+    // others are never dialled.
+    wait_ready(&channel, 1).await;
+    let st = channel.status();
+    assert_eq!(
+        st.endpoints.iter().map(|e| e.state).collect::<Vec<_>>(),
+        [
+            ConnectivityState::Ready,
+            ConnectivityState::Idle,
+            ConnectivityState::Idle
+        ],
+        "{st:?}"
+    );
     let mut client = GreeterClient::new(channel.clone());
     let mut seen = HashMap::new();
     for _ in 0..200 {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use meshless::Channel;
 use meshless::balancer::{
-    Balancer, HashKeyConfig, LeastRequestConfig, MaglevConfig, P2cEwmaConfig, RingHashConfig,
+    HashKeyConfig, LeastRequestConfig, MaglevConfig, P2cEwmaConfig, Policy, RingHashConfig,
     WeightedRoundRobinConfig,
 };
 use meshless::discovery::{Address, Endpoint, ManualDiscovery};
@@ -22,7 +22,7 @@ use meshless_integration::server::{ServerHandle, TestServer};
 use tonic::Code;
 
 /// The two policies that read load, with fixed seeds.
-fn load_aware() -> [(&'static str, Arc<dyn Balancer>); 2] {
+fn load_aware() -> [(&'static str, Arc<dyn Policy>); 2] {
     [
         ("p2c_ewma", P2cEwmaConfig::default().seed(5).into()),
         (
@@ -33,7 +33,7 @@ fn load_aware() -> [(&'static str, Arc<dyn Balancer>); 2] {
 }
 
 /// A channel with `balancer` over a static list of `servers`, every endpoint ready.
-async fn channel_over(balancer: Arc<dyn Balancer>, servers: &[ServerHandle]) -> Channel {
+async fn channel_over(balancer: Arc<dyn Policy>, servers: &[ServerHandle]) -> Channel {
     let channel = Channel::builder(static_target(servers))
         .balancer(balancer)
         .backoff(fast_backoff())
@@ -252,11 +252,14 @@ async fn churn_under_load_keeps_the_load_state_of_staying_endpoints() {
         }
         // The slow endpoint's estimate is still its own (peak EWMA: its last 60 ms answer, at
         // most decayed a little), not a fresh endpoint's starting value.
+        // (least_request reads no latency, so it keeps none.)
         let slow = during.endpoint(&addr(0)).expect("s0");
-        assert!(
-            slow.latency_ewma >= Duration::from_millis(40),
-            "{name}: s0 estimate reset? {slow:?}"
-        );
+        if name == "p2c_ewma" {
+            assert!(
+                slow.latency_ewma >= Duration::from_millis(40),
+                "{name}: s0 estimate reset? {slow:?}"
+            );
+        }
         // Every call is accounted for on some endpoint: nothing recorded was dropped for
         // the endpoints that stayed.
         let fresh = after.endpoint(&addr(3)).expect("s3");
@@ -275,7 +278,7 @@ async fn weighted_round_robin_honours_weights() {
     let servers = servers(2);
     let (discovery, handle) = ManualDiscovery::new();
     let channel = Channel::with_discovery("wrr", Arc::new(discovery))
-        .balancer(WeightedRoundRobinConfig::default().seed(3).into())
+        .balancer(WeightedRoundRobinConfig::default().seed(3))
         .build()
         .expect("build channel");
     let eps = servers
@@ -310,7 +313,7 @@ async fn hashing_policies_send_a_header_key_to_one_server() {
     const CALLS_PER_KEY: usize = 10;
     let header = http::HeaderName::from_static("x-user");
     let key = HashKeyConfig::default().request_hash_header(header.clone());
-    let policies: [(&str, Arc<dyn Balancer>); 2] = [
+    let policies: [(&str, Arc<dyn Policy>); 2] = [
         (
             "ring_hash",
             RingHashConfig::default().key(key.clone()).into(),

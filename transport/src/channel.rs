@@ -7,19 +7,21 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
-use hyper::client::conn::http2;
-use meshless_balancer::{Balancer, Pick, PickRequest};
+use meshless_balancer::{ConnectivityState, Pick, PickRequest, Policy, PolicyRegistry};
 use meshless_discovery::{Discovery, Registry, Target, TargetError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
 use crate::backoff::BackoffConfig;
-use crate::body::{CallGuard, Replay, ReqBody, TrackedBody, outcome_of};
 use crate::control::{Control, PickerState, Shared};
+use crate::errors::{code_of, is_remote_go_away, never_processed};
 use crate::grpc_timeout;
+use crate::replay::Replay;
+use crate::settings::Http2Settings;
 use crate::status::ChannelStatus;
-use crate::subchannel::{ConnectConfig, Subchannel};
+use crate::subchannel::{Conn, ConnectConfig, Subchannel};
+use crate::tracked::{CallGuard, StreamSlot, TrackedBody};
 
 /// Default bound on how long a call waits for an endpoint to become ready.
 pub const DEFAULT_WAIT_FOR_READY: Duration = Duration::from_secs(10);
@@ -28,6 +30,9 @@ pub const DEFAULT_WAIT_FOR_READY: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default HTTP/2 keepalive ping timeout, when keepalive is on.
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default TCP keepalive idle time and probe interval: 15 s, what grpc-go's dialer (Go's
+/// `net.Dialer`) uses, so a peer that vanished is found even with HTTP/2 keepalive off.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 /// How many times a call that was never sent (its connection closed first) is sent again.
 const MAX_UNSENT_ATTEMPTS: usize = 3;
 
@@ -73,11 +78,14 @@ pub enum BuildError {
 pub struct ChannelBuilder {
     target: Result<String, TargetError>,
     registry: Registry,
+    policies: PolicyRegistry,
     discovery: Option<Arc<dyn Discovery>>,
-    balancer: Option<Arc<dyn Balancer>>,
+    balancer: Option<Arc<dyn Policy>>,
     policy: Option<String>,
     connect: ConnectConfig,
+    authority: Option<http::uri::Authority>,
     wait_for_ready: Duration,
+    idle_timeout: Option<Duration>,
 }
 
 impl Channel {
@@ -89,7 +97,8 @@ impl Channel {
 
     /// A builder for a channel fed by `discovery` (for example a
     /// [`ManualDiscovery`](meshless_discovery::ManualDiscovery)); `name` labels it in errors
-    /// and status.
+    /// and status. Calls carry each endpoint's own address as `:authority` unless
+    /// discovery or [`authority`](ChannelBuilder::authority) sets one.
     pub fn with_discovery(
         name: impl Into<String>,
         discovery: Arc<dyn Discovery>,
@@ -108,6 +117,37 @@ impl Channel {
     pub fn status(&self) -> ChannelStatus {
         self.shared.status()
     }
+
+    /// The channel's aggregate connectivity state, as gRPC defines it: `Ready` while any
+    /// endpoint is, `Connecting` while calls would wait for one, `TransientFailure` while
+    /// they would fail at once, `Idle` before the first resolution or after the idle
+    /// timeout. The receiver sees every change; `changed().await` waits for the next.
+    pub fn state_watch(&self) -> watch::Receiver<ConnectivityState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Waits until an endpoint is ready, as a call would: bounded by the builder's
+    /// [`wait_for_ready_timeout`](ChannelBuilder::wait_for_ready_timeout). Fails with the
+    /// error a call would get (discovery's error, every endpoint unreachable, or no endpoint
+    /// ready within the bound), without sending anything.
+    pub async fn connect(&self) -> Result<(), Status> {
+        let mut waiter = Waiter {
+            rx: None,
+            deadline: None,
+            call_deadline: None,
+        };
+        loop {
+            let snapshot = self.shared.snapshot.load();
+            match &snapshot.picker {
+                PickerState::Pick(_) => return Ok(()),
+                PickerState::Fail(status) => return Err(status.clone()),
+                PickerState::Idle => self.shared.wake.notify_one(),
+                PickerState::Queue => {}
+            }
+            drop(snapshot);
+            waiter.wait(&self.shared, &None).await?;
+        }
+    }
 }
 
 impl ChannelBuilder {
@@ -115,6 +155,7 @@ impl ChannelBuilder {
         ChannelBuilder {
             target,
             registry: Registry::default(),
+            policies: PolicyRegistry::default(),
             discovery: None,
             balancer: None,
             policy: None,
@@ -123,24 +164,37 @@ impl ChannelBuilder {
                 backoff: BackoffConfig::default(),
                 keepalive_interval: None,
                 keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
-                authority: None,
+                keepalive_while_idle: false,
+                tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+                http2: Http2Settings::default(),
             },
+            authority: None,
             wait_for_ready: DEFAULT_WAIT_FOR_READY,
+            idle_timeout: None,
         }
     }
 
-    /// Uses this balancer instance. Default: `pick_first`, as in gRPC.
-    pub fn balancer(mut self, balancer: Arc<dyn Balancer>) -> Self {
-        self.balancer = Some(balancer);
+    /// Uses this policy, for example a configured `P2cEwmaConfig` or `RingHashConfig`. Each
+    /// channel built gets a balancer of its own from it. Default: `pick_first`, as in gRPC.
+    pub fn balancer(mut self, policy: impl Into<Arc<dyn Policy>>) -> Self {
+        self.balancer = Some(policy.into());
         self.policy = None;
         self
     }
 
-    /// Uses the policy with this gRPC-style name (`round_robin`, `pick_first`, ...) and its
-    /// default configuration. An unknown name fails [`build`](Self::build).
+    /// Uses the policy registered under this name (`round_robin`, `pick_first`, ..., or one
+    /// added with [`policies`](Self::policies)), as configured there. An unknown name fails
+    /// [`build`](Self::build).
     pub fn policy(mut self, name: impl Into<String>) -> Self {
         self.policy = Some(name.into());
         self.balancer = None;
+        self
+    }
+
+    /// Looks policy names up in this registry instead of the built-in one, so that
+    /// [`policy`](Self::policy) can select policies of your own.
+    pub fn policies(mut self, policies: PolicyRegistry) -> Self {
+        self.policies = policies;
         self
     }
 
@@ -169,18 +223,51 @@ impl ChannelBuilder {
         self
     }
 
-    /// Sends HTTP/2 pings at this interval to detect dead connections (off by default),
-    /// failing a connection that does not answer within `timeout`.
+    /// Sends HTTP/2 pings at this interval while calls are open, failing a connection that
+    /// does not answer within `timeout` (off by default). When a server answers with
+    /// GOAWAY ENHANCE_YOUR_CALM (`too_many_pings`), the interval doubles for that endpoint,
+    /// as in grpc-go.
     pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.connect.keepalive_interval = Some(interval);
         self.connect.keepalive_timeout = timeout;
         self
     }
 
-    /// Sets the `:authority` of every call. Default: the address of the endpoint the call
-    /// goes to.
+    /// Pings also while no call is open (gRPC's `permitWithoutStream`). Default `false`:
+    /// gRPC servers allow that only when configured to, and answer it with GOAWAY
+    /// `too_many_pings` otherwise.
+    pub fn keepalive_while_idle(mut self, on: bool) -> Self {
+        self.connect.keepalive_while_idle = on;
+        self
+    }
+
+    /// Sets the TCP keepalive idle time and probe interval, `None` to turn it off.
+    /// Default: [`DEFAULT_TCP_KEEPALIVE`].
+    pub fn tcp_keepalive(mut self, idle: Option<Duration>) -> Self {
+        self.connect.tcp_keepalive = idle;
+        self
+    }
+
+    /// Sets the HTTP/2 settings of every connection. Default: [`Http2Settings::default`].
+    pub fn http2(mut self, settings: Http2Settings) -> Self {
+        self.connect.http2 = settings;
+        self
+    }
+
+    /// Closes every connection after this long without calls; the next call reopens them
+    /// (and waits for the connection, bounded as always). Default: off.
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = Some(d);
+        self
+    }
+
+    /// Sets the `:authority` of every call, whatever the target or discovery says.
+    /// Default: the target's host and port as written (`greeter.prod:50051` for
+    /// `dns:///greeter.prod:50051`), as gRPC does; `localhost` for `unix:` targets; each
+    /// endpoint's own address for address lists and [`Channel::with_discovery`]. A
+    /// discovery backend may give an endpoint its own.
     pub fn authority(mut self, authority: http::uri::Authority) -> Self {
-        self.connect.authority = Some(authority);
+        self.authority = Some(authority);
         self
     }
 
@@ -188,18 +275,20 @@ impl ChannelBuilder {
     pub fn build(self) -> Result<Channel, BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let name = self.target?;
-        let discovery = match self.discovery {
-            Some(d) => d,
+        let (discovery, default_authority) = match self.discovery {
+            Some(d) => (d, None),
             None => {
                 let target: Target = self.registry.parse(&name)?;
-                self.registry.build(&target)?
+                let authority = default_authority(&target);
+                (self.registry.build(&target)?, authority)
             }
         };
-        let balancer = match (self.balancer, self.policy) {
+        let policy = match (self.balancer, self.policy) {
             (Some(b), _) => b,
-            (None, Some(p)) => meshless_balancer::policy(&p)?,
-            (None, None) => meshless_balancer::policy("pick_first")?,
+            (None, Some(p)) => self.policies.get(&p)?,
+            (None, None) => self.policies.get("pick_first")?,
         };
+        let balancer = policy.new_balancer();
         let shared = Arc::new(Shared::new(
             name.into(),
             balancer.name(),
@@ -211,6 +300,9 @@ impl ChannelBuilder {
             balancer,
             discovery,
             config: Arc::new(self.connect),
+            forced_authority: self.authority,
+            default_authority,
+            idle_timeout: self.idle_timeout,
             closed,
         };
         runtime.spawn(control.run());
@@ -219,6 +311,32 @@ impl ChannelBuilder {
             _alive: Arc::new(alive),
         })
     }
+}
+
+/// The `:authority` a target gives its calls by default, as gRPC does: the target's
+/// endpoint as written when it is one `host[:port]` (`greeter.prod:50051`), or its host
+/// when the port is a name (`kubernetes:///greeter.prod:grpc` gives `greeter.prod`);
+/// `localhost` for unix sockets; none for a list of addresses, whose endpoints then carry
+/// their own address.
+fn default_authority(target: &Target) -> Option<http::uri::Authority> {
+    if target.scheme().starts_with("unix") {
+        return Some(http::uri::Authority::from_static("localhost"));
+    }
+    let endpoint = target.endpoint().trim_start_matches('/');
+    if endpoint.is_empty() || endpoint.contains(',') || endpoint.contains('/') {
+        return None;
+    }
+    // Only one address in an address list names a host worth sending.
+    if matches!(target.scheme(), "ipv4" | "ipv6" | "static")
+        && endpoint.parse::<std::net::SocketAddr>().is_err()
+        && !endpoint.contains(':')
+    {
+        return None;
+    }
+    endpoint.parse().ok().or_else(|| {
+        let (host, _port) = endpoint.rsplit_once(':')?;
+        host.parse().ok()
+    })
 }
 
 // ===== impl Service =====
@@ -260,10 +378,16 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
 }
 
 enum Picked {
-    Send(Arc<Subchannel>, http2::SendRequest<ReqBody>),
+    Send(Arc<Subchannel>, Arc<Conn>),
     Wait,
+    /// Every endpoint the picker tried is at its server's stream limit.
+    Busy,
     Fail(Status),
 }
+
+/// How many times a call asks the picker again when the endpoint it picked is at its
+/// stream limit, before it waits for a stream to free up.
+const BUSY_REPICKS: usize = 4;
 
 fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
     let snapshot = shared.snapshot.load();
@@ -274,26 +398,37 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
                 headers: &parts.headers,
                 extensions: &parts.extensions,
             };
-            match picker.pick(&req) {
-                Pick::Ready(i) => match snapshot.subchannels.get(i) {
-                    Some(sub) => match sub.sender() {
-                        Some(tx) => Picked::Send(sub.clone(), tx),
-                        // Its connection just closed; the control task will publish a
-                        // picker without it.
-                        None => Picked::Wait,
+            let mut busy = false;
+            for _ in 0..BUSY_REPICKS {
+                match picker.pick(&req) {
+                    Pick::Ready(i) => match snapshot.subchannels.get(i) {
+                        Some(sub) => match sub.connection() {
+                            Some(conn) if sub.at_stream_limit(&conn) => busy = true,
+                            Some(conn) => return Picked::Send(sub.clone(), conn),
+                            // Its connection just closed; the control task will publish a
+                            // picker without it.
+                            None => return Picked::Wait,
+                        },
+                        None => {
+                            return Picked::Fail(Status::internal(format!(
+                                "{}: policy `{}` picked index {i} of {} endpoints",
+                                shared.target,
+                                shared.policy,
+                                snapshot.subchannels.len()
+                            )));
+                        }
                     },
-                    None => Picked::Fail(Status::internal(format!(
-                        "{}: policy `{}` picked index {i} of {} endpoints",
-                        shared.target,
-                        shared.policy,
-                        snapshot.subchannels.len()
-                    ))),
-                },
-                Pick::Queue => Picked::Wait,
-                Pick::Fail(status) => Picked::Fail(status),
+                    Pick::Queue => return Picked::Wait,
+                    Pick::Fail(status) => return Picked::Fail(status),
+                }
             }
+            if busy { Picked::Busy } else { Picked::Wait }
         }
         PickerState::Queue => Picked::Wait,
+        PickerState::Idle => {
+            shared.wake.notify_one();
+            Picked::Wait
+        }
         PickerState::Fail(status) => Picked::Fail(status.clone()),
     }
 }
@@ -307,52 +442,80 @@ struct Waiter {
 }
 
 impl Waiter {
+    /// Sets the bound on the first wait: the channel's, or the call's deadline if sooner.
+    fn arm(&mut self, shared: &Shared) -> (Instant, bool) {
+        *self.deadline.get_or_insert_with(|| {
+            let bound = later(Instant::now(), shared.wait_for_ready);
+            match self.call_deadline {
+                Some(own) if own < bound => (own, true),
+                _ => (bound, false),
+            }
+        })
+    }
+
     /// Returns `Ok` when it is worth picking again.
     async fn wait(&mut self, shared: &Shared, last: &Option<String>) -> Result<(), Status> {
         let Some(rx) = &mut self.rx else {
             // First time: subscribe, then pick again at once, so a snapshot published
             // between our pick and the subscription is not missed.
             self.rx = Some(shared.version.subscribe());
-            let bound = later(Instant::now(), shared.wait_for_ready);
-            self.deadline = Some(match self.call_deadline {
-                Some(own) if own < bound => (own, true),
-                _ => (bound, false),
-            });
+            self.arm(shared);
             return Ok(());
         };
-        let (deadline, own) = self.deadline.unwrap_or((Instant::now(), false));
+        let (deadline, _) = self.deadline.unwrap_or((Instant::now(), false));
         match tokio::time::timeout_at(deadline, rx.changed()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Status::unavailable(format!(
                 "{}: channel was dropped",
                 shared.target
             ))),
-            Err(_) => {
-                let last = last
-                    .as_deref()
-                    .map(|l| format!("; last error: {l}"))
-                    .unwrap_or_default();
-                let status = shared.status();
-                let states = if status.endpoints.is_empty() {
-                    "no endpoints known yet".to_owned()
-                } else {
-                    format!("{} endpoints, none ready", status.endpoints.len())
-                };
-                let msg = format!(
-                    "{}: no endpoint became ready within {:?} ({states}){last}",
-                    shared.target,
-                    if own {
-                        "the call's deadline".to_owned()
-                    } else {
-                        format!("{:?}", shared.wait_for_ready)
-                    }
-                );
-                Err(if own {
-                    Status::deadline_exceeded(msg)
-                } else {
-                    Status::unavailable(msg)
-                })
+            Err(_) => Err(self.timed_out(shared, last, "none ready")),
+        }
+    }
+
+    /// Waits for a stream to free up on a subchannel at its limit, or for a new picker.
+    async fn wait_busy(&mut self, shared: &Shared, last: &Option<String>) -> Result<(), Status> {
+        let (deadline, _) = self.arm(shared);
+        let freed = shared.capacity.notified();
+        let rx = self.rx.get_or_insert_with(|| shared.version.subscribe());
+        tokio::select! {
+            _ = freed => Ok(()),
+            _ = rx.changed() => Ok(()),
+            _ = tokio::time::sleep_until(deadline) => Err(self.timed_out(
+                shared,
+                last,
+                "every one at its server's limit of concurrent streams",
+            )),
+        }
+    }
+
+    fn timed_out(&self, shared: &Shared, last: &Option<String>, why: &str) -> Status {
+        let (_, own) = self.deadline.unwrap_or((Instant::now(), false));
+        let last = last
+            .as_deref()
+            .map(|l| format!("; last error: {l}"))
+            .unwrap_or_default();
+        let count = shared
+            .endpoint_count
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let states = if count == 0 {
+            "no endpoints known yet".to_owned()
+        } else {
+            format!("{count} endpoints, {why}")
+        };
+        let msg = format!(
+            "{}: no endpoint became ready within {} ({states}){last}",
+            shared.target,
+            if own {
+                "the call's deadline".to_owned()
+            } else {
+                format!("{:?}", shared.wait_for_ready)
             }
+        );
+        if own {
+            Status::deadline_exceeded(msg)
+        } else {
+            Status::unavailable(msg)
         }
     }
 }
@@ -361,6 +524,11 @@ async fn call(
     shared: Arc<Shared>,
     req: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
+    if !shared.active.load(std::sync::atomic::Ordering::Relaxed) {
+        shared
+            .active
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let (parts, body) = req.into_parts();
     // A body that failed to encode (a message over the size limit) fails the call here, as
     // tonic's own channel does, instead of reaching the server cut short.
@@ -391,7 +559,7 @@ fn later(from: Instant, d: Duration) -> Instant {
 const FAR_FUTURE_SECS: u64 = 86_400 * 365 * 30;
 
 async fn attempts(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     parts: http::request::Parts,
     replay: Replay,
     deadline: Option<Instant>,
@@ -405,10 +573,14 @@ async fn attempts(
     let mut unsent = 0usize;
     let mut last_error: Option<String> = None;
     loop {
-        let (sub, mut sender) = match pick(shared, &parts) {
-            Picked::Send(sub, tx) => (sub, tx),
+        let (sub, conn) = match pick(shared, &parts) {
+            Picked::Send(sub, conn) => (sub, conn),
             Picked::Wait => {
                 waiter.wait(shared, &last_error).await?;
+                continue;
+            }
+            Picked::Busy => {
+                waiter.wait_busy(shared, &last_error).await?;
                 continue;
             }
             Picked::Fail(status) => return Err(status),
@@ -428,15 +600,16 @@ async fn attempts(
             req.headers_mut()
                 .insert(grpc_timeout::HEADER, grpc_timeout::encode(left));
         }
-        let mut guard = CallGuard::start(sub.stats.clone());
+        let mut guard = CallGuard::start(
+            sub.stats.clone(),
+            deadline,
+            StreamSlot::of(shared, &sub, &conn),
+        );
+        let mut sender = conn.tx.clone();
         match sender.try_send_request(req).await {
             Ok(resp) => {
                 let (rparts, incoming) = resp.into_parts();
-                if rparts.status != http::StatusCode::OK {
-                    guard.set_outcome(false);
-                } else if let Some(ok) = outcome_of(&rparts.headers) {
-                    guard.set_outcome(ok); // trailers-only response
-                }
+                guard.responded(rparts.status, &rparts.headers);
                 let body = tonic::body::Body::new(TrackedBody::new(incoming, guard));
                 return Ok(http::Response::from_parts(rparts, body));
             }
@@ -453,14 +626,14 @@ async fn attempts(
                     }
                 } else if transparent_retries > 0 && never_processed(&error) {
                     if is_remote_go_away(&error) {
-                        sub.drained();
+                        sub.drained(&conn);
                     }
                     guard.abandon();
                     transparent_retries -= 1;
                     tracing::debug!(addr = %sub.addr, "call refused before processing; retrying transparently: {error}");
                     continue;
                 } else {
-                    guard.set_outcome(false);
+                    guard.set_outcome(meshless_balancer::Outcome::Failure);
                 }
                 return Err(Status::new(
                     code_of(&error, never_sent),
@@ -468,32 +641,6 @@ async fn attempts(
                 ));
             }
         }
-    }
-}
-
-/// The gRPC status code of a transport failure, per gRPC's HTTP/2 mapping
-/// (PROTOCOL-HTTP2.md): a call that never left, a refused or drained stream, or a broken
-/// connection is UNAVAILABLE; a stream the server cancelled is CANCELLED; ENHANCE_YOUR_CALM
-/// is RESOURCE_EXHAUSTED; INADEQUATE_SECURITY is PERMISSION_DENIED; other resets are
-/// INTERNAL. Spelled out here rather than taken from tonic, whose mapping depends on which
-/// of its cargo features the application happens to enable.
-fn code_of(err: &hyper::Error, never_sent: bool) -> tonic::Code {
-    use tonic::Code;
-    if never_sent || err.is_canceled() || err.is_closed() {
-        return Code::Unavailable;
-    }
-    let Some(h2) = h2_error(err) else {
-        return Code::Unavailable;
-    };
-    if h2.is_io() || h2.is_go_away() {
-        return Code::Unavailable;
-    }
-    match h2.reason() {
-        Some(h2::Reason::REFUSED_STREAM) | None => Code::Unavailable,
-        Some(h2::Reason::CANCEL) => Code::Cancelled,
-        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
-        Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
-        Some(_) => Code::Internal,
     }
 }
 
@@ -506,32 +653,4 @@ fn set_origin(uri: &mut Uri, authority: &http::uri::Authority) {
         parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
     }
     *uri = Uri::from_parts(parts).unwrap_or_default();
-}
-
-/// True when the error is the server's GOAWAY.
-fn is_remote_go_away(err: &hyper::Error) -> bool {
-    h2_error(err).is_some_and(|h2| h2.is_remote() && h2.is_go_away())
-}
-
-/// The h2 error behind a hyper error, if there is one.
-fn h2_error(err: &hyper::Error) -> Option<&h2::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return Some(h2);
-        }
-        source = e.source();
-    }
-    None
-}
-
-/// True when the server provably did not process the stream: it refused it
-/// (`REFUSED_STREAM`) or its GOAWAY's last stream id is below ours. gRPC retries these
-/// transparently.
-fn never_processed(err: &hyper::Error) -> bool {
-    // h2 gives streams above a GOAWAY's last id the remote GOAWAY error itself; streams
-    // below it that die later see a broken pipe instead.
-    h2_error(err).is_some_and(|h2| {
-        h2.is_remote() && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-    })
 }

@@ -1,14 +1,18 @@
 //! The control task: drives discovery and connections, and publishes pickers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures_util::StreamExt;
-use meshless_balancer::{Balancer, ConnectivityState, EndpointStats, Picker, SubchannelView};
+use futures_util::{FutureExt, StreamExt};
+use meshless_balancer::{
+    Balancer, ConnectMode, ConnectivityState, EndpointStats, Picker, SubchannelView,
+};
 use meshless_discovery::{Address, Discovery, DiscoveryError, Endpoint, Update, UpdateStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -25,8 +29,23 @@ pub(crate) enum PickerState {
     Pick(Arc<dyn Picker>),
     /// Wait for the next snapshot (bounded by the caller).
     Queue,
+    /// The channel let its connections go after its idle timeout: wake the control task,
+    /// then wait for the next snapshot.
+    Idle,
     /// Fail with this status.
     Fail(Status),
+}
+
+impl PickerState {
+    /// The channel's aggregate connectivity state that this picker stands for.
+    fn connectivity(&self) -> ConnectivityState {
+        match self {
+            PickerState::Pick(_) => ConnectivityState::Ready,
+            PickerState::Queue => ConnectivityState::Connecting,
+            PickerState::Idle => ConnectivityState::Idle,
+            PickerState::Fail(_) => ConnectivityState::TransientFailure,
+        }
+    }
 }
 
 pub(crate) struct Snapshot {
@@ -41,7 +60,17 @@ pub(crate) struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Bumped after every new snapshot; queued calls wait on it.
     pub version: watch::Sender<u64>,
+    /// The aggregate connectivity state (gRPC's channel state).
+    pub state: watch::Sender<ConnectivityState>,
     pub wait_for_ready: Duration,
+    /// Set by every call, cleared by the idle timer.
+    pub active: AtomicBool,
+    /// Wakes the control task out of idleness.
+    pub wake: Notify,
+    /// Released whenever a call ends on a subchannel that was at its stream limit.
+    pub capacity: Notify,
+    /// How many endpoints discovery reports (for error messages without a status lock).
+    pub endpoint_count: AtomicUsize,
     status: Mutex<StatusBase>,
 }
 
@@ -49,6 +78,8 @@ pub(crate) struct Shared {
 struct StatusBase {
     resolved: bool,
     discovery_error: Option<String>,
+    /// A component that panicked, and what it said.
+    panicked: Option<String>,
     /// Endpoint, subchannel, state as the published picker knows it, last error.
     endpoints: Vec<(Endpoint, Arc<Subchannel>, ConnectivityState, Option<String>)>,
 }
@@ -63,14 +94,22 @@ impl Shared {
                 subchannels: Vec::new(),
             }),
             version: watch::channel(0).0,
+            state: watch::channel(ConnectivityState::Idle).0,
             wait_for_ready,
+            active: AtomicBool::new(false),
+            wake: Notify::new(),
+            capacity: Notify::new(),
+            endpoint_count: AtomicUsize::new(0),
             status: Mutex::new(StatusBase::default()),
         }
     }
 
     fn publish(&self, snapshot: Snapshot) {
+        let state = snapshot.picker.connectivity();
         self.snapshot.store(Arc::new(snapshot));
         self.version.send_modify(|v| *v += 1);
+        self.state
+            .send_if_modified(|s| std::mem::replace(s, state) != state);
     }
 
     pub(crate) fn status(&self) -> ChannelStatus {
@@ -80,6 +119,7 @@ impl Shared {
             policy: self.policy,
             resolved: base.resolved,
             discovery_error: base.discovery_error.clone(),
+            panicked: base.panicked.clone(),
             endpoints: base
                 .endpoints
                 .iter()
@@ -106,28 +146,47 @@ struct Entry {
     /// Failed since it was last ready (or since it was created): gRPC's sticky
     /// TRANSIENT_FAILURE, which makes calls fail fast instead of queueing.
     failed_since_ready: bool,
-    last_error: Option<String>,
+    /// The last error and when it happened (a sequence number over the channel), so the
+    /// message of a failing channel names the most recent one.
+    last_error: Option<(u64, String)>,
+    /// When its current connection attempt started (for one-at-a-time connecting).
+    connecting_since: Option<Instant>,
 }
 
 pub(crate) struct Control {
     pub shared: Arc<Shared>,
-    pub balancer: Arc<dyn Balancer>,
+    pub balancer: Box<dyn Balancer>,
     pub discovery: Arc<dyn Discovery>,
     pub config: Arc<ConnectConfig>,
+    /// `:authority` of every call, whatever discovery says (the builder's `.authority`).
+    pub forced_authority: Option<http::uri::Authority>,
+    /// `:authority` from the target's host, for endpoints that give none of their own.
+    pub default_authority: Option<http::uri::Authority>,
+    pub idle_timeout: Option<Duration>,
     pub closed: oneshot::Receiver<()>,
 }
 
 struct Run {
     c: Control,
+    connect_mode: ConnectMode,
     events_tx: mpsc::UnboundedSender<StateEvent>,
     entries: Vec<Entry>,
+    /// Position of each address in `entries`.
+    index: HashMap<Address, usize>,
     retired: HashMap<Address, (Arc<EndpointStats>, Instant)>,
     resolved: bool,
     discovery_error: Option<DiscoveryError>,
+    /// A component that panicked: the channel fails every call, naming it.
+    panicked: Option<String>,
     next_generation: u64,
-    /// What the published picker was built from, while it is a balancer's picker: each
-    /// subchannel's incarnation, endpoint and readiness.
-    picked_from: Option<Vec<(u64, Endpoint, bool)>>,
+    error_seq: u64,
+    /// The balancer's picker is stale: the subchannels, their endpoints or their readiness
+    /// changed since it was built.
+    dirty: bool,
+    /// Let go of every connection after the idle timeout; the next call wakes it.
+    idle: bool,
+    /// When one-at-a-time connecting should start its next attempt.
+    next_attempt: Option<Instant>,
 }
 
 impl Control {
@@ -135,16 +194,30 @@ impl Control {
     pub(crate) async fn run(self) {
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
         let mut updates: Option<UpdateStream> = Some(self.discovery.watch());
+        let connect_mode = self.balancer.connect_mode();
+        let idle_every = self.idle_timeout;
         let mut run = Run {
             c: self,
+            connect_mode,
             events_tx,
             entries: Vec::new(),
+            index: HashMap::new(),
             retired: HashMap::new(),
             resolved: false,
             discovery_error: None,
+            panicked: None,
             next_generation: 0,
-            picked_from: None,
+            error_seq: 0,
+            dirty: true,
+            idle: false,
+            next_attempt: None,
         };
+        let shared = run.c.shared.clone();
+        let mut idle_tick = idle_every.map(|d| {
+            let mut t = tokio::time::interval_at(Instant::now() + d, d);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         loop {
             tokio::select! {
                 biased;
@@ -155,31 +228,75 @@ impl Control {
                     while let Ok(ev) = events_rx.try_recv() {
                         run.on_event(ev);
                     }
-                    run.rebuild();
                 }
                 item = next_update(&mut updates) => {
                     match item {
-                        Some(Ok(update)) => run.on_update(update),
-                        Some(Err(err)) => run.on_discovery_error(err),
+                        Some(Ok(Ok(update))) => run.on_update(update),
+                        Some(Ok(Err(err))) => run.on_discovery_error(err),
+                        Some(Err(panic)) => {
+                            run.on_panic("discovery", &panic);
+                            updates = None;
+                        }
                         None => {
                             tracing::debug!(target = %run.c.shared.target, "discovery finished; keeping the last set");
                             updates = None;
                             continue;
                         }
                     }
-                    run.rebuild();
+                }
+                _ = sleep_until(run.next_attempt) => run.next_attempt = None,
+                _ = tick(&mut idle_tick) => run.on_idle_tick(),
+                _ = shared.wake.notified(), if run.idle => {
+                    tracing::debug!(target = %shared.target, "a call woke the idle channel");
+                    run.idle = false;
+                    run.dirty = true;
                 }
             }
+            run.drive_connections();
+            run.rebuild();
         }
         run.shutdown();
     }
 }
 
-/// The next discovery item, or never when discovery has finished.
-async fn next_update(updates: &mut Option<UpdateStream>) -> Option<Result<Update, DiscoveryError>> {
+/// The next discovery item (`Err` when the stream panicked), or never when discovery has
+/// finished.
+async fn next_update(
+    updates: &mut Option<UpdateStream>,
+) -> Option<Result<Result<Update, DiscoveryError>, String>> {
     match updates {
-        Some(s) => s.next().await,
+        Some(s) => match AssertUnwindSafe(s.next()).catch_unwind().await {
+            Ok(item) => item.map(Ok),
+            Err(panic) => Some(Err(panic_message(&panic))),
+        },
         None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn tick(t: &mut Option<tokio::time::Interval>) {
+    match t {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
     }
 }
 
@@ -190,20 +307,26 @@ impl Run {
             Update::Add(eps) => {
                 let mut cur: Vec<Endpoint> =
                     self.entries.iter().map(|e| e.endpoint.clone()).collect();
+                let mut pos: HashMap<Address, usize> = self.index.clone();
                 for ep in eps {
-                    match cur.iter_mut().find(|c| c.addr == ep.addr) {
-                        Some(slot) => *slot = ep,
-                        None => cur.push(ep),
+                    match pos.get(&ep.addr) {
+                        Some(&i) => cur[i] = ep,
+                        None => {
+                            pos.insert(ep.addr.clone(), cur.len());
+                            cur.push(ep);
+                        }
                     }
                 }
                 cur
             }
-            Update::Remove(addrs) => self
-                .entries
-                .iter()
-                .map(|e| e.endpoint.clone())
-                .filter(|e| !addrs.contains(&e.addr))
-                .collect(),
+            Update::Remove(addrs) => {
+                let gone: HashSet<&Address> = addrs.iter().collect();
+                self.entries
+                    .iter()
+                    .filter(|e| !gone.contains(&e.endpoint.addr))
+                    .map(|e| e.endpoint.clone())
+                    .collect()
+            }
         };
         self.resolved = true;
         self.discovery_error = None;
@@ -213,10 +336,32 @@ impl Run {
     fn on_discovery_error(&mut self, err: DiscoveryError) {
         tracing::warn!(target = %self.c.shared.target, "discovery failed, keeping the last known endpoints: {err}");
         self.discovery_error = Some(err);
+        self.dirty |= !self.resolved;
+    }
+
+    fn on_panic(&mut self, component: &str, message: &str) {
+        let what = format!(
+            "{component} of `{}` panicked: {message}; the channel fails every call until it is rebuilt",
+            self.c.shared.target
+        );
+        tracing::error!("{what}");
+        self.panicked = Some(what);
+        self.dirty = true;
+    }
+
+    /// The `:authority` for calls to `ep`.
+    fn authority_for(&self, ep: &Endpoint) -> http::uri::Authority {
+        self.c
+            .forced_authority
+            .clone()
+            .or_else(|| ep.authority.as_deref().and_then(|a| a.parse().ok()))
+            .or_else(|| self.c.default_authority.clone())
+            .or_else(|| ep.addr.authority().parse().ok())
+            .unwrap_or_else(|| http::uri::Authority::from_static("localhost"))
     }
 
     /// Makes the subchannels match `next`: keeps the ones that stay (with their
-    /// connections and stats), starts new ones, shuts down the rest.
+    /// connections and stats), starts new ones, shuts down the rest. O(n) in the set size.
     fn reconcile(&mut self, next: Vec<Endpoint>) {
         let now = Instant::now();
         self.retired
@@ -227,15 +372,22 @@ impl Run {
             .map(|e| (e.endpoint.addr.clone(), e))
             .collect();
         let mut entries = Vec::with_capacity(next.len());
+        let mut index = HashMap::with_capacity(next.len());
+        let mut changed = false;
         for ep in next {
-            if entries.iter().any(|e: &Entry| e.endpoint.addr == ep.addr) {
+            if index.contains_key(&ep.addr) {
                 continue; // duplicate address in the set: one subchannel is enough
             }
+            index.insert(ep.addr.clone(), entries.len());
             if let Some(mut entry) = old.remove(&ep.addr) {
-                entry.endpoint = ep;
+                if entry.endpoint != ep {
+                    changed = true;
+                    entry.endpoint = ep;
+                }
                 entries.push(entry);
                 continue;
             }
+            changed = true;
             let stats = self
                 .retired
                 .remove(&ep.addr)
@@ -244,6 +396,7 @@ impl Run {
             self.next_generation += 1;
             let handle = subchannel::spawn(
                 ep.addr.clone(),
+                self.authority_for(&ep),
                 self.next_generation,
                 stats,
                 self.c.config.clone(),
@@ -255,62 +408,140 @@ impl Run {
                 state: ConnectivityState::Idle,
                 failed_since_ready: false,
                 last_error: None,
+                connecting_since: None,
             });
         }
         for (addr, entry) in old {
+            changed = true;
             tracing::debug!(%addr, "endpoint removed; draining its connection");
             self.retired
                 .insert(addr, (entry.handle.sub.stats.clone(), now));
             entry.handle.shutdown();
         }
         self.entries = entries;
+        self.index = index;
+        self.c
+            .shared
+            .endpoint_count
+            .store(self.entries.len(), Ordering::Relaxed);
+        // Even with no change the picker may wait on the first resolution.
+        self.dirty |= changed || self.entries.is_empty();
     }
 
     fn on_event(&mut self, ev: StateEvent) {
-        let Some(entry) = self
-            .entries
-            .iter_mut()
-            .find(|e| e.endpoint.addr == ev.addr && e.handle.generation == ev.generation)
-        else {
+        let Some(&i) = self.index.get(&ev.addr) else {
             return; // from a subchannel already removed
         };
+        let entry = &mut self.entries[i];
+        if entry.handle.generation != ev.generation {
+            return; // from an earlier incarnation of the address
+        }
+        let was_ready = entry.state == ConnectivityState::Ready;
         entry.state = ev.state;
+        entry.connecting_since = (ev.state == ConnectivityState::Connecting).then(Instant::now);
         match ev.state {
             ConnectivityState::Ready => entry.failed_since_ready = false,
             ConnectivityState::TransientFailure => entry.failed_since_ready = true,
             _ => {}
         }
-        if ev.error.is_some() {
-            entry.last_error = ev.error;
-            if ev.state == ConnectivityState::TransientFailure {
+        let is_ready = ev.state == ConnectivityState::Ready;
+        // Only readiness changes what a balancer's picker holds; while nothing is ready the
+        // queue-or-fail decision depends on every state.
+        self.dirty |= was_ready != is_ready || !self.any_ready();
+        if let Some(error) = ev.error {
+            self.error_seq += 1;
+            let failed = ev.state == ConnectivityState::TransientFailure;
+            let entry = &mut self.entries[i];
+            entry.last_error = Some((self.error_seq, error));
+            if failed {
                 // Fresher addresses may help (DNS re-resolution on failure).
                 self.c.discovery.resolve_now();
             }
         }
     }
 
-    fn rebuild(&mut self) {
-        // A balancer's picker depends only on which subchannels there are, their endpoints
-        // and which are ready. Endpoints that are not ready going Connecting ↔ TransientFailure
-        // through their backoff must not cost a rebuild (a ring or Maglev table for large sets)
-        // and a wake-up of every queued call.
-        let inputs: Option<Vec<(u64, Endpoint, bool)>> = self
-            .entries
+    fn any_ready(&self) -> bool {
+        self.entries
             .iter()
             .any(|e| e.state == ConnectivityState::Ready)
-            .then(|| {
-                self.entries
-                    .iter()
-                    .map(|e| {
-                        (
-                            e.handle.generation,
-                            e.endpoint.clone(),
-                            e.state == ConnectivityState::Ready,
-                        )
-                    })
-                    .collect()
-            });
-        if inputs.is_none() || inputs != self.picked_from {
+    }
+
+    fn on_idle_tick(&mut self) {
+        let busy = self.c.shared.active.swap(false, Ordering::Relaxed)
+            || self
+                .entries
+                .iter()
+                .any(|e| e.handle.sub.stats.in_flight() > 0);
+        if busy || self.idle || self.entries.is_empty() {
+            return;
+        }
+        tracing::debug!(target = %self.c.shared.target, "no calls for the idle timeout; closing connections");
+        self.idle = true;
+        self.dirty = true;
+    }
+
+    /// Asks the subchannels to connect as the balancer wants them connected.
+    fn drive_connections(&mut self) {
+        if self.idle {
+            for e in &self.entries {
+                e.handle.want(false);
+            }
+            return;
+        }
+        match self.connect_mode {
+            ConnectMode::OneAtATime { attempt_delay } => self.connect_one_at_a_time(attempt_delay),
+            _ => {
+                for e in &self.entries {
+                    e.handle.want(true);
+                }
+            }
+        }
+    }
+
+    /// gRPC pick_first's connection management (gRFC A61): one endpoint at a time in
+    /// discovery order, the next when the previous failed or after `delay` without an
+    /// answer; once one is ready, the others are let go. After a whole pass every endpoint
+    /// keeps retrying with its own backoff until one connects.
+    fn connect_one_at_a_time(&mut self, delay: Duration) {
+        if let Some(ready) = self
+            .entries
+            .iter()
+            .position(|e| e.state == ConnectivityState::Ready)
+        {
+            for (i, e) in self.entries.iter().enumerate() {
+                e.handle.want(i == ready);
+            }
+            self.next_attempt = None;
+            return;
+        }
+        let Some(last) = self.entries.iter().rposition(|e| e.handle.is_wanted()) else {
+            if let Some(first) = self.entries.first() {
+                first.handle.want(true);
+                self.next_attempt = Some(Instant::now() + delay);
+            }
+            return;
+        };
+        if last + 1 >= self.entries.len() {
+            self.next_attempt = None;
+            return; // a whole pass made: everyone retries on their own
+        }
+        let e = &self.entries[last];
+        let stalled = e
+            .connecting_since
+            .is_some_and(|since| since.elapsed() >= delay);
+        if e.state == ConnectivityState::TransientFailure || stalled {
+            self.entries[last + 1].handle.want(true);
+            self.next_attempt = Some(Instant::now() + delay);
+        } else if let Some(since) = e.connecting_since {
+            self.next_attempt = Some(since + delay);
+        } else {
+            self.next_attempt = Some(Instant::now() + delay);
+        }
+    }
+
+    fn rebuild(&mut self) {
+        if self.dirty {
+            self.dirty = false;
             let subchannels: Vec<Arc<Subchannel>> =
                 self.entries.iter().map(|e| e.handle.sub.clone()).collect();
             let picker = self.picker_state();
@@ -319,7 +550,6 @@ impl Run {
                 picker,
                 subchannels,
             });
-            self.picked_from = inputs;
         }
         let mut base = self
             .c
@@ -329,29 +559,29 @@ impl Run {
             .unwrap_or_else(|p| p.into_inner());
         base.resolved = self.resolved;
         base.discovery_error = self.discovery_error.as_ref().map(|e| e.to_string());
-        base.endpoints = self
-            .entries
-            .iter()
-            .map(|e| {
-                (
-                    e.endpoint.clone(),
-                    e.handle.sub.clone(),
-                    e.state,
-                    e.last_error.clone(),
-                )
-            })
-            .collect();
+        base.panicked.clone_from(&self.panicked);
+        base.endpoints.clear();
+        base.endpoints.extend(self.entries.iter().map(|e| {
+            (
+                e.endpoint.clone(),
+                e.handle.sub.clone(),
+                e.state,
+                e.last_error.as_ref().map(|(_, m)| m.clone()),
+            )
+        }));
     }
 
     /// gRPC's state aggregation: any ready endpoint → pick; otherwise queue while an
     /// endpoint that has not failed yet is connecting; otherwise fail fast.
-    fn picker_state(&self) -> PickerState {
+    fn picker_state(&mut self) -> PickerState {
         let target = &self.c.shared.target;
-        if self
-            .entries
-            .iter()
-            .any(|e| e.state == ConnectivityState::Ready)
-        {
+        if let Some(what) = &self.panicked {
+            return PickerState::Fail(Status::internal(what.clone()));
+        }
+        if self.idle {
+            return PickerState::Idle;
+        }
+        if self.any_ready() {
             let views: Vec<SubchannelView> = self
                 .entries
                 .iter()
@@ -361,7 +591,17 @@ impl Run {
                     state: e.state,
                 })
                 .collect();
-            return PickerState::Pick(self.c.balancer.build(&views));
+            let balancer = &self.c.balancer;
+            return match std::panic::catch_unwind(AssertUnwindSafe(|| balancer.build(&views))) {
+                Ok(picker) => PickerState::Pick(picker),
+                Err(panic) => {
+                    let msg = panic_message(&panic);
+                    let policy = self.c.balancer.name();
+                    self.on_panic(&format!("load-balancing policy `{policy}`"), &msg);
+                    self.dirty = false;
+                    return self.picker_state();
+                }
+            };
         }
         if !self.resolved {
             return match &self.discovery_error {
@@ -390,9 +630,9 @@ impl Run {
         let last = self
             .entries
             .iter()
-            .filter_map(|e| e.last_error.as_deref())
-            .next_back()
-            .unwrap_or("no connection attempt succeeded");
+            .filter_map(|e| e.last_error.as_ref())
+            .max_by_key(|(seq, _)| *seq)
+            .map_or("no connection attempt succeeded", |(_, m)| m.as_str());
         PickerState::Fail(Status::unavailable(format!(
             "{target}: all {} endpoints are unreachable; last error: {last}",
             self.entries.len()

@@ -15,17 +15,24 @@
 #![warn(missing_docs)]
 
 mod backoff;
-mod body;
 mod channel;
 mod control;
+mod errors;
 pub mod grpc_timeout;
 mod preface;
+mod replay;
+mod settings;
 mod status;
 mod subchannel;
+mod tracked;
 
 pub use backoff::BackoffConfig;
 pub use channel::{
     BuildError, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_WAIT_FOR_READY, ResponseFuture,
+    DEFAULT_TCP_KEEPALIVE, DEFAULT_WAIT_FOR_READY, ResponseFuture,
+};
+pub use settings::{
+    DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_HEADER_LIST_SIZE,
+    DEFAULT_STREAM_WINDOW, Http2Settings,
 };
 pub use status::{ChannelStatus, EndpointStatus};

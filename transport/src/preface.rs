@@ -17,12 +17,23 @@ use tokio::sync::oneshot;
 const SETTINGS_FRAME_TYPE: u8 = 0x4;
 /// A frame header's type is its fourth byte (3 bytes of length first).
 const TYPE_OFFSET: usize = 3;
+/// The length of an HTTP/2 frame header (RFC 9113 §4.1).
+const FRAME_HEADER_LEN: usize = 9;
+/// SETTINGS_MAX_CONCURRENT_STREAMS (RFC 9113 §6.5.2).
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+/// How much of the server's first SETTINGS payload is read: 6 bytes a setting, and servers
+/// send a handful. A longer frame is read this far; the settings past it are missed.
+const MAX_SETTINGS_READ: usize = 16 * 6;
 
 /// What the first bytes from the server were.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Preface {
-    /// A SETTINGS frame: the server speaks HTTP/2.
-    Http2,
+    /// A SETTINGS frame: the server speaks HTTP/2, and allows this many concurrent streams
+    /// (`None`: no limit announced).
+    Http2 {
+        /// The server's SETTINGS_MAX_CONCURRENT_STREAMS in its first SETTINGS frame.
+        max_concurrent_streams: Option<u32>,
+    },
     /// Something else (HTTP/1, TLS, garbage).
     Other,
     /// The connection closed before the server said anything.
@@ -34,7 +45,7 @@ pin_project_lite::pin_project! {
     pub(crate) struct PrefaceWatch<T> {
         #[pin]
         io: T,
-        head: [u8; TYPE_OFFSET + 1],
+        head: [u8; FRAME_HEADER_LEN + MAX_SETTINGS_READ],
         seen: usize,
         report: Option<oneshot::Sender<Preface>>,
     }
@@ -46,7 +57,7 @@ impl<T> PrefaceWatch<T> {
         (
             PrefaceWatch {
                 io,
-                head: [0; TYPE_OFFSET + 1],
+                head: [0; FRAME_HEADER_LEN + MAX_SETTINGS_READ],
                 seen: 0,
                 report: Some(tx),
             },
@@ -76,20 +87,42 @@ impl<T: AsyncRead> AsyncRead for PrefaceWatch<T> {
                 let take = (this.head.len() - *this.seen).min(new.len());
                 this.head[*this.seen..*this.seen + take].copy_from_slice(&new[..take]);
                 *this.seen += take;
-                if *this.seen == this.head.len()
+                if let Some(kind) = classify(&this.head[..*this.seen])
                     && let Some(tx) = this.report.take()
                 {
-                    let kind = if this.head[TYPE_OFFSET] == SETTINGS_FRAME_TYPE {
-                        Preface::Http2
-                    } else {
-                        Preface::Other
-                    };
                     let _ = tx.send(kind);
                 }
             }
         }
         res
     }
+}
+
+/// What the first `head` bytes from the server say, once they say enough.
+fn classify(head: &[u8]) -> Option<Preface> {
+    if head.len() <= TYPE_OFFSET {
+        return None;
+    }
+    if head[TYPE_OFFSET] != SETTINGS_FRAME_TYPE {
+        return Some(Preface::Other);
+    }
+    if head.len() < FRAME_HEADER_LEN {
+        return None;
+    }
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let want = len.min(MAX_SETTINGS_READ);
+    let payload = &head[FRAME_HEADER_LEN..];
+    if payload.len() < want {
+        return None;
+    }
+    let max_concurrent_streams = payload[..want]
+        .chunks_exact(6)
+        .rev()
+        .find(|s| u16::from_be_bytes([s[0], s[1]]) == SETTINGS_MAX_CONCURRENT_STREAMS)
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+    Some(Preface::Http2 {
+        max_concurrent_streams,
+    })
 }
 
 impl<T: AsyncWrite> AsyncWrite for PrefaceWatch<T> {
@@ -145,12 +178,24 @@ mod tests {
     #[tokio::test]
     async fn tells_http2_from_the_rest() {
         // An empty SETTINGS frame: length 0, type 4, flags 0, stream 0.
-        assert_eq!(
-            first_bytes(&[&[0, 0, 0, 4, 0, 0, 0, 0, 0]]).await,
-            Preface::Http2
-        );
+        let none = Preface::Http2 {
+            max_concurrent_streams: None,
+        };
+        assert_eq!(first_bytes(&[&[0, 0, 0, 4, 0, 0, 0, 0, 0]]).await, none);
         // The same, one byte at a time.
-        assert_eq!(first_bytes(&[&[0], &[0], &[0], &[4]]).await, Preface::Http2);
+        let bytes: Vec<[u8; 1]> = [0u8, 0, 0, 4, 0, 0, 0, 0, 0].iter().map(|&b| [b]).collect();
+        let chunks: Vec<&[u8]> = bytes.iter().map(|b| &b[..]).collect();
+        assert_eq!(first_bytes(&chunks).await, none);
+        // SETTINGS with INITIAL_WINDOW_SIZE and MAX_CONCURRENT_STREAMS = 100, split.
+        let frame = [
+            0, 0, 12, 4, 0, 0, 0, 0, 0, 0, 4, 0, 1, 0, 0, 0, 3, 0, 0, 0, 100,
+        ];
+        assert_eq!(
+            first_bytes(&[&frame[..5], &frame[5..14], &frame[14..]]).await,
+            Preface::Http2 {
+                max_concurrent_streams: Some(100)
+            }
+        );
         assert_eq!(
             first_bytes(&[b"HTTP/1.1 400 Bad Request\r\n"]).await,
             Preface::Other

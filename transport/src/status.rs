@@ -18,6 +18,9 @@ pub struct ChannelStatus {
     /// The last discovery error, while discovery is failing (the channel keeps serving from
     /// the last known set meanwhile). `None` once discovery succeeds again.
     pub discovery_error: Option<String>,
+    /// A component (the discovery backend or the load-balancing policy) that panicked, with
+    /// its message: the channel then fails every call at once, naming it.
+    pub panicked: Option<String>,
     /// The endpoints, in discovery order.
     pub endpoints: Vec<EndpointStatus>,
 }

@@ -1,6 +1,7 @@
 //! One endpoint's HTTP/2 connection, its connectivity state and its reconnect loop.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -8,11 +9,13 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meshless_balancer::{ConnectivityState, EndpointStats};
 use meshless_discovery::Address;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::body::ReqBody;
+use crate::errors::is_too_many_pings;
 use crate::preface::{Preface, PrefaceWatch};
+use crate::replay::ReqBody;
+use crate::settings::Http2Settings;
 
 /// Connection settings shared by every subchannel of a channel.
 #[derive(Debug, Clone)]
@@ -21,8 +24,12 @@ pub(crate) struct ConnectConfig {
     pub backoff: BackoffConfig,
     pub keepalive_interval: Option<Duration>,
     pub keepalive_timeout: Duration,
-    /// Overrides the `:authority` of every request; otherwise the endpoint's address.
-    pub authority: Option<http::uri::Authority>,
+    /// Ping even when no call is open (off by default: gRPC servers answer pings on idle
+    /// connections with GOAWAY `too_many_pings`).
+    pub keepalive_while_idle: bool,
+    /// TCP keepalive idle time and probe interval; `None` turns it off.
+    pub tcp_keepalive: Option<Duration>,
+    pub http2: Http2Settings,
 }
 
 /// A state change the control task needs to hear about.
@@ -32,7 +39,22 @@ pub(crate) struct StateEvent {
     /// Which incarnation of the subchannel sent it (an address re-added gets a new one).
     pub generation: u64,
     pub state: ConnectivityState,
+    /// Why it left Ready or failed to connect; `None` for a normal close (a GOAWAY
+    /// reconnect), which is no error of the endpoint's.
     pub error: Option<String>,
+}
+
+/// One HTTP/2 connection of a subchannel, as calls see it.
+pub(crate) struct Conn {
+    pub tx: http2::SendRequest<ReqBody>,
+    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS (u32::MAX when it announced none).
+    pub max_streams: u32,
+    /// Told by a call that met this connection's GOAWAY. hyper's dispatch task notices a
+    /// GOAWAY only when the next request arrives if streams are still open, so without this
+    /// the first call after every drain would pay for the reconnect. Per connection, so a
+    /// stale signal from calls on an old connection cannot drop a new one.
+    drained: Notify,
+    drained_flag: AtomicBool,
 }
 
 /// The request path's view of one endpoint: where to send and where to record.
@@ -40,28 +62,38 @@ pub(crate) struct Subchannel {
     pub addr: Address,
     pub authority: http::uri::Authority,
     pub stats: Arc<EndpointStats>,
-    sender: ArcSwapOption<http2::SendRequest<ReqBody>>,
-    /// Told by a call that met the server's GOAWAY. hyper's dispatch task notices a GOAWAY
-    /// only when the next request arrives if streams are still open, so without this the
-    /// first call after every drain would pay for the reconnect.
-    drained: tokio::sync::Notify,
+    conn: ArcSwapOption<Conn>,
 }
 
 impl Subchannel {
-    /// The server said GOAWAY: stop using this connection and open a new one now.
-    pub(crate) fn drained(&self) {
-        self.sender.store(None);
-        self.drained.notify_one();
+    /// The server said GOAWAY on `conn`: stop using that connection and open a new one now.
+    /// Only the first signal per connection counts; signals about an older connection do
+    /// nothing.
+    pub(crate) fn drained(&self, conn: &Arc<Conn>) {
+        if conn.drained_flag.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let current = self.conn.load();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            self.conn.store(None);
+        }
+        conn.drained.notify_one();
     }
 
-    /// A handle on the live connection, if there is one and it is not known to be closed.
-    pub(crate) fn sender(&self) -> Option<http2::SendRequest<ReqBody>> {
-        let guard = self.sender.load();
-        let s = guard.as_ref()?;
-        if s.is_closed() {
+    /// The live connection, if there is one and it is not known to be closed.
+    pub(crate) fn connection(&self) -> Option<Arc<Conn>> {
+        let guard = self.conn.load();
+        let c = guard.as_ref()?;
+        if c.tx.is_closed() {
             return None;
         }
-        Some(http2::SendRequest::clone(s))
+        Some(Arc::clone(c))
+    }
+
+    /// True when the live connection has as many calls open as the server allows, so a
+    /// call sent now would queue inside the HTTP/2 client instead of running.
+    pub(crate) fn at_stream_limit(&self, conn: &Conn) -> bool {
+        conn.max_streams != u32::MAX && self.stats.in_flight() >= u64::from(conn.max_streams)
     }
 }
 
@@ -71,11 +103,24 @@ pub(crate) struct SubchannelHandle {
     pub sub: Arc<Subchannel>,
     pub generation: u64,
     stop: watch::Sender<bool>,
+    wanted: watch::Sender<bool>,
 }
 
 impl SubchannelHandle {
     pub(crate) fn shutdown(&self) {
         let _ = self.stop.send(true);
+    }
+
+    /// Asks the subchannel to connect (and to stay connected), or to let its connection go
+    /// (in-flight calls finish) and stay idle.
+    pub(crate) fn want(&self, on: bool) {
+        self.wanted
+            .send_if_modified(|w| std::mem::replace(w, on) != on);
+    }
+
+    /// Whether the subchannel was asked to connect.
+    pub(crate) fn is_wanted(&self) -> bool {
+        *self.wanted.borrow()
     }
 }
 
@@ -85,38 +130,37 @@ impl Drop for SubchannelHandle {
     }
 }
 
-/// Creates the subchannel for `addr` and spawns its connection loop.
+/// Creates the subchannel for `addr` and spawns its connection loop; it stays idle until
+/// [`SubchannelHandle::want`] asks it to connect.
 pub(crate) fn spawn(
     addr: Address,
+    authority: http::uri::Authority,
     generation: u64,
     stats: Arc<EndpointStats>,
     config: Arc<ConnectConfig>,
     events: mpsc::UnboundedSender<StateEvent>,
 ) -> SubchannelHandle {
-    let authority = config
-        .authority
-        .clone()
-        .or_else(|| addr.authority().parse().ok())
-        .unwrap_or_else(|| http::uri::Authority::from_static("localhost"));
     let sub = Arc::new(Subchannel {
         addr,
         authority,
         stats,
-        sender: ArcSwapOption::empty(),
-        drained: tokio::sync::Notify::new(),
+        conn: ArcSwapOption::empty(),
     });
     let (stop, stop_rx) = watch::channel(false);
+    let (wanted, wanted_rx) = watch::channel(false);
     tokio::spawn(connection_loop(
         sub.clone(),
         generation,
         config,
         events,
         stop_rx,
+        wanted_rx,
     ));
     SubchannelHandle {
         sub,
         generation,
         stop,
+        wanted,
     }
 }
 
@@ -126,8 +170,11 @@ async fn connection_loop(
     config: Arc<ConnectConfig>,
     events: mpsc::UnboundedSender<StateEvent>,
     mut stop: watch::Receiver<bool>,
+    mut wanted: watch::Receiver<bool>,
 ) {
     let mut backoff = Backoff::new(config.backoff.clone());
+    // Doubled each time the server says our pings come too often, as grpc-go does.
+    let mut keepalive = config.keepalive_interval;
     let report = |state: ConnectivityState, error: Option<String>| {
         // The control task is gone only when the channel is shutting down.
         let _ = events.send(StateEvent {
@@ -138,35 +185,65 @@ async fn connection_loop(
         });
     };
     loop {
+        // Idle until asked to connect.
+        tokio::select! {
+            r = wanted.wait_for(|w| *w) => if r.is_err() { break },
+            _ = stopped(&mut stop) => break,
+        }
         report(ConnectivityState::Connecting, None);
-        let attempt = tokio::time::timeout(config.connect_timeout, connect(&sub.addr, &config));
+        let attempt = tokio::time::timeout(
+            config.connect_timeout,
+            connect(&sub.addr, &config, keepalive),
+        );
         let outcome = tokio::select! {
             r = attempt => r,
             _ = stopped(&mut stop) => break,
         };
         match outcome {
-            Ok(Ok((sender, conn))) => {
-                sub.sender.store(Some(Arc::new(sender)));
+            Ok(Ok((tx, conn, max_streams))) => {
+                let c = Arc::new(Conn {
+                    tx,
+                    max_streams,
+                    drained: Notify::new(),
+                    drained_flag: AtomicBool::new(false),
+                });
+                sub.conn.store(Some(c.clone()));
                 let ready_at = tokio::time::Instant::now();
                 report(ConnectivityState::Ready, None);
                 let end = tokio::select! {
                     r = conn => r,
                     // In-flight streams carry on in hyper's connection task.
-                    _ = sub.drained.notified() => Ok(()),
+                    _ = c.drained.notified() => Ok(()),
+                    // Let go: calls in flight finish on the connection, then it closes.
+                    _ = wanted.wait_for(|w| !*w) => Ok(()),
                     _ = stopped(&mut stop) => {
                         // Dropping `conn` here ends our side of the dispatch; hyper keeps
                         // the connection until in-flight streams are done, then closes it.
                         break;
                     }
                 };
-                sub.sender.store(None);
+                if sub
+                    .conn
+                    .load()
+                    .as_ref()
+                    .is_some_and(|cur| Arc::ptr_eq(cur, &c))
+                {
+                    sub.conn.store(None);
+                }
                 // GOAWAY or a closed connection: reconnect, never evict.
-                let why = match end {
-                    Ok(()) => "connection closed by the server (GOAWAY or EOF)".to_owned(),
-                    Err(e) => format!("connection to {} lost: {e}", sub.addr),
+                let error = match end {
+                    Ok(()) => None,
+                    Err(e) => {
+                        if let Some(k) = keepalive.filter(|_| is_too_many_pings(&e)) {
+                            let doubled = k.saturating_mul(2);
+                            tracing::warn!(addr = %sub.addr, "server sent GOAWAY too_many_pings; keepalive interval {k:?} -> {doubled:?}");
+                            keepalive = Some(doubled);
+                        }
+                        Some(format!("connection to {} lost: {e}", sub.addr))
+                    }
                 };
-                tracing::debug!(addr = %sub.addr, "{why}");
-                report(ConnectivityState::Idle, Some(why));
+                tracing::debug!(addr = %sub.addr, "connection ended: {}", error.as_deref().unwrap_or("closed by the server (GOAWAY or EOF)"));
+                report(ConnectivityState::Idle, error);
                 // A connection that lived a while earns an immediate reconnect; one that
                 // dies at once (a server accepting and dropping) must not spin.
                 if ready_at.elapsed() >= config.backoff.base_delay {
@@ -196,7 +273,7 @@ async fn connection_loop(
             }
         }
     }
-    sub.sender.store(None);
+    sub.conn.store(None);
 }
 
 /// Resolves when the handle says stop or is dropped.
@@ -217,19 +294,29 @@ type Connection = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Resu
 async fn connect(
     addr: &Address,
     config: &ConnectConfig,
-) -> Result<(http2::SendRequest<ReqBody>, Connection), ConnectError> {
+    keepalive: Option<Duration>,
+) -> Result<(http2::SendRequest<ReqBody>, Connection, u32), ConnectError> {
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
-    if let Some(interval) = config.keepalive_interval {
+    config.http2.apply(&mut builder);
+    if let Some(interval) = keepalive {
         builder
             .keep_alive_interval(interval)
             .keep_alive_timeout(config.keepalive_timeout)
-            .keep_alive_while_idle(true);
+            .keep_alive_while_idle(config.keepalive_while_idle);
     }
     match addr {
         Address::Tcp(sa) => {
             let tcp = tokio::net::TcpStream::connect(sa).await?;
             tcp.set_nodelay(true)?;
+            if let Some(idle) = config.tcp_keepalive {
+                // Dead peers that never answer (a node gone, a black-holing network) are
+                // found by the kernel even when HTTP/2 keepalive is off.
+                let ka = socket2::TcpKeepalive::new()
+                    .with_time(idle)
+                    .with_interval(idle);
+                socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka)?;
+            }
             handshake(&builder, tcp).await
         }
         #[cfg(unix)]
@@ -253,7 +340,7 @@ async fn connect(
 async fn handshake<T>(
     builder: &http2::Builder<TokioExecutor>,
     io: T,
-) -> Result<(http2::SendRequest<ReqBody>, Connection), ConnectError>
+) -> Result<(http2::SendRequest<ReqBody>, Connection, u32), ConnectError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
@@ -272,7 +359,9 @@ where
         },
     };
     match seen {
-        Preface::Http2 => Ok((tx, conn)),
+        Preface::Http2 {
+            max_concurrent_streams,
+        } => Ok((tx, conn, max_concurrent_streams.unwrap_or(u32::MAX))),
         Preface::Other => Err(ConnectError::NotHttp2),
         Preface::Closed => Err(ConnectError::ClosedEarly),
     }

@@ -1,4 +1,4 @@
-//! Request bodies that can be sent again, and response bodies that record completion.
+//! Request bodies that can be sent again, for gRPC transparent retry.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -6,10 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use meshless_balancer::{CallStart, EndpointStats};
-use tonic::{Code, Status};
+use tonic::Status;
 
 /// Request bodies up to this size are kept so that a call the server never processed can be
 /// sent again (gRPC transparent retry). Unary calls almost always fit.
@@ -156,133 +154,5 @@ impl Body for ReqBody {
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ReqBody::Stream { .. } => SizeHint::default(),
         }
-    }
-}
-
-// ===== impl CallGuard =====
-
-/// Tracks one call on one endpoint from send to the end of its response body. Dropping it
-/// records the completion, so a cancelled or abandoned call is counted too.
-pub(crate) struct CallGuard {
-    stats: Arc<EndpointStats>,
-    call: CallStart,
-    /// `Some` once the outcome is known.
-    ok: Option<bool>,
-    abandoned: bool,
-}
-
-impl CallGuard {
-    pub(crate) fn start(stats: Arc<EndpointStats>) -> Self {
-        CallGuard {
-            call: stats.start(),
-            stats,
-            ok: None,
-            abandoned: false,
-        }
-    }
-
-    /// The call never reached the endpoint: undo the start, record nothing.
-    pub(crate) fn abandon(mut self) {
-        self.abandoned = true;
-    }
-
-    pub(crate) fn set_outcome(&mut self, ok: bool) {
-        self.ok.get_or_insert(ok);
-    }
-}
-
-impl Drop for CallGuard {
-    fn drop(&mut self) {
-        if self.abandoned {
-            self.stats.abandon(self.call);
-            return;
-        }
-        // A call dropped before its outcome is known was cancelled by the caller: that says
-        // nothing bad about the endpoint.
-        self.stats.finish(self.call, self.ok.unwrap_or(true));
-    }
-}
-
-/// Whether a gRPC status code says the endpoint is unwell, as opposed to the application
-/// rejecting the request (NOT_FOUND, INVALID_ARGUMENT, ...), which says nothing about the
-/// endpoint's health.
-pub(crate) fn counts_against_endpoint(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unknown
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-            | Code::ResourceExhausted
-    )
-}
-
-/// The outcome a `grpc-status` header gives, if it has one.
-pub(crate) fn outcome_of(headers: &HeaderMap) -> Option<bool> {
-    let v = headers.get("grpc-status")?;
-    let code = v.to_str().ok()?.parse::<i32>().ok()?;
-    Some(!counts_against_endpoint(Code::from_i32(code)))
-}
-
-// ===== impl TrackedBody =====
-
-pin_project_lite::pin_project! {
-    /// A response body that records the call's completion when it ends.
-    pub(crate) struct TrackedBody {
-        #[pin]
-        inner: hyper::body::Incoming,
-        guard: Option<CallGuard>,
-    }
-}
-
-impl TrackedBody {
-    pub(crate) fn new(inner: hyper::body::Incoming, guard: CallGuard) -> Self {
-        TrackedBody {
-            inner,
-            guard: Some(guard),
-        }
-    }
-}
-
-impl Body for TrackedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let res = std::task::ready!(this.inner.poll_frame(cx));
-        match &res {
-            Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref()
-                    && let Some(mut g) = this.guard.take()
-                {
-                    g.set_outcome(outcome_of(trailers).unwrap_or(false));
-                }
-            }
-            Some(Err(_)) => {
-                if let Some(mut g) = this.guard.take() {
-                    g.set_outcome(false);
-                }
-            }
-            // The end. A trailers-only response set its outcome from the headers; a gRPC
-            // response that ends with no status at all is broken.
-            None => {
-                if let Some(mut g) = this.guard.take() {
-                    g.set_outcome(false);
-                }
-            }
-        }
-        Poll::Ready(res)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

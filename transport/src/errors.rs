@@ -1,0 +1,89 @@
+//! What a transport failure or a gRPC status means: its status code, and whether it counts
+//! against the endpoint.
+
+use http::HeaderMap;
+use tonic::Code;
+
+/// Whether a gRPC status code says the endpoint is unwell, as opposed to the application
+/// rejecting the request (NOT_FOUND, INVALID_ARGUMENT, ...), which says nothing about the
+/// endpoint's health.
+pub(crate) fn counts_against_endpoint(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+            | Code::ResourceExhausted
+    )
+}
+
+/// The status code a `grpc-status` header gives, if it has a readable one.
+pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+    let v = headers.get("grpc-status")?;
+    let code = v.to_str().ok()?.parse::<i32>().ok()?;
+    Some(Code::from_i32(code))
+}
+
+/// The gRPC status code of a transport failure, per gRPC's HTTP/2 mapping
+/// (PROTOCOL-HTTP2.md): a call that never left, a refused or drained stream, or a broken
+/// connection is UNAVAILABLE; a stream the server cancelled is CANCELLED; ENHANCE_YOUR_CALM
+/// is RESOURCE_EXHAUSTED; INADEQUATE_SECURITY is PERMISSION_DENIED; other resets are
+/// INTERNAL. Spelled out here rather than taken from tonic, whose mapping depends on which
+/// of its cargo features the application happens to enable (without `server`, every error
+/// after the response headers would read as UNKNOWN).
+pub(crate) fn code_of(err: &hyper::Error, never_sent: bool) -> Code {
+    if never_sent || err.is_canceled() || err.is_closed() {
+        return Code::Unavailable;
+    }
+    let Some(h2) = h2_error(err) else {
+        return Code::Unavailable;
+    };
+    if h2.is_io() || h2.is_go_away() {
+        return Code::Unavailable;
+    }
+    match h2.reason() {
+        Some(h2::Reason::REFUSED_STREAM) | None => Code::Unavailable,
+        Some(h2::Reason::CANCEL) => Code::Cancelled,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => Code::ResourceExhausted,
+        Some(h2::Reason::INADEQUATE_SECURITY) => Code::PermissionDenied,
+        Some(_) => Code::Internal,
+    }
+}
+
+/// True when the error is the server's GOAWAY.
+pub(crate) fn is_remote_go_away(err: &hyper::Error) -> bool {
+    h2_error(err).is_some_and(|h2| h2.is_remote() && h2.is_go_away())
+}
+
+/// The h2 error behind an error, if there is one.
+pub(crate) fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return Some(h2);
+        }
+        source = e.source();
+    }
+    None
+}
+
+/// True when the server provably did not process the stream: it refused it
+/// (`REFUSED_STREAM`) or its GOAWAY's last stream id is below ours. gRPC retries these
+/// transparently.
+pub(crate) fn never_processed(err: &hyper::Error) -> bool {
+    // h2 gives streams above a GOAWAY's last id the remote GOAWAY error itself; streams
+    // below it that die later see a broken pipe instead.
+    h2_error(err).is_some_and(|h2| {
+        h2.is_remote() && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
+}
+
+/// True when a connection ended with the server's GOAWAY ENHANCE_YOUR_CALM, which gRPC
+/// servers send with "too_many_pings" when our keepalive pings come faster than their
+/// policy allows (h2 does not expose the debug data, so the reason stands for it).
+pub(crate) fn is_too_many_pings(err: &hyper::Error) -> bool {
+    h2_error(err).is_some_and(|h2| {
+        h2.is_remote() && h2.is_go_away() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
+    })
+}

@@ -1,0 +1,201 @@
+//! What one call tells its endpoint's statistics, and the response body that tells it.
+//!
+//! Three signals, each at its own moment: the latency sample when the response headers
+//! arrive (so a long-lived stream never reads as a slow endpoint), the call in flight until
+//! its response body ends or is dropped, and the outcome from the trailers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use meshless_balancer::{CallStart, EndpointStats, Outcome};
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::control::Shared;
+use crate::errors::{code_of, counts_against_endpoint, grpc_status};
+use crate::subchannel::{Conn, Subchannel};
+
+/// A call's stream on a connection whose server limits concurrent streams: when the call
+/// ends, calls waiting for a free stream are told.
+pub(crate) struct StreamSlot {
+    shared: Arc<Shared>,
+    max: u64,
+}
+
+impl StreamSlot {
+    pub(crate) fn of(shared: &Arc<Shared>, _sub: &Subchannel, conn: &Conn) -> Option<Self> {
+        (conn.max_streams != u32::MAX).then(|| StreamSlot {
+            shared: shared.clone(),
+            max: u64::from(conn.max_streams),
+        })
+    }
+}
+
+// ===== impl CallGuard =====
+
+/// Tracks one call on one endpoint from send to the end of its response body. Dropping it
+/// ends the call on the endpoint's statistics, so a cancelled or abandoned call is counted
+/// too.
+pub(crate) struct CallGuard {
+    stats: Arc<EndpointStats>,
+    call: CallStart,
+    outcome: Option<Outcome>,
+    /// The call's own deadline: a call dropped at or after it was ended by that deadline,
+    /// which counts against the endpoint; one dropped before it was given up by the caller.
+    deadline: Option<Instant>,
+    abandoned: bool,
+    slot: Option<StreamSlot>,
+}
+
+impl CallGuard {
+    pub(crate) fn start(
+        stats: Arc<EndpointStats>,
+        deadline: Option<Instant>,
+        slot: Option<StreamSlot>,
+    ) -> Self {
+        CallGuard {
+            call: stats.start(),
+            stats,
+            outcome: None,
+            deadline,
+            abandoned: false,
+            slot,
+        }
+    }
+
+    /// The call never reached the endpoint: undo the start, record nothing.
+    pub(crate) fn abandon(mut self) {
+        self.abandoned = true;
+    }
+
+    /// The response headers arrived; `headers` are they, and a `grpc-status` among them
+    /// makes this a Trailers-Only response whose outcome is known now.
+    pub(crate) fn responded(&mut self, status: http::StatusCode, headers: &http::HeaderMap) {
+        let outcome = if status != http::StatusCode::OK {
+            Some(Outcome::Failure)
+        } else {
+            grpc_status(headers).map(outcome_of_code)
+        };
+        self.stats
+            .respond(&mut self.call, outcome == Some(Outcome::Failure));
+        if let Some(o) = outcome {
+            self.set_outcome(o);
+        }
+    }
+
+    pub(crate) fn set_outcome(&mut self, outcome: Outcome) {
+        self.outcome.get_or_insert(outcome);
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.abandoned {
+            self.stats.abandon(self.call);
+        } else {
+            let outcome = self.outcome.unwrap_or_else(|| {
+                if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                    Outcome::Failure
+                } else {
+                    Outcome::Cancelled
+                }
+            });
+            self.stats.end(self.call, outcome);
+        }
+        if let Some(slot) = &self.slot
+            && self.stats.in_flight() + 1 >= slot.max
+        {
+            // It was at the limit: a stream is free now.
+            slot.shared.capacity.notify_waiters();
+        }
+    }
+}
+
+/// What a gRPC status says about the endpoint that returned it.
+pub(crate) fn outcome_of_code(code: tonic::Code) -> Outcome {
+    if counts_against_endpoint(code) {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    }
+}
+
+// ===== impl TrackedBody =====
+
+pin_project_lite::pin_project! {
+    /// A response body that ends its call when it ends, takes the outcome from the trailers,
+    /// and turns transport errors into gRPC statuses itself.
+    pub(crate) struct TrackedBody {
+        #[pin]
+        inner: hyper::body::Incoming,
+        guard: Option<CallGuard>,
+    }
+}
+
+impl TrackedBody {
+    pub(crate) fn new(inner: hyper::body::Incoming, guard: CallGuard) -> Self {
+        TrackedBody {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.project();
+        let res = std::task::ready!(this.inner.poll_frame(cx));
+        Poll::Ready(match res {
+            Some(Ok(frame)) => {
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(mut g) = this.guard.take()
+                {
+                    // A gRPC response that ends with no status at all is broken.
+                    g.set_outcome(grpc_status(trailers).map_or(Outcome::Failure, outcome_of_code));
+                }
+                Some(Ok(frame))
+            }
+            Some(Err(err)) => {
+                // A stream reset or a connection lost mid-body: mapped here, so the code
+                // does not depend on tonic's cargo features.
+                let code = code_of(&err, false);
+                if let Some(mut g) = this.guard.take() {
+                    g.set_outcome(if code == tonic::Code::Cancelled {
+                        Outcome::Cancelled
+                    } else {
+                        outcome_of_code(code)
+                    });
+                }
+                Some(Err(Status::new(
+                    code,
+                    format!("response body failed: {err}"),
+                )))
+            }
+            // The end. A Trailers-Only response set its outcome from the headers; a gRPC
+            // response that ends with no status at all is broken.
+            None => {
+                if let Some(mut g) = this.guard.take() {
+                    g.set_outcome(Outcome::Failure);
+                }
+                None
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
