@@ -645,16 +645,47 @@ impl EndpointStats {
     /// [`load_cost`](Self::load_cost); until it ends it counts in
     /// [`in_flight`](Self::in_flight).
     pub fn start(&self) -> CallStart {
+        match self.start_below(u64::MAX) {
+            Some(call) => call,
+            None => unreachable!("no limit to be at"),
+        }
+    }
+
+    /// As [`start`](Self::start), but only while fewer than `max_in_flight` calls are in
+    /// flight, checked and counted in one atomic step: a server that allows `n` concurrent
+    /// streams gets at most `n` calls from callers racing for its last stream.
+    pub fn try_start(&self, max_in_flight: u64) -> Option<CallStart> {
+        self.start_below(max_in_flight)
+    }
+
+    /// [`start`](Self::start) while fewer than `limit` calls are in flight.
+    #[inline]
+    fn start_below(&self, limit: u64) -> Option<CallStart> {
+        let raise = |add: u64, order: Ordering| -> bool {
+            if limit >= IN_FLIGHT_MASK {
+                self.in_flight.fetch_add(add, order);
+                return true;
+            }
+            self.in_flight
+                .fetch_update(order, Ordering::Relaxed, |w| {
+                    (w & IN_FLIGHT_MASK < limit).then_some(w + add)
+                })
+                .is_ok()
+        };
         if !self.tracks(SIGNAL_LATENCY) {
-            self.in_flight.fetch_add(1, Ordering::Relaxed);
-            return CallStart {
+            return raise(1, Ordering::Relaxed).then_some(CallStart {
                 nanos: 0,
                 pending: false,
-            };
+            });
         }
         let nanos = self.clock.observe(Instant::now());
+        // The sum before the count (see `pending_age_nanos`); taken back if the limit is
+        // reached, which meanwhile reads as a smaller age, never a larger one.
         self.pending_start_sum.fetch_add(nanos, Ordering::Relaxed);
-        self.in_flight.fetch_add(1 | PENDING_ONE, Ordering::Release);
+        if !raise(1 | PENDING_ONE, Ordering::Release) {
+            self.pending_start_sum.fetch_sub(nanos, Ordering::Relaxed);
+            return None;
+        }
         self.clock.calls.0.started.fetch_add(1, Ordering::Relaxed);
         // An endpoint is free to try only until its first call starts: one whose calls are
         // all abandoned (refused streams) must not stay free, or it would take every pick.
@@ -666,10 +697,10 @@ impl EndpointStats {
                 Ordering::Relaxed,
             );
         }
-        CallStart {
+        Some(CallStart {
             nanos,
             pending: true,
-        }
+        })
     }
 
     /// The response headers of `call` arrived: its latency is sampled now, as tower's
@@ -1263,5 +1294,21 @@ mod tests {
         assert_eq!(s.latency_ewma(), DEFAULT_RTT);
         assert_eq!(s.failure_ratio(), 0.0);
         assert_eq!(s.signals(), Signals::COUNTS);
+    }
+
+    #[test]
+    fn try_start_stops_at_the_limit() {
+        for s in [
+            EndpointStats::default(),
+            EndpointStats::default().with_signals(Signals::COUNTS),
+        ] {
+            let a = s.try_start(2).expect("first");
+            let _b = s.try_start(2).expect("second");
+            assert!(s.try_start(2).is_none());
+            assert_eq!(s.in_flight(), 2);
+            s.finish(a, true);
+            assert!(s.try_start(2).is_some());
+            assert_eq!(s.pending_age(), Duration::ZERO);
+        }
     }
 }

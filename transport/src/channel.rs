@@ -15,7 +15,7 @@ use tonic::Status;
 
 use crate::backoff::BackoffConfig;
 use crate::control::{Control, PickerState, Shared};
-use crate::errors::{code_of, is_remote_go_away, never_processed};
+use crate::errors::{code_of, is_remote_go_away, never_processed, sanitize_status_details};
 use crate::grpc_timeout;
 use crate::replay::Replay;
 use crate::settings::Http2Settings;
@@ -474,9 +474,21 @@ impl Waiter {
     }
 
     /// Waits for a stream to free up on a subchannel at its limit, or for a new picker.
-    async fn wait_busy(&mut self, shared: &Shared, last: &Option<String>) -> Result<(), Status> {
+    /// `still_busy` is asked once the wait is armed, so a stream freed between the caller's
+    /// check and the wait is not missed.
+    async fn wait_busy(
+        &mut self,
+        shared: &Shared,
+        last: &Option<String>,
+        still_busy: impl Fn() -> bool,
+    ) -> Result<(), Status> {
         let (deadline, _) = self.arm(shared);
         let freed = shared.capacity.notified();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if !still_busy() {
+            return Ok(());
+        }
         let rx = self.rx.get_or_insert_with(|| shared.version.subscribe());
         tokio::select! {
             _ = freed => Ok(()),
@@ -580,7 +592,8 @@ async fn attempts(
                 continue;
             }
             Picked::Busy => {
-                waiter.wait_busy(shared, &last_error).await?;
+                let busy = || matches!(pick(shared, &parts), Picked::Busy);
+                waiter.wait_busy(shared, &last_error, busy).await?;
                 continue;
             }
             Picked::Fail(status) => return Err(status),
@@ -600,15 +613,18 @@ async fn attempts(
             req.headers_mut()
                 .insert(grpc_timeout::HEADER, grpc_timeout::encode(left));
         }
-        let mut guard = CallGuard::start(
-            sub.stats.clone(),
-            deadline,
-            StreamSlot::of(shared, &sub, &conn),
-        );
+        let slot = StreamSlot::of(shared, &sub, &conn);
+        let Some(mut guard) = CallGuard::start(sub.stats.clone(), deadline, slot) else {
+            // Another call took the connection's last stream since the pick.
+            let busy = || sub.at_stream_limit(&conn);
+            waiter.wait_busy(shared, &last_error, busy).await?;
+            continue;
+        };
         let mut sender = conn.tx.clone();
         match sender.try_send_request(req).await {
             Ok(resp) => {
-                let (rparts, incoming) = resp.into_parts();
+                let (mut rparts, incoming) = resp.into_parts();
+                sanitize_status_details(&mut rparts.headers);
                 guard.responded(rparts.status, &rparts.headers);
                 let body = tonic::body::Body::new(TrackedBody::new(incoming, guard));
                 return Ok(http::Response::from_parts(rparts, body));

@@ -105,11 +105,12 @@ impl Shared {
     }
 
     fn publish(&self, snapshot: Snapshot) {
+        // The state first: whoever sees the picker can count on the state matching it.
         let state = snapshot.picker.connectivity();
-        self.snapshot.store(Arc::new(snapshot));
-        self.version.send_modify(|v| *v += 1);
         self.state
             .send_if_modified(|s| std::mem::replace(s, state) != state);
+        self.snapshot.store(Arc::new(snapshot));
+        self.version.send_modify(|v| *v += 1);
     }
 
     pub(crate) fn status(&self) -> ChannelStatus {

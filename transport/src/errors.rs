@@ -87,3 +87,27 @@ pub(crate) fn is_too_many_pings(err: &hyper::Error) -> bool {
         h2.is_remote() && h2.is_go_away() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
     })
 }
+
+/// The trailer that carries a status's rich error details, base64-encoded.
+const STATUS_DETAILS: &str = "grpc-status-details-bin";
+
+/// tonic's decoding of [`STATUS_DETAILS`]: standard alphabet, padding optional.
+const DETAILS_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// Drops a `grpc-status-details-bin` that is not base64, so that the status still reaches
+/// the caller. tonic 0.14's `Status::from_header_map` decodes it with `expect` and would
+/// panic the calling task on such a trailer from a buggy or hostile server.
+pub(crate) fn sanitize_status_details(headers: &mut HeaderMap) {
+    use base64::Engine;
+    let bad = headers
+        .get(STATUS_DETAILS)
+        .is_some_and(|v| DETAILS_BASE64.decode(v.as_bytes()).is_err());
+    if bad {
+        tracing::warn!("dropping a grpc-status-details-bin trailer that is not base64");
+        headers.remove(STATUS_DETAILS);
+    }
+}

@@ -198,6 +198,12 @@ async fn connection_loop(
         let outcome = tokio::select! {
             r = attempt => r,
             _ = stopped(&mut stop) => break,
+            // Let go while connecting (pick_first found another endpoint): give up the
+            // attempt and stay idle.
+            _ = wanted.wait_for(|w| !*w) => {
+                report(ConnectivityState::Idle, None);
+                continue;
+            }
         };
         match outcome {
             Ok(Ok((tx, conn, max_streams))) => {

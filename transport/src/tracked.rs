@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::control::Shared;
-use crate::errors::{code_of, counts_against_endpoint, grpc_status};
+use crate::errors::{code_of, counts_against_endpoint, grpc_status, sanitize_status_details};
 use crate::subchannel::{Conn, Subchannel};
 
 /// A call's stream on a connection whose server limits concurrent streams: when the call
@@ -51,19 +51,25 @@ pub(crate) struct CallGuard {
 }
 
 impl CallGuard {
+    /// Starts a call on `stats`; `None` when the connection's stream limit is reached (the
+    /// check and the count are one atomic step).
     pub(crate) fn start(
         stats: Arc<EndpointStats>,
         deadline: Option<Instant>,
         slot: Option<StreamSlot>,
-    ) -> Self {
-        CallGuard {
-            call: stats.start(),
+    ) -> Option<Self> {
+        let call = match &slot {
+            Some(s) => stats.try_start(s.max)?,
+            None => stats.start(),
+        };
+        Some(CallGuard {
+            call,
             stats,
             outcome: None,
             deadline,
             abandoned: false,
             slot,
-        }
+        })
     }
 
     /// The call never reached the endpoint: undo the start, record nothing.
@@ -155,7 +161,10 @@ impl Body for TrackedBody {
         let this = self.project();
         let res = std::task::ready!(this.inner.poll_frame(cx));
         Poll::Ready(match res {
-            Some(Ok(frame)) => {
+            Some(Ok(mut frame)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    sanitize_status_details(trailers);
+                }
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(mut g) = this.guard.take()
                 {
