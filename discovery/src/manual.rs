@@ -162,21 +162,27 @@ impl ManualHandle {
 
     /// Adds endpoints (an endpoint with an address already present replaces it).
     pub fn add(&self, endpoints: impl IntoIterator<Item = Endpoint>) {
-        let mut set = self.current();
-        for ep in endpoints {
-            match set.iter_mut().find(|e| e.addr == ep.addr) {
-                Some(slot) => *slot = ep,
-                None => set.push(ep),
+        // Read and write under one lock, so concurrent edits from clones of the handle
+        // cannot undo each other.
+        self.tx.send_modify(|s| {
+            let mut set = s.current();
+            for ep in endpoints {
+                match set.iter_mut().find(|e| e.addr == ep.addr) {
+                    Some(slot) => *slot = ep,
+                    None => set.push(ep),
+                }
             }
-        }
-        self.reset(set);
+            s.set(set);
+        });
     }
 
     /// Removes the endpoints at these addresses.
     pub fn remove(&self, addrs: &[Address]) {
-        let mut set = self.current();
-        set.retain(|e| !addrs.contains(&e.addr));
-        self.reset(set);
+        self.tx.send_modify(|s| {
+            let mut set = s.current();
+            set.retain(|e| !addrs.contains(&e.addr));
+            s.set(set);
+        });
     }
 
     /// Reports a discovery error; the last pushed set stays in force. Watchers get it after
@@ -352,5 +358,24 @@ mod tests {
         assert_eq!(handle.watcher_count(), 1);
         drop(b);
         assert_eq!(handle.watcher_count(), 0);
+    }
+
+    #[test]
+    fn edits_from_clones_of_the_handle_all_land() {
+        let (_discovery, handle) = ManualDiscovery::new();
+        let threads: Vec<_> = (0..4u16)
+            .map(|t| {
+                let handle = handle.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        handle.add([ep(t * 100 + i)]);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        assert_eq!(handle.current().len(), 200);
     }
 }
