@@ -63,9 +63,8 @@ async fn pick_first_sticks_to_one_then_fails_over_when_it_dies() {
     let idx = servers.iter().position(|s| s.name() == first).unwrap();
 
     servers[idx].kill();
-    // Calls move to another server. The closed connection is what moves them (keepalive is
-    // off, and no call has a deadline), so a failover that never comes fails here; how fast
-    // it comes is for the benchmarks.
+    // Calls move to another server once the dead one's connection closes. A failover that
+    // never comes fails here, on any machine; how fast it comes is for the benchmarks.
     let deadline = Instant::now() + WAIT_BOUND;
     loop {
         assert!(
