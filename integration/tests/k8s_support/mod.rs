@@ -20,8 +20,11 @@ pub const SERVICE: &str = "greeter";
 
 /// The API server the tests talk to: the double, or a real cluster.
 pub struct Cluster {
+    /// `None` on a real cluster.
     api: Option<KubeApi>,
+    /// A client of this API server.
     pub client: kube::Client,
+    /// The namespace the tests' slices live in.
     pub ns: String,
 }
 
