@@ -1,4 +1,8 @@
 //! `meshless resolve` and `meshless watch` on the always-built schemes, run as a real binary.
+//!
+//! `watch --duration` on a watch that never ends, and its exit code, are tested in dns.rs:
+//! there the test's own DNS server decides whether discovery fails, where a static host
+//! name would leave it to the system resolver.
 
 mod common;
 
@@ -148,37 +152,4 @@ fn watch_prints_timestamped_sets() {
     );
     assert!(lines[2].contains(&format!("+ {}", addrs[1])), "{text}");
     assert!(lines[3].contains("  end     "), "{text}");
-}
-
-#[test]
-fn watch_duration_stops_a_watch_that_never_ends() {
-    // A static host name that does not resolve is retried forever: the stream never ends,
-    // so only --duration stops the watch. Each failed lookup is an error event.
-    let started = std::time::Instant::now();
-    let out = meshless()
-        .args([
-            "watch",
-            "--json",
-            "--duration",
-            "2s",
-            "static:///no-such-host.invalid:50051",
-        ])
-        .output()
-        .expect("run");
-    // Bounded by --duration, not by the test's RUN_BOUND (generous: a loaded machine).
-    assert!(
-        started.elapsed() < common::RUN_BOUND / 2,
-        "{:?}",
-        started.elapsed()
-    );
-    let text = stdout(&out);
-    let errors = text
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("json line"))
-        .inspect(|e| assert_eq!(e["event"], "error", "{e}"))
-        .count();
-    // Discovery still failing when the watch stops is exit 3; when the system resolver
-    // took longer than the watch to give its first answer, there was no error yet.
-    let wanted = if errors > 0 { 3 } else { 0 };
-    assert_eq!(out.status.code(), Some(wanted), "{out:?}");
 }

@@ -198,6 +198,56 @@ fn watch_shows_records_changed_mid_watch() {
     assert_eq!(change["changed"], serde_json::json!([]), "{change}");
 }
 
+/// The events of a finished `watch --json` run.
+fn events(out: &std::process::Output) -> Vec<serde_json::Value> {
+    stdout(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+// A DNS watch never ends (DNS can always change), so only --duration stops these two; the
+// DNS server here answers at once, which leaves each run one possible outcome. They live
+// here rather than beside the static-list tests because a static host name goes through
+// the system resolver, whose answer (or silence) a test cannot choose.
+
+#[test]
+fn watch_duration_stops_a_healthy_watch_with_exit_0() {
+    let dns = dns();
+    dns.set_a("greeter.test", &[loopback_ip(0)]);
+    let out = meshless()
+        .args(["watch", "--json", "--duration", "2s", "--dns-server"])
+        .arg(dns.addr().to_string())
+        .arg("dns:///greeter.test:50051")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let events = events(&out);
+    assert_eq!(events.first().map(|e| &e["event"]), Some(&"reset".into()));
+    assert_eq!(addresses(&events[0]["added"]), ["127.0.0.2:50051"]);
+    // Re-resolving the same answer every TTL prints nothing; the stream did not end.
+    assert!(events.iter().all(|e| e["event"] == "reset"), "{events:?}");
+}
+
+#[test]
+fn watch_stopped_while_discovery_fails_exits_3() {
+    let dns = dns();
+    let out = meshless()
+        .args(["watch", "--json", "--duration", "2s", "--dns-server"])
+        .arg(dns.addr().to_string())
+        .arg("dns:///nothing.test:50051")
+        .output()
+        .expect("run");
+    let events = events(&out);
+    // The name does not exist: every attempt is an error event, and the watch stops on one.
+    assert!(!events.is_empty(), "no event in 2 s: {out:?}");
+    for e in &events {
+        assert_eq!(e["event"], "error", "{e}");
+        assert_eq!(e["kind"], "not_found", "{e}");
+    }
+    assert_one_line_error(&out, 3, "still failing when the watch stopped");
+}
+
 #[test]
 fn bench_balances_over_srv_endpoints() {
     let servers = servers(2);

@@ -7,7 +7,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-use common::{assert_one_line_error, json, meshless, servers};
+use common::{RUN_BOUND, assert_one_line_error, json, meshless, servers};
 use meshless_integration::k8s::{Fault, KubeApi, endpoint_slice};
 
 /// A kubeconfig file pointing at the double, namespace `default`.
@@ -19,6 +19,38 @@ fn kubeconfig(api: &KubeApi, dir: &std::path::Path) -> std::path::PathBuf {
     );
     std::fs::write(&path, text).expect("write kubeconfig");
     path
+}
+
+/// A running child process, killed and reaped when the test is done with it or fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The next event a `watch --json` printed; fails if none comes within half of
+/// [`RUN_BOUND`] or the watch ends first.
+async fn next_event(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> serde_json::Value {
+    let line = tokio::time::timeout(RUN_BOUND / 2, lines.recv())
+        .await
+        .expect("no watch event in time")
+        .expect("the watch ended before the expected event");
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// The addresses an event added to the set.
+fn added(event: &serde_json::Value) -> Vec<String> {
+    event["added"]
+        .as_array()
+        .map(|eps| {
+            eps.iter()
+                .filter_map(|e| e["address"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Runs the CLI off the runtime's threads, so the double keeps serving meanwhile.
@@ -113,12 +145,15 @@ async fn watch_sees_a_scale_up_and_bench_spreads_calls() {
     };
     api.apply("default", slice("greeter-0", servers[0].addr().port()));
     let kc_arg = kc.display().to_string();
+    // --duration only bounds a run whose test failed; the test stops it once it has seen
+    // what it waits for.
+    let duration = format!("{}s", RUN_BOUND.as_secs());
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("meshless"))
         .args([
             "watch",
             "--json",
             "--duration",
-            "3s",
+            &duration,
             "--kubeconfig",
             &kc_arg,
             "kubernetes:///greeter",
@@ -128,23 +163,31 @@ async fn watch_sees_a_scale_up_and_bench_spreads_calls() {
         .spawn()
         .expect("spawn watch");
     let stdout = child.stdout.take().expect("stdout");
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
+    let watch = KillOnDrop(child);
+    // Lines are read off the runtime, so the double keeps serving while the test waits.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
     });
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+
+    // The second slice goes in only once the watch has printed the first set, so the watch
+    // must report it as an addition (a fixed sleep only hoped the watch had started).
+    let first = next_event(&mut lines).await;
+    assert_eq!(first["event"], "reset", "{first}");
+    assert_eq!(added(&first), [servers[0].addr().to_string()], "{first}");
     api.apply("default", slice("greeter-1", servers[1].addr().port()));
-    let lines = lines.await.expect("lines");
-    let _ = child.wait();
-    let added: Vec<String> = lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .flat_map(|v| v["added"].as_array().cloned().unwrap_or_default())
-        .filter_map(|e| e["address"].as_str().map(str::to_owned))
-        .collect();
-    assert!(added.contains(&servers[1].addr().to_string()), "{lines:?}");
+    loop {
+        let event = next_event(&mut lines).await;
+        assert_ne!(event["event"], "end", "{event}");
+        if added(&event).contains(&servers[1].addr().to_string()) {
+            break;
+        }
+    }
+    drop(watch);
 
     // bench over the same target: both pods get calls.
     let out = run(vec![

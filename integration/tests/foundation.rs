@@ -46,7 +46,7 @@ async fn round_robin_gives_each_server_its_share() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pick_first_sticks_to_one_then_fails_over_quickly() {
+async fn pick_first_sticks_to_one_then_fails_over_when_it_dies() {
     let mut servers = servers(3);
     let channel = Channel::builder(static_target(&servers))
         .policy("pick_first")
@@ -76,20 +76,20 @@ async fn pick_first_sticks_to_one_then_fails_over_quickly() {
     let idx = servers.iter().position(|s| s.name() == first).unwrap();
 
     servers[idx].kill();
-    let killed_at = Instant::now();
-    // Calls move to another server within 1 s of the failure.
-    let moved_at = loop {
+    // Calls move to another server once the dead one's connection closes. A failover that
+    // never comes fails here, on any machine; how fast it comes is for the benchmarks.
+    let deadline = Instant::now() + WAIT_BOUND;
+    loop {
         assert!(
-            killed_at.elapsed() < Duration::from_secs(1),
-            "no failover within 1 s"
+            Instant::now() < deadline,
+            "no failover within {WAIT_BOUND:?}"
         );
         if let Ok(name) = hello(&mut client).await
             && name != first
         {
-            break Instant::now();
+            break;
         }
-    };
-    assert!(moved_at - killed_at < Duration::from_secs(1));
+    }
     // Once moved, no call fails and all go to one server.
     let mut after = HashMap::new();
     for _ in 0..300 {
@@ -103,23 +103,36 @@ async fn pick_first_sticks_to_one_then_fails_over_quickly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn added_endpoint_gets_traffic_within_100ms() {
+async fn added_endpoint_takes_its_share_as_soon_as_it_is_ready() {
     let servers = servers(3);
     let (channel, handle) = manual_channel("round_robin");
     handle.reset(endpoints(&servers[..2]));
     wait_ready(&channel, 2).await;
     let load = Load::start(&channel, 4);
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until("load on both endpoints", || {
+        servers[0].calls() > 10 && servers[1].calls() > 10
+    })
+    .await;
     assert_eq!(servers[2].calls(), 0);
-    let added_at = Instant::now();
     handle.add([Endpoint::new(servers[2].addr())]);
-    wait_until("the new endpoint's first call", || servers[2].calls() > 0).await;
-    let took = added_at.elapsed();
+    // How soon it connects is for the benchmarks; a connection that never comes fails here.
+    wait_ready(&channel, 3).await;
+    // The channel publishes the picker before the status that shows the endpoint ready, so
+    // from here on round robin gives it a third of the picks: counting calls, not time,
+    // tells a picker that takes it at once from one that ignores or phases it in.
+    let total = || servers.iter().map(|s| s.calls()).sum::<u64>();
+    let (total_before, new_before) = (total(), servers[2].calls());
+    wait_until("300 calls after it became ready", || {
+        total() >= total_before + 300
+    })
+    .await;
     let (_, failed, errors) = load.finish().await;
     assert_eq!(failed, 0, "calls failed during the addition: {errors:?}");
+    let (calls, got) = (total() - total_before, servers[2].calls() - new_before);
+    // A third, up to the calls already under way when the status was read (4 tasks).
     assert!(
-        took < Duration::from_millis(100),
-        "new endpoint waited {took:?} for traffic"
+        got * 4 >= calls,
+        "the new endpoint got {got} of the {calls} calls after it was ready"
     );
 }
 
@@ -172,10 +185,12 @@ async fn all_endpoints_down_fails_unavailable_within_bound() {
     let mut client = GreeterClient::new(channel);
     let start = Instant::now();
     let err = hello(&mut client).await.unwrap_err();
+    // Real connections are refused here, so the clock cannot be paused; a loaded machine
+    // may overrun the bound by seconds. What must not happen is waiting for the default.
+    let took = start.elapsed();
     assert!(
-        start.elapsed() <= bound + Duration::from_millis(500),
-        "{:?}",
-        start.elapsed()
+        took < meshless::transport::DEFAULT_WAIT_FOR_READY,
+        "{took:?}"
     );
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(
@@ -199,8 +214,11 @@ async fn empty_endpoint_set_fails_unavailable() {
     assert!(err.message().contains("no endpoints"), "{err}");
 }
 
-#[tokio::test]
-async fn unresolved_target_waits_at_most_the_bound() {
+// The clock is paused and jumps straight to the next timer, so `took` says which timer
+// failed the call, whatever the machine's load: exactly the configured bound, not a longer
+// one (the 10 s default) and not an early failure.
+#[tokio::test(start_paused = true)]
+async fn unresolved_target_waits_the_bound() {
     let (discovery, _handle) = ManualDiscovery::new();
     let bound = Duration::from_millis(300);
     let channel = Channel::with_discovery("never-resolves", Arc::new(discovery))
@@ -213,7 +231,11 @@ async fn unresolved_target_waits_at_most_the_bound() {
     let took = start.elapsed();
     assert_eq!(err.code(), Code::Unavailable, "{err}");
     assert!(err.message().contains("never-resolves"), "{err}");
-    assert!(took >= bound && took < bound * 3, "{took:?}");
+    // Timers fire on whole milliseconds, so the wait may round up by one.
+    assert!(
+        took >= bound && took <= bound + Duration::from_millis(1),
+        "{took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -316,8 +316,9 @@ async fn failure_mode_hook_and_latency() {
 
 #[tokio::test]
 async fn uniform_latency_stays_below_max() {
+    const MAX: Duration = Duration::from_millis(20);
     let server = TestServer::new("u")
-        .uniform_latency(Duration::from_millis(20), 7)
+        .uniform_latency(MAX, 7)
         .spawn()
         .expect("spawn");
     let greeter = client(server.uri()).await;
@@ -333,8 +334,11 @@ async fn uniform_latency_stays_below_max() {
     .await;
     assert_eq!(outcome.ok(), 40);
     let summary = outcome.latencies.summary();
-    // Loopback overhead on top of the drawn latency is far below 80 ms, even in debug builds.
-    assert!(summary.max < Duration::from_millis(100), "{summary:?}");
+    // A measured latency is the draw plus the loopback overhead, which a loaded machine can
+    // stretch without bound, so the cap is checked only for a gross excess: a distribution
+    // that ignores `max` or slips a unit draws seconds among 40 calls.
+    assert!(summary.max < MAX + STEP, "{summary:?}");
+    // Timers never fire early, so this lower bound holds however loaded the machine is.
     assert!(
         summary.p90 > Duration::from_millis(5),
         "latencies are spread: {summary:?}"

@@ -63,6 +63,17 @@ impl BackoffConfig {
 /// anyway, and an infinite multiplier must not overflow `Duration`.
 const MAX_MULTIPLIER: f64 = 1e6;
 
+/// `d * factor`, saturating at `Duration::MAX` (zero for a negative or NaN product).
+/// `Duration::mul_f64` panics when the product does not fit, which a configured delay near
+/// `Duration::MAX` times any factor above 1 reaches.
+fn scale(d: Duration, factor: f64) -> Duration {
+    let secs = d.as_secs_f64() * factor;
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+}
+
 /// The running state of one backoff sequence.
 #[derive(Debug, Clone)]
 pub(crate) struct Backoff {
@@ -90,14 +101,14 @@ impl Backoff {
         } else {
             self.config.multiplier.clamp(1.0, MAX_MULTIPLIER)
         };
-        self.next = cur.mul_f64(mult).min(self.config.max_delay);
-        // NaN settings must not reach `mul_f64`, which panics on them.
+        self.next = scale(cur, mult).min(self.config.max_delay);
+        // A NaN jitter would make every delay NaN; it is taken as no jitter.
         let jitter = if self.config.jitter.is_nan() || unit.is_nan() {
             0.0
         } else {
             self.config.jitter.clamp(0.0, 1.0) * unit.clamp(-1.0, 1.0)
         };
-        cur.mul_f64(1.0 + jitter)
+        scale(cur, 1.0 + jitter)
     }
 
     /// The delay before the next attempt.
@@ -145,5 +156,141 @@ mod tests {
         assert_eq!(b.next_delay_with(1.0), Duration::from_millis(1200));
         b.reset();
         assert_eq!(b.next_delay_with(-1.0), Duration::from_millis(800));
+    }
+
+    /// Every delay of `config`'s sequence for these samples, after `steps` failures each.
+    fn delays(config: BackoffConfig, steps: usize) -> Vec<Duration> {
+        let mut out = Vec::new();
+        for unit in [
+            -1.0,
+            -0.5,
+            0.0,
+            0.5,
+            1.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            let mut b = Backoff::new(config.clone());
+            for _ in 0..steps {
+                out.push(b.next_delay_with(unit));
+            }
+            b.reset();
+            out.push(b.next_delay_with(unit));
+        }
+        out
+    }
+
+    #[test]
+    fn no_configured_value_panics() {
+        let near_max = Duration::MAX - Duration::from_nanos(1);
+        let durations = [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_secs(1),
+            Duration::from_secs(u64::MAX / 2),
+            near_max,
+            Duration::MAX,
+        ];
+        let factors = [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -1.6,
+            -0.0,
+            0.0,
+            0.5,
+            1.0,
+            1.6,
+            f64::MAX,
+        ];
+        for base in durations {
+            for max in durations {
+                for multiplier in factors {
+                    for jitter in factors {
+                        let config = BackoffConfig::default()
+                            .base_delay(base)
+                            .max_delay(max)
+                            .multiplier(multiplier)
+                            .jitter(jitter);
+                        // Jitter spreads a delay by at most its own length above the cap
+                        // (compared in f64: the arithmetic is, and rounds near the top).
+                        let bound = 2.0 * max.as_secs_f64();
+                        for d in delays(config.clone(), 4) {
+                            assert!(
+                                d.as_secs_f64() <= bound,
+                                "{d:?} > twice {max:?} for {config:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_base_near_duration_max_saturates() {
+        let near_max = Duration::MAX - Duration::from_nanos(1);
+        let mut b = Backoff::new(
+            BackoffConfig::default()
+                .base_delay(near_max)
+                .max_delay(Duration::MAX)
+                .jitter(1.0),
+        );
+        assert_eq!(b.next_delay_with(1.0), Duration::MAX);
+        assert_eq!(b.next_delay_with(1.0), Duration::MAX);
+        // Below the cap the delay is still spread: half of it, not zero or the cap.
+        let half = b.next_delay_with(-0.5);
+        assert!(
+            half > Duration::MAX / 3 && half < Duration::MAX / 3 * 2,
+            "{half:?}"
+        );
+        // The default cap still applies to a huge base.
+        let mut b = Backoff::new(BackoffConfig::default().base_delay(Duration::MAX));
+        assert_eq!(b.next_delay_with(0.0), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn multipliers_below_one_or_nan_keep_the_delay_and_infinite_ones_jump_to_the_cap() {
+        for m in [f64::NAN, f64::NEG_INFINITY, -1.6, -0.0, 0.0, 0.5, 1.0] {
+            let mut b = Backoff::new(BackoffConfig::default().multiplier(m));
+            for _ in 0..3 {
+                assert_eq!(b.next_delay_with(0.0), Duration::from_secs(1), "{m}");
+            }
+        }
+        for m in [f64::INFINITY, f64::MAX] {
+            let mut b = Backoff::new(BackoffConfig::default().multiplier(m));
+            assert_eq!(b.next_delay_with(0.0), Duration::from_secs(1), "{m}");
+            assert_eq!(b.next_delay_with(0.0), Duration::from_secs(120), "{m}");
+        }
+    }
+
+    #[test]
+    fn jitter_is_clamped_to_zero_one() {
+        let second = |jitter: f64, unit: f64| {
+            Backoff::new(BackoffConfig::default().jitter(jitter)).next_delay_with(unit)
+        };
+        assert_eq!(second(5.0, 1.0), Duration::from_secs(2));
+        assert_eq!(second(f64::INFINITY, -1.0), Duration::ZERO);
+        for j in [f64::NAN, -0.3, f64::NEG_INFINITY] {
+            assert_eq!(second(j, 1.0), Duration::from_secs(1), "{j}");
+        }
+        // A NaN or infinite sample is harmless too.
+        assert_eq!(second(0.2, f64::NAN), Duration::from_secs(1));
+        assert_eq!(second(0.2, f64::INFINITY), Duration::from_millis(1200));
+    }
+
+    #[test]
+    fn a_cap_below_the_base_wins() {
+        let mut b = Backoff::new(
+            BackoffConfig::default()
+                .base_delay(Duration::from_secs(10))
+                .max_delay(Duration::from_secs(2)),
+        );
+        for _ in 0..3 {
+            assert_eq!(b.next_delay_with(0.0), Duration::from_secs(2));
+        }
+        let mut b = Backoff::new(BackoffConfig::default().max_delay(Duration::ZERO));
+        assert_eq!(b.next_delay_with(1.0), Duration::ZERO);
     }
 }
