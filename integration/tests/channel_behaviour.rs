@@ -15,6 +15,7 @@ use meshless::balancer::ConnectivityState;
 use meshless::discovery::{Address, Endpoint};
 use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
+use tokio::time::Instant;
 use tonic::Code;
 
 /// A raw HTTP/2 server that refuses every stream with `REFUSED_STREAM`, as an overloaded or
@@ -223,7 +224,7 @@ async fn status_reports_states_and_errors() {
 
 /// A raw HTTP/2 server that accepts every stream and never answers (a hung process behind
 /// an open socket); records each stream's `grpc-timeout` header.
-async fn black_hole_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+async fn black_hole_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<(Instant, String)>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -243,7 +244,7 @@ async fn black_hole_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<String>>>)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("")
                         .to_owned();
-                    log.lock().unwrap().push(t);
+                    log.lock().unwrap().push((Instant::now(), t));
                     held.push(respond); // never answered, never reset
                 }
             });
@@ -261,7 +262,7 @@ async fn a_calls_deadline_bounds_a_server_that_never_answers() {
     let mut client = GreeterClient::new(channel);
     let mut req = tonic::Request::new(HelloRequest::default());
     req.set_timeout(Duration::from_millis(300));
-    let start = tokio::time::Instant::now();
+    let start = Instant::now();
     let err = client.say_hello(req).await.unwrap_err();
     let took = start.elapsed();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
@@ -269,11 +270,22 @@ async fn a_calls_deadline_bounds_a_server_that_never_answers() {
         took >= Duration::from_millis(300) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    // The server was told what was left of the deadline, never more than the call's.
+    // The server was told what was left of the deadline when the call was sent: at most
+    // the whole 300 ms, at least what was left when the server received it.
     let got = seen.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:?}");
-    let left = got[0].trim_end_matches('u').parse::<u64>().expect("micros");
-    assert!(left <= 300_000 && left > 200_000, "{got:?}");
+    let (received, header) = &got[0];
+    let left = Duration::from_micros(
+        header
+            .trim_end_matches('u')
+            .parse::<u64>()
+            .expect("micros"),
+    );
+    let least = Duration::from_millis(300).saturating_sub(*received - start);
+    assert!(
+        left <= Duration::from_millis(300) && left + Duration::from_micros(1) >= least,
+        "told {left:?}, at least {least:?} was left on arrival"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,6 +354,22 @@ async fn a_port_that_does_not_speak_http2_is_never_ready() {
     }
 }
 
+/// A TCP server that closes every connection it accepts before saying anything; returns its
+/// address and how many connections it accepted.
+async fn slamming_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(sock);
+        }
+    });
+    (addr, count)
+}
+
 /// round_robin that counts how often it builds a picker.
 #[derive(Debug)]
 struct CountingRoundRobin(Arc<AtomicU64>);
@@ -382,7 +410,9 @@ async fn a_flapping_endpoint_that_never_gets_ready_does_not_rebuild_the_picker()
         .backoff(fast_backoff())
         .build()
         .unwrap();
-    let dead = dead_addr();
+    // An endpoint that accepts and closes at once: each connection attempt fails, and the
+    // test can count them.
+    let (dead, attempts) = slamming_server().await;
     handle.reset(vec![Endpoint::new(servers[0].addr()), Endpoint::new(dead)]);
     wait_ready(&channel, 1).await;
     wait_until("the dead endpoint failing", || {
@@ -393,8 +423,13 @@ async fn a_flapping_endpoint_that_never_gets_ready_does_not_rebuild_the_picker()
     })
     .await;
     let before = builds.load(Ordering::SeqCst);
-    // fast_backoff retries every 50–200 ms: about ten Connecting/TransientFailure rounds.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // fast_backoff retries every 50–200 ms: wait for three more Connecting/TransientFailure
+    // rounds.
+    let tried = attempts.load(Ordering::SeqCst);
+    wait_until("three more connection attempts", || {
+        attempts.load(Ordering::SeqCst) >= tried + 3
+    })
+    .await;
     assert_eq!(
         builds.load(Ordering::SeqCst),
         before,
