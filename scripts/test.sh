@@ -84,6 +84,13 @@ tests() {
     cargo test --workspace --all-features
 }
 
+# The transport crate alone: in a workspace build other crates turn on tonic's `server`
+# feature, which changes how tonic maps transport errors; the channel must map them itself
+# (transport/tests/mid_body.rs), so its tests also run where tonic is built without it.
+transport_alone() {
+    cargo test -p meshless-transport
+}
+
 single_versions() {
     local versions failed=0 name
     # Every package version in the graph (normal, build and dev edges), one "name vX" a line.
@@ -111,5 +118,6 @@ step "toolchain components" install_components
 step "cargo fmt --check" fmt_check
 step "cargo clippy -D warnings" clippy
 step "cargo test" tests
+step "cargo test -p meshless-transport (tonic without server)" transport_alone
 step "one tonic/hyper/http/tower" single_versions
 echo "all checks passed"

@@ -24,6 +24,7 @@ pub mod greeter {
 }
 
 pub mod dns;
+pub mod h2proxy;
 pub mod k8s;
 pub mod load;
 pub mod proxy;

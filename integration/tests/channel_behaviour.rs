@@ -275,12 +275,7 @@ async fn a_calls_deadline_bounds_a_server_that_never_answers() {
     let got = seen.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "{got:?}");
     let (received, header) = &got[0];
-    let left = Duration::from_micros(
-        header
-            .trim_end_matches('u')
-            .parse::<u64>()
-            .expect("micros"),
-    );
+    let left = Duration::from_micros(header.trim_end_matches('u').parse::<u64>().expect("micros"));
     let least = Duration::from_millis(300).saturating_sub(*received - start);
     assert!(
         left <= Duration::from_millis(300) && left + Duration::from_micros(1) >= least,

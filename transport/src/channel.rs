@@ -15,7 +15,7 @@ use tonic::Status;
 
 use crate::backoff::BackoffConfig;
 use crate::control::{Control, PickerState, Shared};
-use crate::errors::{code_of, is_remote_go_away, never_processed, sanitize_status_details};
+use crate::errors::{chain, code_of, is_remote_go_away, never_processed, sanitize_status_details};
 use crate::grpc_timeout;
 use crate::replay::Replay;
 use crate::settings::Http2Settings;
@@ -632,7 +632,7 @@ async fn attempts(
             Err(mut err) => {
                 let never_sent = err.take_message().is_some();
                 let error = err.into_error();
-                last_error = Some(format!("{}: {error}", sub.addr));
+                last_error = Some(format!("{}: {}", sub.addr, chain(&error)));
                 if never_sent {
                     // The connection closed before the call reached it; nothing was sent.
                     guard.abandon();

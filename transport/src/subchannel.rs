@@ -12,7 +12,7 @@ use meshless_discovery::Address;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::backoff::{Backoff, BackoffConfig};
-use crate::errors::is_too_many_pings;
+use crate::errors::{chain, is_too_many_pings};
 use crate::preface::{Preface, PrefaceWatch};
 use crate::replay::ReqBody;
 use crate::settings::Http2Settings;
@@ -245,7 +245,7 @@ async fn connection_loop(
                             tracing::warn!(addr = %sub.addr, "server sent GOAWAY too_many_pings; keepalive interval {k:?} -> {doubled:?}");
                             keepalive = Some(doubled);
                         }
-                        Some(format!("connection to {} lost: {e}", sub.addr))
+                        Some(format!("connection to {} lost: {}", sub.addr, chain(&e)))
                     }
                 };
                 tracing::debug!(addr = %sub.addr, "connection ended: {}", error.as_deref().unwrap_or("closed by the server (GOAWAY or EOF)"));
@@ -259,7 +259,7 @@ async fn connection_loop(
                 }
             }
             Ok(Err(e)) => {
-                let msg = format!("connecting to {} failed: {e}", sub.addr);
+                let msg = format!("connecting to {} failed: {}", sub.addr, chain(&e));
                 tracing::debug!("{msg}");
                 report(ConnectivityState::TransientFailure, Some(msg));
                 if wait_or_stop(backoff.next_delay(), &mut stop).await {

@@ -15,7 +15,9 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::control::Shared;
-use crate::errors::{code_of, counts_against_endpoint, grpc_status, sanitize_status_details};
+use crate::errors::{
+    chain, code_of, counts_against_endpoint, grpc_status, sanitize_status_details,
+};
 use crate::subchannel::{Conn, Subchannel};
 
 /// A call's stream on a connection whose server limits concurrent streams: when the call
@@ -186,7 +188,7 @@ impl Body for TrackedBody {
                 }
                 Some(Err(Status::new(
                     code,
-                    format!("response body failed: {err}"),
+                    format!("response body failed: {}", chain(&err)),
                 )))
             }
             // The end. A Trailers-Only response set its outcome from the headers; a gRPC

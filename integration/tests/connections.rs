@@ -1,0 +1,319 @@
+//! Connection management against real tonic servers behind an HTTP/2 frame-aware proxy
+//! (`meshless_integration::h2proxy`): a GOAWAY that refuses streams, keepalive pings that a
+//! server polices, and a peer that stops answering while its TCP connection stays open.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use meshless::Channel;
+use meshless::balancer::ConnectivityState;
+use meshless::discovery::{Address, Endpoint, ManualDiscovery};
+use meshless_integration::greeter::HelloRequest;
+use meshless_integration::greeter::greeter_client::GreeterClient;
+use meshless_integration::h2proxy::{Behaviour, H2ProxyHandle};
+
+/// Every call's own deadline, so that no call can hang a test.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Aborts a background task when the test ends, passing or not.
+struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One unary call with [`CALL_DEADLINE`]; the name of the server that answered.
+async fn hello_bounded(client: &mut GreeterClient<Channel>) -> Result<String, tonic::Status> {
+    let mut req = tonic::Request::new(HelloRequest {
+        name: "test".into(),
+        ..Default::default()
+    });
+    req.set_timeout(CALL_DEADLINE);
+    client.say_hello(req).await.map(|r| r.into_inner().server)
+}
+
+/// Waits until `cond` holds, up to `bound` (for waits longer than `wait_until`'s).
+async fn wait_for(what: &str, bound: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {bound:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Keeps one server-streaming call open at all times (HTTP/2 keepalive pings only while a
+/// call is open): the server sends one reply at once and the next a minute later, so the
+/// connection is quiet in between; a call that ends (its connection closed) is reopened.
+fn hold_a_stream_open(channel: &Channel) -> Background {
+    let mut client = GreeterClient::new(channel.clone());
+    Background(tokio::spawn(async move {
+        loop {
+            let mut req = tonic::Request::new(HelloRequest {
+                name: "held".into(),
+                count: 2,
+                interval_ms: 60_000,
+            });
+            req.set_timeout(Duration::from_secs(120));
+            if let Ok(resp) = client.stream_replies(req).await {
+                let mut stream = resp.into_inner();
+                while let Ok(Some(_)) = stream.message().await {}
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }))
+}
+
+/// A server that drains (GOAWAY, last-stream-id 0) while five calls arrive refuses all five;
+/// each call must then say `drained` for *that* connection only. If the signal outlived it
+/// (a stored notification), the healthy connection opened next would be dropped at once and
+/// the subchannel would sleep through a backoff and open a third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goaway_refusing_several_streams_does_not_drop_the_next_connection() {
+    let servers = servers(1);
+    let proxy = H2ProxyHandle::spawn(
+        servers[0].addr(),
+        Behaviour::GoAwayFirstConnection { streams: 5 },
+    )
+    .await
+    .unwrap();
+    let channel = Channel::builder(format!("static:///{}", proxy.addr()))
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    wait_ready(&channel, 1).await;
+    let client = GreeterClient::new(channel.clone());
+
+    let calls = (0..5).map(|_| {
+        let mut client = client.clone();
+        async move { hello_bounded(&mut client).await }
+    });
+    for result in futures_util::future::join_all(calls).await {
+        let server = result.expect("a call refused by GOAWAY is retried on the new connection");
+        assert_eq!(server, "s0");
+    }
+    assert_eq!(proxy.goaways_sent(), 1);
+    // All five reached the refusing "server" first: the retry was exercised for each.
+    assert!(proxy.headers_seen() >= 10, "{}", proxy.headers_seen());
+    // Each was processed once, on the healthy connection.
+    assert_eq!(servers[0].calls(), 5);
+    assert_eq!(
+        proxy.connections(),
+        2,
+        "the refusing connection and one healthy one; a third means the healthy one was dropped"
+    );
+
+    let mut client = client;
+    for _ in 0..20 {
+        assert_eq!(hello_bounded(&mut client).await.unwrap(), "s0");
+    }
+    assert_eq!(proxy.connections(), 2);
+    assert_eq!(servers[0].calls(), 25);
+    let st = channel.status();
+    assert_eq!(st.ready_count(), 1, "{st:?}");
+    // A GOAWAY is a normal reconnect, not an error of the endpoint's.
+    assert_eq!(st.endpoints[0].last_error, None, "{st:?}");
+}
+
+/// A grpc-go-like server answers pings that come faster than it allows with GOAWAY
+/// ENHANCE_YOUR_CALM `too_many_pings`; the client must double its keepalive interval for
+/// the next connection, as grpc-go does, instead of being sent away again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_pings_doubles_the_keepalive_interval() {
+    let servers = servers(1);
+    let min_interval = Duration::from_millis(300);
+    let proxy = H2ProxyHandle::spawn(servers[0].addr(), Behaviour::PolicePings { min_interval })
+        .await
+        .unwrap();
+    let channel = Channel::builder(format!("static:///{}", proxy.addr()))
+        .backoff(fast_backoff())
+        .keepalive(Duration::from_millis(200), Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_ready(&channel, 1).await;
+    let _held = hold_a_stream_open(&channel);
+
+    // Pings every ~200 ms: the first connection is sent away.
+    wait_until("the first connection to get GOAWAY too_many_pings", || {
+        proxy.goaways_sent() >= 1
+    })
+    .await;
+    // On the second, pings every ~400 ms: wait for several (about 2.4 s), or fail early on a
+    // second GOAWAY.
+    wait_until(
+        "six pings on the second connection, or a second GOAWAY",
+        || proxy.goaways_sent() >= 2 || proxy.ping_intervals().get(1).is_some_and(|i| i.len() >= 5),
+    )
+    .await;
+
+    let intervals = proxy.ping_intervals();
+    eprintln!("ping intervals per connection: {intervals:?}");
+    assert_eq!(
+        proxy.goaways_sent(),
+        1,
+        "sent away again after too_many_pings: {intervals:?}"
+    );
+    assert_eq!(proxy.connections(), 2, "{intervals:?}");
+    assert!(
+        intervals[0].iter().any(|gap| *gap < min_interval),
+        "the first connection was policed for a gap under {min_interval:?}: {intervals:?}"
+    );
+    assert!(
+        intervals[1].iter().all(|gap| *gap >= min_interval),
+        "the second connection pinged faster than {min_interval:?}: {intervals:?}"
+    );
+    // The stream kept open is what made the pings; the channel still works.
+    let mut client = GreeterClient::new(channel.clone());
+    assert_eq!(hello_bounded(&mut client).await.unwrap(), "s0");
+}
+
+/// Keepalive pings only while a call is open (gRPC's default, ping-while-idle off): gRPC
+/// servers answer pings on an idle connection with GOAWAY `too_many_pings`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_sends_no_pings_while_no_call_is_open() {
+    let servers = servers(1);
+    let proxy = H2ProxyHandle::spawn(servers[0].addr(), Behaviour::Forward)
+        .await
+        .unwrap();
+    let channel = Channel::builder(format!("static:///{}", proxy.addr()))
+        .keepalive(Duration::from_millis(200), Duration::from_secs(5))
+        .build()
+        .unwrap();
+    wait_ready(&channel, 1).await;
+    // The connection has carried a call, and is idle after it.
+    let mut client = GreeterClient::new(channel.clone());
+    assert_eq!(hello_bounded(&mut client).await.unwrap(), "s0");
+    // Seven keepalive intervals with no call open.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        proxy.pings_seen(),
+        0,
+        "pinged while idle: {:?}",
+        proxy.ping_intervals()
+    );
+    assert_eq!(proxy.connections(), 1);
+}
+
+/// `keepalive_while_idle(true)` pings with no call open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_while_idle_pings_with_no_call_open() {
+    let servers = servers(1);
+    let proxy = H2ProxyHandle::spawn(servers[0].addr(), Behaviour::Forward)
+        .await
+        .unwrap();
+    let channel = Channel::builder(format!("static:///{}", proxy.addr()))
+        .keepalive(Duration::from_millis(200), Duration::from_secs(5))
+        .keepalive_while_idle(true)
+        .build()
+        .unwrap();
+    wait_ready(&channel, 1).await;
+    wait_until("three pings with no call open", || proxy.pings_seen() >= 3).await;
+    assert_eq!(servers[0].calls(), 0);
+    // Answered pings keep the connection up.
+    assert_eq!(proxy.connections(), 1);
+    assert_eq!(channel.status().ready_count(), 1);
+}
+
+/// A peer that stops answering while its TCP connection stays open (a SIGSTOPped process,
+/// a black-holing path) looks healthy to TCP: the proxy's kernel still ACKs. HTTP/2
+/// keepalive must notice, take the endpoint out of Ready, and calls must go elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_is_found_by_keepalive_and_calls_move_elsewhere() {
+    let servers = servers(2);
+    let proxy = H2ProxyHandle::spawn(servers[1].addr(), Behaviour::Forward)
+        .await
+        .unwrap();
+    let (discovery, handle) = ManualDiscovery::new();
+    let channel = Channel::with_discovery("frozen-peer", Arc::new(discovery))
+        .policy("round_robin")
+        .backoff(fast_backoff())
+        .keepalive(Duration::from_millis(300), Duration::from_millis(500))
+        .build()
+        .unwrap();
+    handle.reset(vec![
+        Endpoint::new(servers[0].addr()),
+        Endpoint::new(proxy.addr()),
+    ]);
+    wait_ready(&channel, 2).await;
+    let mut client = GreeterClient::new(channel.clone());
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        answered.insert(hello_bounded(&mut client).await.unwrap());
+    }
+    assert_eq!(answered.len(), 2, "both endpoints answer before the freeze");
+    let frozen = Address::from(proxy.addr());
+    let s1_calls = servers[1].calls();
+
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    // Round robin sends about half of these to the frozen peer, where they hang: they are
+    // the open calls that make the client ping.
+    let pending: Vec<_> = (0..10)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { hello_bounded(&mut client).await })
+        })
+        .collect();
+    wait_for(
+        "keepalive to take the frozen endpoint out of Ready",
+        Duration::from_secs(15),
+        || {
+            channel
+                .status()
+                .endpoint(&frozen)
+                .is_some_and(|e| e.state != ConnectivityState::Ready)
+        },
+    )
+    .await;
+    let detection = frozen_at.elapsed();
+    eprintln!("keepalive (300 ms, timeout 500 ms) found the frozen peer after {detection:?}");
+
+    let mut outcomes = Vec::new();
+    for p in pending {
+        outcomes.push(match p.await.unwrap() {
+            Ok(server) => server,
+            Err(status) => format!("{:?}: {}", status.code(), status.message()),
+        });
+    }
+    eprintln!("calls in flight at the freeze: {outcomes:?}");
+    assert!(
+        !outcomes.iter().any(|o| o == "s1"),
+        "nothing answers through the frozen proxy: {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|o| o != "s0"),
+        "no call landed on the frozen peer, so nothing made the client ping: {outcomes:?}"
+    );
+    eprintln!(
+        "frozen endpoint after detection: {:?}",
+        channel.status().endpoint(&frozen)
+    );
+
+    for _ in 0..50 {
+        let server = hello_bounded(&mut client)
+            .await
+            .expect("calls go to the endpoint that answers");
+        assert_eq!(server, "s0");
+    }
+    assert_eq!(
+        servers[1].calls(),
+        s1_calls,
+        "nothing reached s1 while frozen"
+    );
+
+    // Once it answers again, the endpoint comes back.
+    proxy.thaw();
+    wait_ready(&channel, 2).await;
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        answered.insert(hello_bounded(&mut client).await.unwrap());
+    }
+    assert_eq!(answered.len(), 2, "{answered:?}");
+}
