@@ -268,6 +268,8 @@ async fn scale() {
     for l in load {
         let _ = l.await;
     }
+    drop(channel);
+    let apply = channel_apply(&eps, port).await;
     let (mut quiet, mut busy) = (quiet, busy);
     println!("scale: {total} endpoints in {SCALE_SLICES} slices");
     println!(
@@ -303,6 +305,75 @@ async fn scale() {
         ms(percentile(&mut quiet, 0.99)),
         ms(percentile(&mut busy, 0.99)),
     );
+    for (policy, mut times) in apply {
+        let (p50, p99) = (percentile(&mut times, 0.5), percentile(&mut times, 0.99));
+        println!(
+            "  channel applies one slice change, {policy:<11} ({SCALE_CHANGES} changes)  p50 {:>6.2} ms  p99 {:>6.2} ms  (goal p50 <= 2 ms)",
+            ms(p50),
+            ms(p99)
+        );
+    }
+}
+
+/// The channel's own share of a slice change: from a new endpoint set handed to the channel
+/// (the set discovery produced, one slice's worth of endpoints toggled) to the new picker
+/// published, with every endpoint connected. Reconcile, status and picker build, for a
+/// policy with a trivial picker and for one that rebuilds a large ring.
+async fn channel_apply(
+    eps: &[meshless::discovery::Endpoint],
+    port: u16,
+) -> Vec<(&'static str, Vec<Duration>)> {
+    let mut out = Vec::new();
+    for policy in ["round_robin", "ring_hash"] {
+        let (discovery, handle) = meshless::discovery::ManualDiscovery::new();
+        let channel = Channel::with_discovery("apply", Arc::new(discovery))
+            .policy(policy)
+            .build()
+            .expect("channel");
+        // Every address on `port` (the endpoints from discovery all point there).
+        let all: Vec<meshless::discovery::Endpoint> = eps
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if let meshless::discovery::Address::Tcp(sa) = &mut e.addr {
+                    sa.set_port(port);
+                }
+                e
+            })
+            .collect();
+        handle.reset(all.clone());
+        let t = Instant::now();
+        while channel.status().ready_count() < all.len() {
+            assert!(t.elapsed() < Duration::from_secs(60), "{policy}: not ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut picker = channel.picker_watch();
+        let mut times = Vec::with_capacity(SCALE_CHANGES);
+        for i in 0..SCALE_CHANGES {
+            // One slice's endpoints (100) leave, then come back: each change is one slice.
+            let s = i % SCALE_SLICES;
+            let mut next = all.clone();
+            if i % 2 == 0 {
+                next.drain(s * SCALE_PER_SLICE..(s + 1) * SCALE_PER_SLICE);
+            }
+            picker.borrow_and_update();
+            let t = Instant::now();
+            handle.reset(next);
+            tokio::time::timeout(BOUND, picker.changed())
+                .await
+                .expect("picker published")
+                .expect("channel alive");
+            times.push(t.elapsed());
+            // Let the returning endpoints connect before the next change.
+            while channel.status().ready_count()
+                < all.len() - if i % 2 == 0 { SCALE_PER_SLICE } else { 0 }
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        out.push((policy, times));
+    }
+    out
 }
 
 fn main() {

@@ -126,6 +126,13 @@ impl Channel {
         self.shared.state.subscribe()
     }
 
+    /// Changes each time the channel publishes a new picker: after an endpoint set change
+    /// or a readiness change has taken effect for new calls. `changed().await` waits for
+    /// the next one.
+    pub fn picker_watch(&self) -> watch::Receiver<u64> {
+        self.shared.version.subscribe()
+    }
+
     /// Waits until an endpoint is ready, as a call would: bounded by the builder's
     /// [`wait_for_ready_timeout`](ChannelBuilder::wait_for_ready_timeout). Fails with the
     /// error a call would get (discovery's error, every endpoint unreachable, or no endpoint

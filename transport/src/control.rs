@@ -1,6 +1,6 @@
 //! The control task: drives discovery and connections, and publishes pickers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +18,10 @@ use tonic::Status;
 
 use crate::status::{ChannelStatus, EndpointStatus};
 use crate::subchannel::{self, ConnectConfig, StateEvent, Subchannel, SubchannelHandle};
+
+/// The control task's maps, keyed by endpoint address: foldhash rather than SipHash, since
+/// the keys come from our own discovery and a 5,000-endpoint update hashes each twice.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Load statistics of a removed endpoint are kept this long, so an endpoint that flaps out
 /// of discovery and back keeps what was learned about it.
@@ -202,8 +206,8 @@ impl Control {
             connect_mode,
             events_tx,
             entries: Vec::new(),
-            index: HashMap::new(),
-            retired: HashMap::new(),
+            index: HashMap::default(),
+            retired: HashMap::default(),
             resolved: false,
             discovery_error: None,
             panicked: None,
@@ -308,7 +312,7 @@ impl Run {
             Update::Add(eps) => {
                 let mut cur: Vec<Endpoint> =
                     self.entries.iter().map(|e| e.endpoint.clone()).collect();
-                let mut pos: HashMap<Address, usize> = self.index.clone();
+                let mut pos = self.index.clone();
                 for ep in eps {
                     match pos.get(&ep.addr) {
                         Some(&i) => cur[i] = ep,
@@ -367,20 +371,22 @@ impl Run {
         let now = Instant::now();
         self.retired
             .retain(|_, (_, at)| now.duration_since(*at) < STATS_RETENTION);
-        let mut old: HashMap<Address, Entry> = self
-            .entries
-            .drain(..)
-            .map(|e| (e.endpoint.addr.clone(), e))
-            .collect();
+        // Old entries stay where they are until claimed by address; what is left unclaimed
+        // is removed.
+        let mut slots: Vec<Option<Entry>> = self.entries.drain(..).map(Some).collect();
+        let old_index = std::mem::take(&mut self.index);
         let mut entries = Vec::with_capacity(next.len());
-        let mut index = HashMap::with_capacity(next.len());
+        let mut index = HashMap::with_capacity_and_hasher(next.len(), Default::default());
         let mut changed = false;
         for ep in next {
             if index.contains_key(&ep.addr) {
                 continue; // duplicate address in the set: one subchannel is enough
             }
+            let kept = old_index
+                .get(&ep.addr)
+                .and_then(|&i| slots.get_mut(i).and_then(Option::take));
             index.insert(ep.addr.clone(), entries.len());
-            if let Some(mut entry) = old.remove(&ep.addr) {
+            if let Some(mut entry) = kept {
                 if entry.endpoint != ep {
                     changed = true;
                     entry.endpoint = ep;
@@ -412,8 +418,9 @@ impl Run {
                 connecting_since: None,
             });
         }
-        for (addr, entry) in old {
+        for entry in slots.into_iter().flatten() {
             changed = true;
+            let addr = entry.endpoint.addr.clone();
             tracing::debug!(%addr, "endpoint removed; draining its connection");
             self.retired
                 .insert(addr, (entry.handle.sub.stats.clone(), now));
