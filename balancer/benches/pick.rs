@@ -1,6 +1,6 @@
 //! Pick cost of every meshless strategy, picker build time, and tower's p2c for comparison.
 //!
-//! `CARGO_TARGET_DIR=/work/target-bal cargo bench -p meshless-balancer --bench pick`
+//! `cargo bench -p meshless-balancer --bench pick`
 //!
 //! What is measured:
 //! - `pick/<policy>/<n>`: one `Picker::pick` on a picker over `n` ready endpoints, one
@@ -11,7 +11,7 @@
 //! - `pick8/<policy>/<n>`: the same with 8 threads picking from one picker at once; the
 //!   figure is wall time divided by the picks of all threads (inverse throughput). The
 //!   machine that made the README table has 2 cores, so 8 threads time-share them.
-//! - `build/<policy>/<n>`: `Balancer::build` over `n` endpoints.
+//! - `build/<policy>/<n>`: the first `Balancer::build` over `n` endpoints, by a new balancer.
 //! - `tower_p2c/<n>`: `tower::balance::p2c::Balance` over `PeakEwma` services from a
 //!   `ServiceList` of trivial always-ready services: `poll_ready` (p2c selection among the
 //!   ready services, after re-polling the one used last, which `Balance` moves back to
@@ -70,7 +70,11 @@ fn mean_ns(id: &str) -> Option<f64> {
 
 /// Every strategy, configured as a user would, seeded where it draws random numbers.
 fn policies() -> Vec<Box<dyn Balancer>> {
-    let configs: Vec<Arc<dyn Policy>> = vec![
+    configs().iter().map(|p| p.new_balancer()).collect()
+}
+
+fn configs() -> Vec<Arc<dyn Policy>> {
+    vec![
         PickFirstConfig::default().into(),
         RoundRobin.into(),
         WeightedRoundRobinConfig::default().seed(SEED).into(),
@@ -79,8 +83,7 @@ fn policies() -> Vec<Box<dyn Balancer>> {
         P2cEwmaConfig::default().into(),
         RingHashConfig::default().into(),
         MaglevConfig::default().into(),
-    ];
-    configs.iter().map(|p| p.new_balancer()).collect()
+    ]
 }
 
 /// `n` ready endpoints with weights 1–4, stats from the policy, some load recorded.
@@ -200,7 +203,8 @@ fn bench_picks(c: &mut Criterion) {
 fn bench_builds(c: &mut Criterion) {
     let mut group = c.benchmark_group("build");
     group.sample_size(10);
-    for policy in policies() {
+    for config in configs() {
+        let policy = config.new_balancer();
         for n in BUILD_SIZES {
             let subs = endpoints(&*policy, n);
             let id = format!("build/{}/{n}", policy.name());
@@ -208,7 +212,9 @@ fn bench_builds(c: &mut Criterion) {
                 b.iter_custom(|iters| {
                     let start = Instant::now();
                     for _ in 0..iters {
-                        black_box(policy.build(black_box(&subs)));
+                        // A balancer of its own each time: a first build (ring_hash keeps
+                        // its ring between builds of one balancer).
+                        black_box(config.new_balancer().build(black_box(&subs)));
                     }
                     let elapsed = start.elapsed();
                     record(&id, elapsed, iters);

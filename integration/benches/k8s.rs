@@ -151,7 +151,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-async fn scale() {
+async fn scale(only_apply: bool) {
     let api = KubeApi::start().await.expect("api");
     // One server on every loopback address: 127.0.x.y all reach it, so 5,000 endpoints are
     // 5,000 real connections.
@@ -184,6 +184,11 @@ async fn scale() {
     };
     assert_eq!(eps.len(), total);
     let rss_discovery = rss_kib().saturating_sub(rss0);
+    if only_apply {
+        drop(watch);
+        print_apply(channel_apply(&eps, port).await);
+        return;
+    }
 
     // The watch starts after the list: the first change waits for it. Warm up with one change
     // (endpoint 99 of slice 0), so the figures below are of a running watch.
@@ -305,10 +310,14 @@ async fn scale() {
         ms(percentile(&mut quiet, 0.99)),
         ms(percentile(&mut busy, 0.99)),
     );
+    print_apply(apply);
+}
+
+fn print_apply(apply: Vec<(&'static str, Vec<Duration>)>) {
     for (policy, mut times) in apply {
         let (p50, p99) = (percentile(&mut times, 0.5), percentile(&mut times, 0.99));
         println!(
-            "  channel applies one slice change, {policy:<11} ({SCALE_CHANGES} changes)  p50 {:>6.2} ms  p99 {:>6.2} ms  (goal p50 <= 2 ms)",
+            "  channel applies one slice change, {policy:<21} ({SCALE_CHANGES} changes)  p50 {:>6.2} ms  p99 {:>6.2} ms  (goal p50 <= 2 ms)",
             ms(p50),
             ms(p99)
         );
@@ -316,22 +325,36 @@ async fn scale() {
 }
 
 /// The channel's own share of a slice change: from a new endpoint set handed to the channel
-/// (the set discovery produced, one slice's worth of endpoints toggled) to the new picker
-/// published, with every endpoint connected. Reconcile, status and picker build, for a
-/// policy with a trivial picker and for one that rebuilds a large ring.
+/// (the set discovery produced) to the new picker published, with every endpoint connected.
+/// Reconcile, status and picker build, for a policy with a trivial picker and for one that
+/// keeps a large ring. Two kinds of change: one slice's 100 endpoints leave and come back
+/// (alternately), or one slice's pods are replaced by 100 new addresses (a rollout).
 async fn channel_apply(
     eps: &[meshless::discovery::Endpoint],
     port: u16,
 ) -> Vec<(&'static str, Vec<Duration>)> {
     let mut out = Vec::new();
-    for policy in ["round_robin", "ring_hash"] {
+    // `-- apply ring_hash` measures one policy only.
+    let only: Vec<String> = std::env::args()
+        .filter(|a| a == "round_robin" || a == "ring_hash")
+        .collect();
+    let cases = [
+        ("round_robin", "round_robin", false),
+        ("ring_hash", "ring_hash", false),
+        ("round_robin, new pods", "round_robin", true),
+        ("ring_hash, new pods", "ring_hash", true),
+    ];
+    for (label, policy, new_pods) in cases {
+        if !only.is_empty() && !only.iter().any(|p| p == policy) {
+            continue;
+        }
         let (discovery, handle) = meshless::discovery::ManualDiscovery::new();
         let channel = Channel::with_discovery("apply", Arc::new(discovery))
             .policy(policy)
             .build()
             .expect("channel");
         // Every address on `port` (the endpoints from discovery all point there).
-        let all: Vec<meshless::discovery::Endpoint> = eps
+        let mut all: Vec<meshless::discovery::Endpoint> = eps
             .iter()
             .map(|e| {
                 let mut e = e.clone();
@@ -350,12 +373,27 @@ async fn channel_apply(
         let mut picker = channel.picker_watch();
         let mut times = Vec::with_capacity(SCALE_CHANGES);
         for i in 0..SCALE_CHANGES {
-            // One slice's endpoints (100) leave, then come back: each change is one slice.
             let s = i % SCALE_SLICES;
-            let mut next = all.clone();
-            if i % 2 == 0 {
-                next.drain(s * SCALE_PER_SLICE..(s + 1) * SCALE_PER_SLICE);
-            }
+            let next = if new_pods {
+                // Slice s's pods come back at new addresses, 127.(10 + i).(s + 1).(e + 1).
+                for (e, ep) in all[s * SCALE_PER_SLICE..(s + 1) * SCALE_PER_SLICE]
+                    .iter_mut()
+                    .enumerate()
+                {
+                    let ip = std::net::Ipv4Addr::new(127, 10 + i as u8, s as u8 + 1, e as u8 + 1);
+                    *ep =
+                        meshless::discovery::Endpoint::new(std::net::SocketAddr::from((ip, port)));
+                }
+                all.clone()
+            } else {
+                // One slice's endpoints (100) leave, then come back.
+                let mut next = all.clone();
+                if i % 2 == 0 {
+                    next.drain(s * SCALE_PER_SLICE..(s + 1) * SCALE_PER_SLICE);
+                }
+                next
+            };
+            let expect = next.len();
             picker.borrow_and_update();
             let t = Instant::now();
             handle.reset(next);
@@ -364,27 +402,28 @@ async fn channel_apply(
                 .expect("picker published")
                 .expect("channel alive");
             times.push(t.elapsed());
-            // Let the returning endpoints connect before the next change.
-            while channel.status().ready_count()
-                < all.len() - if i % 2 == 0 { SCALE_PER_SLICE } else { 0 }
-            {
+            // Let new endpoints connect before the next change.
+            while channel.status().ready_count() < expect {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        out.push((policy, times));
+        out.push((label, times));
     }
     out
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
+    // `cargo bench` passes `--bench`; `-- apply` runs only the channel's apply phase.
+    let only_apply = std::env::args().any(|a| a == "apply");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async {
-        convergence().await;
-        scale().await;
+        if !only_apply {
+            convergence().await;
+        }
+        scale(only_apply).await;
     });
 }

@@ -155,7 +155,17 @@ async fn unary_load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_lived_stream_does_not_keep_unary_calls_off_its_endpoint() {
-    let servers = servers(2);
+    // Every answer takes 2 ms, so a loaded machine's scheduling noise (a fraction of that)
+    // does not decide the comparisons.
+    let servers: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            meshless_integration::server::TestServer::new(*n)
+                .latency(Duration::from_millis(2))
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     let channel = Channel::builder(static_target(&servers))
         // Finagle's cost, latency × (in-flight + 1): the load term spreads equal endpoints
         // evenly, so the test sees the stream's effect rather than the latency noise of a

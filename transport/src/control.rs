@@ -54,7 +54,9 @@ impl PickerState {
 
 pub(crate) struct Snapshot {
     pub picker: PickerState,
-    pub subchannels: Vec<Arc<Subchannel>>,
+    /// Shared by every snapshot until the endpoint set changes, so a readiness change
+    /// publishes a new picker without copying the list.
+    pub subchannels: Arc<Vec<Arc<Subchannel>>>,
 }
 
 /// State shared by the channel handles, in-flight calls and the control task.
@@ -84,8 +86,15 @@ struct StatusBase {
     discovery_error: Option<String>,
     /// A component that panicked, and what it said.
     panicked: Option<String>,
-    /// Endpoint, subchannel, state as the published picker knows it, last error.
-    endpoints: Vec<(Endpoint, Arc<Subchannel>, ConnectivityState, Option<String>)>,
+    /// One row per endpoint, as the published picker knows it.
+    endpoints: Vec<StatusRow>,
+}
+
+struct StatusRow {
+    endpoint: Endpoint,
+    sub: Arc<Subchannel>,
+    state: ConnectivityState,
+    last_error: Option<String>,
 }
 
 impl Shared {
@@ -95,7 +104,7 @@ impl Shared {
             policy,
             snapshot: ArcSwap::from_pointee(Snapshot {
                 picker: PickerState::Queue,
-                subchannels: Vec::new(),
+                subchannels: Arc::default(),
             }),
             version: watch::channel(0).0,
             state: watch::channel(ConnectivityState::Idle).0,
@@ -113,8 +122,10 @@ impl Shared {
         let state = snapshot.picker.connectivity();
         self.state
             .send_if_modified(|s| std::mem::replace(s, state) != state);
-        self.snapshot.store(Arc::new(snapshot));
+        let old = self.snapshot.swap(Arc::new(snapshot));
         self.version.send_modify(|v| *v += 1);
+        // The old snapshot (thousands of references for a large set) goes after the news.
+        drop(old);
     }
 
     pub(crate) fn status(&self) -> ChannelStatus {
@@ -128,26 +139,27 @@ impl Shared {
             endpoints: base
                 .endpoints
                 .iter()
-                .map(|(ep, sub, state, err)| EndpointStatus {
-                    address: ep.addr.clone(),
-                    weight: ep.weight,
-                    zone: ep.zone.clone(),
-                    state: *state,
-                    in_flight: sub.stats.in_flight(),
-                    successes: sub.stats.successes(),
-                    failures: sub.stats.failures(),
-                    latency_ewma: sub.stats.latency_ewma(),
-                    last_error: err.clone(),
+                .map(|r| EndpointStatus {
+                    address: r.endpoint.addr.clone(),
+                    weight: r.endpoint.weight,
+                    zone: r.endpoint.zone.clone(),
+                    state: r.state,
+                    in_flight: r.sub.stats.in_flight(),
+                    successes: r.sub.stats.successes(),
+                    failures: r.sub.stats.failures(),
+                    latency_ewma: r.sub.stats.latency_ewma(),
+                    last_error: r.last_error.clone(),
                 })
                 .collect(),
         }
     }
 }
 
+/// What the control task keeps of a subchannel besides its [`SubchannelView`] (the
+/// endpoint, stats and state, kept in `Run::views` at the same index, so a picker is built
+/// from them without copying).
 struct Entry {
-    endpoint: Endpoint,
     handle: SubchannelHandle,
-    state: ConnectivityState,
     /// Failed since it was last ready (or since it was created): gRPC's sticky
     /// TRANSIENT_FAILURE, which makes calls fail fast instead of queueing.
     failed_since_ready: bool,
@@ -176,6 +188,10 @@ struct Run {
     connect_mode: ConnectMode,
     events_tx: mpsc::UnboundedSender<StateEvent>,
     entries: Vec<Entry>,
+    /// What the balancer sees of each entry, at the same index.
+    views: Vec<SubchannelView>,
+    /// The subchannels of `entries`, as the snapshots hand them to calls.
+    subchannels: Arc<Vec<Arc<Subchannel>>>,
     /// Position of each address in `entries`.
     index: HashMap<Address, usize>,
     retired: HashMap<Address, (Arc<EndpointStats>, Instant)>,
@@ -188,6 +204,15 @@ struct Run {
     /// The balancer's picker is stale: the subchannels, their endpoints or their readiness
     /// changed since it was built.
     dirty: bool,
+    /// The endpoint set changed: the status rows are rebuilt from scratch.
+    set_changed: bool,
+    /// Entries whose state or error changed since the status rows were last written.
+    changed_rows: Vec<usize>,
+    /// Subchannels that left the set, shut down after the next publish.
+    removed: Vec<SubchannelHandle>,
+    /// The previous reconcile's buffer, kept so that the next one does not allocate (and
+    /// page-fault) a MiB for a large set.
+    spare_slots: Vec<Option<(Entry, SubchannelView)>>,
     /// Let go of every connection after the idle timeout; the next call wakes it.
     idle: bool,
     /// When one-at-a-time connecting should start its next attempt.
@@ -206,6 +231,8 @@ impl Control {
             connect_mode,
             events_tx,
             entries: Vec::new(),
+            views: Vec::new(),
+            subchannels: Arc::default(),
             index: HashMap::default(),
             retired: HashMap::default(),
             resolved: false,
@@ -214,6 +241,10 @@ impl Control {
             next_generation: 0,
             error_seq: 0,
             dirty: true,
+            set_changed: true,
+            changed_rows: Vec::new(),
+            removed: Vec::new(),
+            spare_slots: Vec::new(),
             idle: false,
             next_attempt: None,
         };
@@ -255,10 +286,16 @@ impl Control {
                     tracing::debug!(target = %shared.target, "a call woke the idle channel");
                     run.idle = false;
                     run.dirty = true;
+                    if run.connect_mode == ConnectMode::All {
+                        run.want_all(true);
+                    }
                 }
             }
             run.drive_connections();
             run.rebuild();
+            for handle in run.removed.drain(..) {
+                handle.shutdown();
+            }
         }
         run.shutdown();
     }
@@ -311,7 +348,7 @@ impl Run {
             Update::Reset(eps) => eps,
             Update::Add(eps) => {
                 let mut cur: Vec<Endpoint> =
-                    self.entries.iter().map(|e| e.endpoint.clone()).collect();
+                    self.views.iter().map(|v| v.endpoint.clone()).collect();
                 let mut pos = self.index.clone();
                 for ep in eps {
                     match pos.get(&ep.addr) {
@@ -326,10 +363,10 @@ impl Run {
             }
             Update::Remove(addrs) => {
                 let gone: HashSet<&Address> = addrs.iter().collect();
-                self.entries
+                self.views
                     .iter()
-                    .filter(|e| !gone.contains(&e.endpoint.addr))
-                    .map(|e| e.endpoint.clone())
+                    .filter(|v| !gone.contains(&v.endpoint.addr))
+                    .map(|v| v.endpoint.clone())
                     .collect()
             }
         };
@@ -373,25 +410,36 @@ impl Run {
             .retain(|_, (_, at)| now.duration_since(*at) < STATS_RETENTION);
         // Old entries stay where they are until claimed by address; what is left unclaimed
         // is removed.
-        let mut slots: Vec<Option<Entry>> = self.entries.drain(..).map(Some).collect();
-        let old_index = std::mem::take(&mut self.index);
-        let mut entries = Vec::with_capacity(next.len());
+        let mut slots = std::mem::take(&mut self.spare_slots);
+        slots.extend(self.entries.drain(..).zip(self.views.drain(..)).map(Some));
+        let mut old_index = std::mem::take(&mut self.index);
+        let mut entries = std::mem::take(&mut self.entries);
+        let mut views = std::mem::take(&mut self.views);
+        entries.reserve(next.len());
+        views.reserve(next.len());
         let mut index = HashMap::with_capacity_and_hasher(next.len(), Default::default());
         let mut changed = false;
+        let connect_now = self.connect_mode == ConnectMode::All && !self.idle;
         for ep in next {
-            if index.contains_key(&ep.addr) {
-                continue; // duplicate address in the set: one subchannel is enough
+            let position = entries.len();
+            match index.entry(ep.addr.clone()) {
+                std::collections::hash_map::Entry::Occupied(_) => continue, // a duplicate address: one subchannel is enough
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(position);
+                }
             }
             let kept = old_index
-                .get(&ep.addr)
-                .and_then(|&i| slots.get_mut(i).and_then(Option::take));
-            index.insert(ep.addr.clone(), entries.len());
-            if let Some(mut entry) = kept {
-                if entry.endpoint != ep {
+                .remove(&ep.addr)
+                .and_then(|i| Some((i, slots.get_mut(i)?.take()?)));
+            if let Some((old_position, (entry, mut view))) = kept {
+                // Claimed in order: positions shift only where something left or came.
+                changed |= old_position != position;
+                if view.endpoint != ep {
                     changed = true;
-                    entry.endpoint = ep;
+                    view.endpoint = ep;
                 }
                 entries.push(entry);
+                views.push(view);
                 continue;
             }
             changed = true;
@@ -405,29 +453,42 @@ impl Run {
                 ep.addr.clone(),
                 self.authority_for(&ep),
                 self.next_generation,
-                stats,
+                stats.clone(),
                 self.c.config.clone(),
                 self.events_tx.clone(),
             );
+            if connect_now {
+                handle.want(true);
+            }
             entries.push(Entry {
-                endpoint: ep,
                 handle,
-                state: ConnectivityState::Idle,
                 failed_since_ready: false,
                 last_error: None,
                 connecting_since: None,
             });
+            views.push(SubchannelView {
+                endpoint: ep,
+                stats,
+                state: ConnectivityState::Idle,
+            });
         }
-        for entry in slots.into_iter().flatten() {
+        for (entry, view) in slots.drain(..).flatten() {
             changed = true;
-            let addr = entry.endpoint.addr.clone();
+            let addr = view.endpoint.addr;
             tracing::debug!(%addr, "endpoint removed; draining its connection");
-            self.retired
-                .insert(addr, (entry.handle.sub.stats.clone(), now));
-            entry.handle.shutdown();
+            self.retired.insert(addr, (view.stats, now));
+            // Shut down once the picker without it is out.
+            self.removed.push(entry.handle);
         }
+        self.spare_slots = slots;
         self.entries = entries;
+        self.views = views;
         self.index = index;
+        if changed {
+            self.subchannels =
+                Arc::new(self.entries.iter().map(|e| e.handle.sub.clone()).collect());
+            self.set_changed = true;
+        }
         self.c
             .shared
             .endpoint_count
@@ -444,8 +505,10 @@ impl Run {
         if entry.handle.generation != ev.generation {
             return; // from an earlier incarnation of the address
         }
-        let was_ready = entry.state == ConnectivityState::Ready;
-        entry.state = ev.state;
+        let view = &mut self.views[i];
+        let was_ready = view.state == ConnectivityState::Ready;
+        view.state = ev.state;
+        self.changed_rows.push(i);
         entry.connecting_since = (ev.state == ConnectivityState::Connecting).then(Instant::now);
         match ev.state {
             ConnectivityState::Ready => entry.failed_since_ready = false,
@@ -469,9 +532,13 @@ impl Run {
     }
 
     fn any_ready(&self) -> bool {
-        self.entries
-            .iter()
-            .any(|e| e.state == ConnectivityState::Ready)
+        self.views.iter().any(SubchannelView::is_ready)
+    }
+
+    fn want_all(&self, on: bool) {
+        for e in &self.entries {
+            e.handle.want(on);
+        }
     }
 
     fn on_idle_tick(&mut self) {
@@ -486,23 +553,18 @@ impl Run {
         tracing::debug!(target = %self.c.shared.target, "no calls for the idle timeout; closing connections");
         self.idle = true;
         self.dirty = true;
+        self.want_all(false);
     }
 
     /// Asks the subchannels to connect as the balancer wants them connected.
+    /// (With [`ConnectMode::All`] new subchannels are asked when they are made and the idle
+    /// timer switches them all, so there is nothing to do here per event.)
     fn drive_connections(&mut self) {
         if self.idle {
-            for e in &self.entries {
-                e.handle.want(false);
-            }
             return;
         }
-        match self.connect_mode {
-            ConnectMode::OneAtATime { attempt_delay } => self.connect_one_at_a_time(attempt_delay),
-            _ => {
-                for e in &self.entries {
-                    e.handle.want(true);
-                }
-            }
+        if let ConnectMode::OneAtATime { attempt_delay } = self.connect_mode {
+            self.connect_one_at_a_time(attempt_delay);
         }
     }
 
@@ -511,11 +573,7 @@ impl Run {
     /// answer; once one is ready, the others are let go. After a whole pass every endpoint
     /// keeps retrying with its own backoff until one connects.
     fn connect_one_at_a_time(&mut self, delay: Duration) {
-        if let Some(ready) = self
-            .entries
-            .iter()
-            .position(|e| e.state == ConnectivityState::Ready)
-        {
+        if let Some(ready) = self.views.iter().position(SubchannelView::is_ready) {
             for (i, e) in self.entries.iter().enumerate() {
                 e.handle.want(i == ready);
             }
@@ -537,7 +595,7 @@ impl Run {
         let stalled = e
             .connecting_since
             .is_some_and(|since| since.elapsed() >= delay);
-        if e.state == ConnectivityState::TransientFailure || stalled {
+        if self.views[last].state == ConnectivityState::TransientFailure || stalled {
             self.entries[last + 1].handle.want(true);
             self.next_attempt = Some(Instant::now() + delay);
         } else if let Some(since) = e.connecting_since {
@@ -550,13 +608,11 @@ impl Run {
     fn rebuild(&mut self) {
         if self.dirty {
             self.dirty = false;
-            let subchannels: Vec<Arc<Subchannel>> =
-                self.entries.iter().map(|e| e.handle.sub.clone()).collect();
             let picker = self.picker_state();
             // Publish first: whoever sees the new status can count on the picker matching it.
             self.c.shared.publish(Snapshot {
                 picker,
-                subchannels,
+                subchannels: self.subchannels.clone(),
             });
         }
         let mut base = self
@@ -568,15 +624,24 @@ impl Run {
         base.resolved = self.resolved;
         base.discovery_error = self.discovery_error.as_ref().map(|e| e.to_string());
         base.panicked.clone_from(&self.panicked);
-        base.endpoints.clear();
-        base.endpoints.extend(self.entries.iter().map(|e| {
-            (
-                e.endpoint.clone(),
-                e.handle.sub.clone(),
-                e.state,
-                e.last_error.as_ref().map(|(_, m)| m.clone()),
-            )
-        }));
+        let row = |(e, v): (&Entry, &SubchannelView)| StatusRow {
+            endpoint: v.endpoint.clone(),
+            sub: e.handle.sub.clone(),
+            state: v.state,
+            last_error: e.last_error.as_ref().map(|(_, m)| m.clone()),
+        };
+        if std::mem::take(&mut self.set_changed) {
+            base.endpoints.clear();
+            base.endpoints
+                .extend(self.entries.iter().zip(&self.views).map(row));
+        } else {
+            for i in self.changed_rows.drain(..) {
+                if let Some(r) = base.endpoints.get_mut(i) {
+                    *r = row((&self.entries[i], &self.views[i]));
+                }
+            }
+        }
+        self.changed_rows.clear();
     }
 
     /// gRPC's state aggregation: any ready endpoint → pick; otherwise queue while an
@@ -590,17 +655,8 @@ impl Run {
             return PickerState::Idle;
         }
         if self.any_ready() {
-            let views: Vec<SubchannelView> = self
-                .entries
-                .iter()
-                .map(|e| SubchannelView {
-                    endpoint: e.endpoint.clone(),
-                    stats: e.handle.sub.stats.clone(),
-                    state: e.state,
-                })
-                .collect();
-            let balancer = &self.c.balancer;
-            return match std::panic::catch_unwind(AssertUnwindSafe(|| balancer.build(&views))) {
+            let (balancer, views) = (&self.c.balancer, &self.views);
+            return match std::panic::catch_unwind(AssertUnwindSafe(|| balancer.build(views))) {
                 Ok(picker) => PickerState::Pick(picker),
                 Err(panic) => {
                     let msg = panic_message(&panic);
@@ -631,7 +687,8 @@ impl Run {
         if self
             .entries
             .iter()
-            .any(|e| !e.failed_since_ready && e.state != ConnectivityState::TransientFailure)
+            .zip(&self.views)
+            .any(|(e, v)| !e.failed_since_ready && v.state != ConnectivityState::TransientFailure)
         {
             return PickerState::Queue;
         }
@@ -656,7 +713,7 @@ impl Run {
                 "{}: channel was dropped",
                 self.c.shared.target
             ))),
-            subchannels: Vec::new(),
+            subchannels: Arc::default(),
         });
     }
 }
