@@ -35,10 +35,9 @@ pub use meshless_discovery as discovery;
 pub use meshless_middleware as middleware;
 pub use meshless_transport as transport;
 
+pub use meshless_discovery::backoff::BackoffConfig;
 pub use meshless_discovery::{Endpoint, Target, TargetError};
-pub use meshless_transport::{
-    BackoffConfig, BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus,
-};
+pub use meshless_transport::{BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus};
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod address;
+pub mod backoff;
 mod discovery;
 #[cfg(feature = "dns")]
 pub mod dns;

@@ -4,13 +4,15 @@
 //!   literals with ports, as in gRPC's naming document (the port is required here).
 //! - `unix:relative/path`, `unix:/absolute/path` and `unix:///absolute/path`.
 //! - `static:///host1:50051,10.0.0.2:50051`: names or IP literals. Names are resolved once
-//!   with the system resolver; a name that does not resolve is retried with backoff.
+//!   with the system resolver; a name that does not resolve is retried with the shared
+//!   [`Backoff`](crate::backoff::Backoff) (0.5 s, ×1.6, jitter 0.2, cap 30 s).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::{Backoff, BackoffConfig};
 use crate::target::HostPort;
 use crate::{
     Address, Discovery, DiscoveryError, Endpoint, ErrorKind, Registry, Scheme, Target, TargetError,
@@ -19,10 +21,19 @@ use crate::{
 
 /// How long one system lookup of a static host name may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// First retry delay after a failed lookup; doubles up to [`LOOKUP_RETRY_MAX`].
+/// First retry delay after a failed lookup; grows as gRPC's backoff up to [`LOOKUP_RETRY_MAX`].
 const LOOKUP_RETRY_MIN: Duration = Duration::from_millis(500);
 /// Longest retry delay after failed lookups.
 const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The retry backoff of failed lookups: gRPC's, from [`LOOKUP_RETRY_MIN`] to [`LOOKUP_RETRY_MAX`].
+fn lookup_backoff() -> Backoff {
+    Backoff::new(
+        BackoffConfig::default()
+            .base_delay(LOOKUP_RETRY_MIN)
+            .max_delay(LOOKUP_RETRY_MAX),
+    )
+}
 
 pub(crate) fn register(r: &mut Registry) {
     r.register("static", Arc::new(ListScheme::Static));
@@ -158,19 +169,19 @@ impl Discovery for StaticDiscovery {
 fn resolve_stream(
     hosts: Arc<Vec<HostPort>>,
 ) -> impl futures_core::Stream<Item = Result<Update, DiscoveryError>> + Send {
-    // State: how long to wait before the next attempt; `None` once resolved.
-    futures_util::stream::unfold(Some(Duration::ZERO), move |wait| {
+    // State: the wait before the next attempt and the backoff; `None` once resolved.
+    futures_util::stream::unfold(Some((Duration::ZERO, lookup_backoff())), move |state| {
         let hosts = hosts.clone();
         async move {
-            let wait = wait?;
+            let (wait, mut backoff) = state?;
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             match resolve_all(&hosts).await {
                 Ok(eps) => Some((Ok(Update::Reset(eps)), None)),
                 Err(e) => {
-                    let next = (wait * 2).clamp(LOOKUP_RETRY_MIN, LOOKUP_RETRY_MAX);
-                    Some((Err(e), Some(next)))
+                    let next = backoff.next_delay();
+                    Some((Err(e), Some((next, backoff))))
                 }
             }
         }

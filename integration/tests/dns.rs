@@ -34,7 +34,14 @@ const PORT_TRIES: usize = 10;
 fn config() -> DnsConfig {
     DnsConfig::default()
         .families(IpFamilies::Ipv4Only)
-        .retry_backoff(Duration::from_millis(100), Duration::from_millis(500))
+        // ×2 without jitter: retry times the query counts below can rely on.
+        .backoff(
+            meshless::BackoffConfig::default()
+                .base_delay(Duration::from_millis(100))
+                .multiplier(2.0)
+                .jitter(0.0)
+                .max_delay(Duration::from_millis(500)),
+        )
         .query_timeout(Duration::from_millis(300), 1)
 }
 

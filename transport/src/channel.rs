@@ -13,7 +13,6 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::backoff::BackoffConfig;
 use crate::control::{Control, PickerState, Shared};
 use crate::errors::{chain, code_of, is_remote_go_away, never_processed, sanitize_status_details};
 use crate::grpc_timeout;
@@ -22,6 +21,7 @@ use crate::settings::Http2Settings;
 use crate::status::ChannelStatus;
 use crate::subchannel::{Conn, ConnectConfig, Subchannel};
 use crate::tracked::{CallGuard, StreamSlot, TrackedBody};
+use meshless_discovery::backoff::BackoffConfig;
 
 /// Default bound on how long a call waits for an endpoint to become ready.
 pub const DEFAULT_WAIT_FOR_READY: Duration = Duration::from_secs(10);

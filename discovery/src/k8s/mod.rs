@@ -26,6 +26,7 @@ use std::time::Duration;
 pub use slices::{AddressFamily, SERVICE_NAME_LABEL};
 pub use target::{PortSpec, ServiceTarget};
 
+use crate::backoff::BackoffConfig;
 use crate::{Discovery, Registry, Scheme, Target, TargetError, UpdateStream};
 
 /// Default first delay before retrying a failed list or watch (kube-runtime's default).
@@ -34,7 +35,7 @@ pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(800);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Configuration of Kubernetes discovery.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct K8sConfig {
     /// The client to use. Default: built from the environment, as `kube::Client::try_default`
@@ -49,10 +50,23 @@ pub struct K8sConfig {
     /// The address family used when a Service has both (dual stack). The other family is
     /// used when the preferred one has no usable endpoint. Default: IPv4.
     pub family: AddressFamily,
-    /// First retry delay after a failure. Default: [`DEFAULT_BACKOFF_MIN`].
-    pub backoff_min: Option<Duration>,
-    /// Longest retry delay. Default: [`DEFAULT_BACKOFF_MAX`].
-    pub backoff_max: Option<Duration>,
+    /// The retry backoff after a failed client build, list or watch: gRPC's (×1.6, jitter
+    /// 0.2) from [`DEFAULT_BACKOFF_MIN`] to [`DEFAULT_BACKOFF_MAX`] by default.
+    pub backoff: BackoffConfig,
+}
+
+impl Default for K8sConfig {
+    fn default() -> Self {
+        K8sConfig {
+            client: None,
+            kubeconfig: None,
+            namespace: None,
+            family: AddressFamily::default(),
+            backoff: BackoffConfig::default()
+                .base_delay(DEFAULT_BACKOFF_MIN)
+                .max_delay(DEFAULT_BACKOFF_MAX),
+        }
+    }
 }
 
 impl K8sConfig {
@@ -84,11 +98,10 @@ impl K8sConfig {
         self
     }
 
-    /// Sets the retry backoff bounds.
+    /// Sets the retry backoff after failures.
     #[must_use]
-    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = Some(min);
-        self.backoff_max = Some(max.max(min));
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.backoff = backoff;
         self
     }
 }
@@ -100,8 +113,7 @@ impl std::fmt::Debug for K8sConfig {
             .field("kubeconfig", &self.kubeconfig)
             .field("namespace", &self.namespace)
             .field("family", &self.family)
-            .field("backoff_min", &self.backoff_min)
-            .field("backoff_max", &self.backoff_max)
+            .field("backoff", &self.backoff)
             .finish()
     }
 }

@@ -127,9 +127,11 @@ impl Cluster {
 
     /// Discovery through this API server, retrying fast so recovery tests stay short.
     pub fn config(&self) -> K8sConfig {
-        K8sConfig::default()
-            .client(self.client.clone())
-            .backoff(Duration::from_millis(50), Duration::from_millis(400))
+        K8sConfig::default().client(self.client.clone()).backoff(
+            meshless::BackoffConfig::default()
+                .base_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(400)),
+        )
     }
 
     /// A channel for `kubernetes:///greeter.<ns>:<port>`.
