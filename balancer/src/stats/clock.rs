@@ -4,6 +4,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
 
+#[cfg(doc)]
+use super::EndpointStats;
 use crate::rng::Padded;
 
 /// How far a [`LoadClock`] must move before it is written again: 1 ms. Costs decay over

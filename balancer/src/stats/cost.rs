@@ -3,6 +3,8 @@
 use std::sync::atomic::Ordering;
 
 use super::EndpointStats;
+#[cfg(doc)]
+use super::LoadClock;
 use super::peak_ewma::UNPROBED;
 
 /// The least success ratio a cost is divided by (see [`EndpointStats::scale_by_success`]),

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+#[cfg(doc)]
+use super::LoadClock;
 use super::{EndpointStats, pack_f32};
 
 /// The default time constant of the latency EWMA: 10 s, Finagle's and go-zero's value.
