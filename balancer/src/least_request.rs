@@ -153,14 +153,8 @@ struct LeastRequestPicker {
 
 impl Picker for LeastRequestPicker {
     fn pick(&self, _req: &PickRequest<'_>) -> Pick {
-        match self.entries.len() {
-            0 => Pick::Queue,
-            1 => Pick::Ready(self.entries[0].index),
-            n => {
-                let best = self.choose.pick(n, |i| self.entries[i].cost());
-                Pick::Ready(self.entries[best].index)
-            }
-        }
+        self.choose
+            .pick_entry(&self.entries, |e| e.index, Entry::cost)
     }
 }
 

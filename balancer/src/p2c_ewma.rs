@@ -239,22 +239,21 @@ struct P2cPicker {
 
 impl Picker for P2cPicker {
     fn pick(&self, _req: &PickRequest<'_>) -> Pick {
-        match self.entries.len() {
-            0 => Pick::Queue,
-            1 => Pick::Ready(self.entries[0].0),
-            n => {
-                // In-flight calls count in units of `load_scale` × the mean per endpoint, + 1.
-                // `latency × (1 + in_flight / unit)` ranks endpoints as `latency × (unit +
-                // in_flight)` does, `unit` being the same for all: no division per pick.
-                let unit = self.clock.in_flight() as f64 * self.scale_per_endpoint + 1.0;
-                let best = self.choose.pick(n, |i| {
-                    let stats = &self.entries[i].1;
-                    let (latency, in_flight) = stats.latency_and_load();
-                    stats.scale_by_success(latency * (unit + in_flight as f64))
-                });
-                Pick::Ready(self.entries[best].0)
-            }
+        if self.entries.len() < 2 {
+            return self.choose.pick_entry(&self.entries, |e| e.0, |_| 0.0);
         }
+        // In-flight calls count in units of `load_scale` × the mean per endpoint, + 1.
+        // `latency × (1 + in_flight / unit)` ranks endpoints as `latency × (unit +
+        // in_flight)` does, `unit` being the same for all: no division per pick.
+        let unit = self.clock.in_flight() as f64 * self.scale_per_endpoint + 1.0;
+        self.choose.pick_entry(
+            &self.entries,
+            |e| e.0,
+            |(_, stats)| {
+                let (latency, in_flight) = stats.latency_and_load();
+                stats.scale_by_success(latency * (unit + in_flight as f64))
+            },
+        )
     }
 }
 
