@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::backoff::{Backoff, BackoffConfig};
 use crate::target::HostPort;
 use crate::{
-    Address, Discovery, DiscoveryError, Endpoint, ErrorKind, Registry, Scheme, Target, TargetError,
+    Address, Backend, Discovery, DiscoveryError, Endpoint, ErrorKind, Scheme, Target, TargetError,
     Update, UpdateStream,
 };
 
@@ -35,11 +35,21 @@ fn lookup_backoff() -> Backoff {
     )
 }
 
-pub(crate) fn register(r: &mut Registry) {
-    r.register("static", Arc::new(ListScheme::Static));
-    r.register("ipv4", Arc::new(ListScheme::Ipv4));
-    r.register("ipv6", Arc::new(ListScheme::Ipv6));
-    r.register("unix", Arc::new(UnixScheme));
+/// The backend of the `static`, `ipv4`, `ipv6` and `unix` schemes, for a [`Registry`](crate::Registry)
+/// (the default one has it; `Registry::empty().register(StaticScheme)` adds it to an empty
+/// one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StaticScheme;
+
+impl Backend for StaticScheme {
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)> {
+        vec![
+            ("static".to_owned(), Arc::new(ListScheme::Static)),
+            ("ipv4".to_owned(), Arc::new(ListScheme::Ipv4)),
+            ("ipv6".to_owned(), Arc::new(ListScheme::Ipv6)),
+            ("unix".to_owned(), Arc::new(UnixScheme)),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

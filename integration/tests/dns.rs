@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use meshless::Channel;
-use meshless::discovery::dns::{self, DnsConfig, DnsDiscovery, EmptyAnswer, IpFamilies};
+use meshless::discovery::dns::{DnsConfig, DnsDiscovery, DnsScheme, EmptyAnswer, IpFamilies};
 use meshless::discovery::{
     Address, Discovery, DiscoveryError, ErrorKind, Registry, Target, Update,
 };
@@ -47,7 +47,7 @@ fn config() -> DnsConfig {
 
 fn registry(config: DnsConfig) -> Registry {
     let mut r = Registry::default();
-    dns::register(&mut r, config);
+    r.register(DnsScheme::new(config));
     r
 }
 

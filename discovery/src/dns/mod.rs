@@ -4,19 +4,18 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use meshless_discovery::Registry;
-//! use meshless_discovery::dns::{self, DnsConfig};
+//! use meshless_discovery::dns::{DnsConfig, DnsScheme};
 //!
 //! // The default registry resolves `dns:` targets with the system configuration...
 //! let target = Registry::default().parse("dns:///greeter.prod.svc.cluster.local:50051").unwrap();
 //! # let _ = target;
 //! // ...or register the schemes with a configuration of your own.
 //! let mut registry = Registry::default();
-//! dns::register(
-//!     &mut registry,
+//! registry.register(DnsScheme::new(
 //!     DnsConfig::default()
 //!         .name_servers(["10.0.0.53:53".parse().unwrap()])
 //!         .ttl_bounds(Duration::from_secs(1), Duration::from_secs(10)),
-//! );
+//! ));
 //! let discovery = registry.build(&registry.parse("dns+srv:///_grpc._tcp.greeter.prod").unwrap());
 //! # let _ = discovery;
 //! ```
@@ -72,7 +71,7 @@ pub use resolver::{META_SRV_PRIORITY, META_SRV_TARGET};
 pub use target::{DEFAULT_DNS_SERVER_PORT, DEFAULT_PORT};
 
 use crate::backoff::BackoffConfig;
-use crate::{Discovery, Endpoint, Registry, Scheme, Target, TargetError, Update, UpdateStream};
+use crate::{Backend, Discovery, Endpoint, Scheme, Target, TargetError, Update, UpdateStream};
 use target::{DnsTarget, Query};
 
 /// Default lower bound of the re-resolution delay: a TTL of 0 must not make a busy loop.
@@ -263,7 +262,8 @@ impl DnsConfig {
 
 // ===== DnsScheme =====
 
-/// The registry backend of the `dns` and `dns+srv` schemes, with one [`DnsConfig`].
+/// The registry backend of the `dns` and `dns+srv` schemes, with one [`DnsConfig`]:
+/// `registry.register(DnsScheme::new(config))` replaces the default ones.
 #[derive(Debug, Clone, Default)]
 pub struct DnsScheme {
     config: Arc<DnsConfig>,
@@ -278,12 +278,14 @@ impl DnsScheme {
     }
 }
 
-/// Registers the `dns` and `dns+srv` schemes in `registry` with `config`, replacing the
-/// default ones.
-pub fn register(registry: &mut Registry, config: DnsConfig) {
-    let scheme = Arc::new(DnsScheme::new(config));
-    registry.register("dns", scheme.clone());
-    registry.register("dns+srv", scheme);
+impl Backend for DnsScheme {
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)> {
+        let scheme: Arc<dyn Scheme> = Arc::new(self);
+        vec![
+            ("dns".to_owned(), scheme.clone()),
+            ("dns+srv".to_owned(), scheme),
+        ]
+    }
 }
 
 impl Scheme for DnsScheme {
@@ -359,8 +361,4 @@ impl Discovery for DnsDiscovery {
     fn resolve_now(&self) {
         self.resolve_now.send_modify(|n| *n = n.wrapping_add(1));
     }
-}
-
-pub(crate) fn register_default(r: &mut Registry) {
-    register(r, DnsConfig::default());
 }

@@ -27,7 +27,7 @@ pub use slices::{AddressFamily, SERVICE_NAME_LABEL};
 pub use target::{PortSpec, ServiceTarget};
 
 use crate::backoff::BackoffConfig;
-use crate::{Discovery, Registry, Scheme, Target, TargetError, UpdateStream};
+use crate::{Backend, Discovery, Scheme, Target, TargetError, UpdateStream};
 
 /// Default first delay before retrying a failed list or watch (kube-runtime's default).
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(800);
@@ -118,7 +118,8 @@ impl std::fmt::Debug for K8sConfig {
     }
 }
 
-/// The `kubernetes` / `k8s` scheme for a [`Registry`].
+/// The `kubernetes` and `k8s` schemes for a [`Registry`](crate::Registry), with one
+/// [`K8sConfig`]: `registry.register(K8sScheme::new(config))` replaces the default ones.
 #[derive(Debug, Clone, Default)]
 pub struct K8sScheme {
     config: K8sConfig,
@@ -129,17 +130,16 @@ impl K8sScheme {
     pub fn new(config: K8sConfig) -> Self {
         K8sScheme { config }
     }
-
-    /// Registers this scheme as `kubernetes` and `k8s` in `registry`.
-    pub fn register(self, registry: &mut Registry) {
-        let scheme = Arc::new(self);
-        registry.register("kubernetes", scheme.clone());
-        registry.register("k8s", scheme);
-    }
 }
 
-pub(crate) fn register(registry: &mut Registry) {
-    K8sScheme::default().register(registry);
+impl Backend for K8sScheme {
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)> {
+        let scheme: Arc<dyn Scheme> = Arc::new(self);
+        vec![
+            ("kubernetes".to_owned(), scheme.clone()),
+            ("k8s".to_owned(), scheme),
+        ]
+    }
 }
 
 impl Scheme for K8sScheme {

@@ -137,7 +137,7 @@ impl Cluster {
     /// A channel for `kubernetes:///greeter.<ns>:<port>`.
     pub fn channel(&self, port: &str, policy: &str) -> Channel {
         let mut registry = Registry::default();
-        K8sScheme::new(self.config()).register(&mut registry);
+        registry.register(K8sScheme::new(self.config()));
         Channel::builder(format!("kubernetes:///{SERVICE}.{}:{port}", self.ns))
             .registry(registry)
             .policy(policy)
