@@ -17,7 +17,7 @@
 mod channel;
 mod control;
 mod errors;
-pub mod grpc_timeout;
+mod grpc_timeout;
 mod preface;
 mod replay;
 mod settings;
@@ -27,8 +27,9 @@ mod tracked;
 
 pub use channel::{
     BuildError, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_TCP_KEEPALIVE, DEFAULT_WAIT_FOR_READY, ResponseFuture,
+    DEFAULT_QUEUE_TIMEOUT, DEFAULT_TCP_KEEPALIVE, ResponseFuture,
 };
+pub use grpc_timeout::GrpcTimeout;
 pub use meshless_discovery::backoff::BackoffConfig;
 pub use settings::{
     DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_HEADER_LIST_SIZE,

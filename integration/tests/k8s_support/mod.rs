@@ -142,7 +142,7 @@ impl Cluster {
             .registry(registry)
             .policy(policy)
             .backoff(fast_backoff())
-            .wait_for_ready_timeout(Duration::from_secs(3))
+            .queue_timeout(Duration::from_secs(3))
             .build()
             .expect("channel")
     }
