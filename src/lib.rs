@@ -35,9 +35,15 @@ pub use meshless_discovery as discovery;
 pub use meshless_middleware as middleware;
 pub use meshless_transport as transport;
 
-pub use meshless_discovery::{Endpoint, Target, TargetError};
+// What using a channel needs, from one place; the rest is in the crate modules above.
+pub use meshless_balancer::{ConnectivityState, RequestHashKey};
+pub use meshless_discovery::backoff::BackoffConfig;
+pub use meshless_discovery::{
+    Address, Endpoint, ManualDiscovery, ManualHandle, Registry, Target, TargetError,
+};
+pub use meshless_middleware::{DefaultDeadline, DefaultDeadlineLayer};
 pub use meshless_transport::{
-    BackoffConfig, BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus,
+    BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
 };
 
 /// The README's examples, compiled as doc tests so they stay true.

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::Pick;
 use crate::rng::{Padded, PickRng, below, mix64};
 
 /// The fewest candidates compared per pick (gRPC A48 `choice_count` minimum).
@@ -49,6 +50,25 @@ impl BestOf {
             last.0.store(best, Ordering::Relaxed);
         }
         best
+    }
+
+    /// The pick among `entries`, each an endpoint of subchannel index `index(entry)`: none
+    /// queues, one is taken without a draw, more are compared by `cost` (see
+    /// [`pick`](Self::pick)).
+    #[inline]
+    pub(crate) fn pick_entry<T>(
+        &self,
+        entries: &[T],
+        index: impl Fn(&T) -> usize,
+        cost: impl Fn(&T) -> f64,
+    ) -> Pick {
+        match entries {
+            [] => Pick::Queue,
+            [only] => Pick::Ready(index(only)),
+            _ => Pick::Ready(index(
+                &entries[self.pick(entries.len(), |i| cost(&entries[i]))],
+            )),
+        }
     }
 }
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::choice::BestOf;
+use crate::config::config_setters;
 use crate::stats::{DEFAULT_DECAY, DEFAULT_RTT, LoadClock, Signals};
 use crate::{Balancer, EndpointStats, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
@@ -42,35 +43,13 @@ impl Default for LeastRequestConfig {
     }
 }
 
-impl LeastRequestConfig {
-    /// Sets [`choice_count`](Self::choice_count).
-    #[must_use]
-    pub fn choice_count(mut self, n: u32) -> Self {
-        self.choice_count = n;
-        self
-    }
-
-    /// Sets [`failure_decay`](Self::failure_decay).
-    #[must_use]
-    pub fn failure_decay(mut self, decay: Duration) -> Self {
-        self.failure_decay = decay;
-        self
-    }
-
-    /// Sets [`memory`](Self::memory).
-    #[must_use]
-    pub fn memory(mut self, memory: bool) -> Self {
-        self.memory = memory;
-        self
-    }
-
-    /// Sets [`seed`](Self::seed).
-    #[must_use]
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-}
+config_setters!(LeastRequestConfig {
+    choice_count: u32,
+    failure_decay: Duration,
+    memory: bool,
+} optional {
+    seed: u64,
+});
 
 /// gRPC's `least_request_experimental` (A48): each request draws
 /// [`choice_count`](LeastRequestConfig::choice_count) distinct ready endpoints at random
@@ -174,14 +153,8 @@ struct LeastRequestPicker {
 
 impl Picker for LeastRequestPicker {
     fn pick(&self, _req: &PickRequest<'_>) -> Pick {
-        match self.entries.len() {
-            0 => Pick::Queue,
-            1 => Pick::Ready(self.entries[0].index),
-            n => {
-                let best = self.choose.pick(n, |i| self.entries[i].cost());
-                Pick::Ready(self.entries[best].index)
-            }
-        }
+        self.choose
+            .pick_entry(&self.entries, |e| e.index, Entry::cost)
     }
 }
 

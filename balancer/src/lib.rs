@@ -25,6 +25,7 @@
 #![warn(missing_docs)]
 
 mod choice;
+mod config;
 mod hash_key;
 mod least_request;
 mod maglev;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh64::xxh64;
 
+use crate::config::config_setters;
 use crate::hash_key::{HashKeyConfig, XXH64_SEED};
 use crate::ring_hash::{hash_weights, resolve_ready};
 use crate::rng::{PickRng, below};
@@ -58,35 +59,13 @@ impl Default for MaglevConfig {
     }
 }
 
-impl MaglevConfig {
-    /// Sets [`key`](Self::key).
-    #[must_use]
-    pub fn key(mut self, key: HashKeyConfig) -> Self {
-        self.key = key;
-        self
-    }
-
-    /// Sets [`min_table_size`](Self::min_table_size).
-    #[must_use]
-    pub fn min_table_size(mut self, n: u64) -> Self {
-        self.min_table_size = n;
-        self
-    }
-
-    /// Sets [`max_table_size`](Self::max_table_size).
-    #[must_use]
-    pub fn max_table_size(mut self, n: u64) -> Self {
-        self.max_table_size = n;
-        self
-    }
-
-    /// Sets [`seed`](Self::seed).
-    #[must_use]
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-}
+config_setters!(MaglevConfig {
+    key: HashKeyConfig,
+    min_table_size: u64,
+    max_table_size: u64,
+} optional {
+    seed: u64,
+});
 
 /// Maglev hashing: a table of prime size `M` (the first prime after 1024 × the endpoints
 /// rounded up to a power of two, at least 65,537 and 100 × the endpoints; see

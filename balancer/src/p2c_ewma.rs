@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::choice::BestOf;
+use crate::config::config_setters;
 use crate::stats::{
     DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, DEFAULT_SAMPLE_WINDOW, LoadClock,
 };
@@ -122,63 +123,19 @@ impl P2cEwmaConfig {
     fn classic() -> Self {
         Self::default().memory(false).load_scale(0).sample_window(0)
     }
-
-    /// Sets [`load_scale`](Self::load_scale).
-    #[must_use]
-    pub fn load_scale(mut self, scale: u32) -> Self {
-        self.load_scale = scale;
-        self
-    }
-
-    /// Sets [`sample_window`](Self::sample_window).
-    #[must_use]
-    pub fn sample_window(mut self, calls: u32) -> Self {
-        self.sample_window = calls;
-        self
-    }
-
-    /// Sets [`decay`](Self::decay).
-    #[must_use]
-    pub fn decay(mut self, decay: Duration) -> Self {
-        self.decay = decay;
-        self
-    }
-
-    /// Sets [`default_rtt`](Self::default_rtt).
-    #[must_use]
-    pub fn default_rtt(mut self, rtt: Duration) -> Self {
-        self.default_rtt = rtt;
-        self
-    }
-
-    /// Sets [`failure_penalty`](Self::failure_penalty).
-    #[must_use]
-    pub fn failure_penalty(mut self, penalty: Duration) -> Self {
-        self.failure_penalty = penalty;
-        self
-    }
-
-    /// Sets [`choice_count`](Self::choice_count).
-    #[must_use]
-    pub fn choice_count(mut self, n: u32) -> Self {
-        self.choice_count = n;
-        self
-    }
-
-    /// Sets [`memory`](Self::memory).
-    #[must_use]
-    pub fn memory(mut self, memory: bool) -> Self {
-        self.memory = memory;
-        self
-    }
-
-    /// Sets [`seed`](Self::seed).
-    #[must_use]
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
 }
+
+config_setters!(P2cEwmaConfig {
+    load_scale: u32,
+    sample_window: u32,
+    decay: Duration,
+    default_rtt: Duration,
+    failure_penalty: Duration,
+    choice_count: u32,
+    memory: bool,
+} optional {
+    seed: u64,
+});
 
 /// Power of two choices over peak-EWMA cost, after Finagle's and tower's `p2c` + `PeakEwma`:
 /// each request compares two distinct ready endpoints and takes the one with the lower
@@ -282,22 +239,21 @@ struct P2cPicker {
 
 impl Picker for P2cPicker {
     fn pick(&self, _req: &PickRequest<'_>) -> Pick {
-        match self.entries.len() {
-            0 => Pick::Queue,
-            1 => Pick::Ready(self.entries[0].0),
-            n => {
-                // In-flight calls count in units of `load_scale` × the mean per endpoint, + 1.
-                // `latency × (1 + in_flight / unit)` ranks endpoints as `latency × (unit +
-                // in_flight)` does, `unit` being the same for all: no division per pick.
-                let unit = self.clock.in_flight() as f64 * self.scale_per_endpoint + 1.0;
-                let best = self.choose.pick(n, |i| {
-                    let stats = &self.entries[i].1;
-                    let (latency, in_flight) = stats.latency_and_load();
-                    stats.scale_by_success(latency * (unit + in_flight as f64))
-                });
-                Pick::Ready(self.entries[best].0)
-            }
+        if self.entries.len() < 2 {
+            return self.choose.pick_entry(&self.entries, |e| e.0, |_| 0.0);
         }
+        // In-flight calls count in units of `load_scale` × the mean per endpoint, + 1.
+        // `latency × (1 + in_flight / unit)` ranks endpoints as `latency × (unit +
+        // in_flight)` does, `unit` being the same for all: no division per pick.
+        let unit = self.clock.in_flight() as f64 * self.scale_per_endpoint + 1.0;
+        self.choose.pick_entry(
+            &self.entries,
+            |e| e.0,
+            |(_, stats)| {
+                let (latency, in_flight) = stats.latency_and_load();
+                stats.scale_by_success(latency * (unit + in_flight as f64))
+            },
+        )
     }
 }
 

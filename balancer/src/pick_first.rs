@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use meshless_discovery::Address;
 
+use crate::config::config_setters;
 use crate::{Balancer, ConnectMode, Pick, PickRequest, Picker, SubchannelView, ready_indices};
 
 /// How long pick_first waits for a connection attempt before it starts the next one too:
@@ -20,14 +21,9 @@ pub struct PickFirstConfig {
     pub shuffle_address_list: bool,
 }
 
-impl PickFirstConfig {
-    /// Sets [`shuffle_address_list`](Self::shuffle_address_list).
-    #[must_use]
-    pub fn shuffle_address_list(mut self, on: bool) -> Self {
-        self.shuffle_address_list = on;
-        self
-    }
-}
+config_setters!(PickFirstConfig {
+    shuffle_address_list: bool,
+});
 
 /// Sends every request to one ready endpoint: the first in discovery order (or a random
 /// one, see [`PickFirstConfig`]). It sticks to that endpoint for as long as it stays

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::config::config_setters;
 use crate::rng::{PickRng, below};
 use crate::{Balancer, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
@@ -30,21 +31,11 @@ impl Default for RandomConfig {
     }
 }
 
-impl RandomConfig {
-    /// Sets [`weighted`](Self::weighted).
-    #[must_use]
-    pub fn weighted(mut self, on: bool) -> Self {
-        self.weighted = on;
-        self
-    }
-
-    /// Sets [`seed`](Self::seed).
-    #[must_use]
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-}
+config_setters!(RandomConfig {
+    weighted: bool,
+} optional {
+    seed: u64,
+});
 
 /// Sends each request to a random ready endpoint, each with probability proportional to
 /// its weight (Vose's alias method: one random number and one table lookup per pick,

@@ -229,9 +229,11 @@ impl RingHash {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let drifted = !(st.per_weight > 0.0
             && (0.75..=4.0 / 3.0).contains(&(st.per_weight / ideal.max(f64::MIN_POSITIVE))));
-        if st.ring.is_none() || st.weighted != weighted || drifted {
-            st.rebuild(subchannels, &weights, ideal, weighted);
-        } else if !st.update(subchannels, &weights, self.config.max_ring_size) {
+        let kept = st.ring.is_some()
+            && st.weighted == weighted
+            && !drifted
+            && st.update(subchannels, &weights, self.config.max_ring_size);
+        if !kept {
             st.rebuild(subchannels, &weights, ideal, weighted);
         }
         st.picker(
@@ -828,7 +830,7 @@ mod tests {
                 // Readiness flips.
                 _ => {
                     for (i, s) in subs.iter_mut().enumerate().skip(1) {
-                        s.state = if (mix64(rng ^ i as u64) % 5) == 0 {
+                        s.state = if mix64(rng ^ i as u64).is_multiple_of(5) {
                             Connecting
                         } else {
                             Ready

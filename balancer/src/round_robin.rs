@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::rng::Padded;
 use crate::{Balancer, Pick, PickRequest, Picker, SubchannelView, ready_indices};
 
 /// Sends each request to the next ready endpoint in turn. Every new picker starts at a
@@ -30,13 +31,10 @@ impl Balancer for RoundRobin {
     }
 }
 
-/// Keeps the hot counter on its own cache line, away from the read-only index list.
-#[repr(align(128))]
-struct Padded(AtomicUsize);
-
 struct RoundRobinPicker {
     ready: Vec<usize>,
-    next: Padded,
+    /// On its own cache line, away from the read-only index list.
+    next: Padded<AtomicUsize>,
 }
 
 impl Picker for RoundRobinPicker {

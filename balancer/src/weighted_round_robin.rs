@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use meshless_discovery::Address;
 
+use crate::config::config_setters;
 use crate::rng::{Padded, PickRng};
 use crate::{Balancer, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
@@ -43,21 +44,11 @@ impl Default for WeightedRoundRobinConfig {
     }
 }
 
-impl WeightedRoundRobinConfig {
-    /// Sets [`random_start`](Self::random_start).
-    #[must_use]
-    pub fn random_start(mut self, on: bool) -> Self {
-        self.random_start = on;
-        self
-    }
-
-    /// Sets [`seed`](Self::seed).
-    #[must_use]
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-}
+config_setters!(WeightedRoundRobinConfig {
+    random_start: bool,
+} optional {
+    seed: u64,
+});
 
 /// Static-weight round robin with an earliest-deadline-first scheduler (as Envoy's): an
 /// endpoint of weight `w` is due every `1/w` of a period, and each pick takes the endpoint

@@ -52,15 +52,15 @@ impl TargetArgs {
         let mut registry = Registry::default();
         #[cfg(feature = "dns")]
         if let Some(server) = &self.dns_server {
-            use meshless::discovery::dns::{self, DnsConfig};
+            use meshless::discovery::dns::{DnsConfig, DnsScheme};
             let addr = dns_server_addr(server)?;
             check_dns_target(&self.target()?)?;
-            dns::register(&mut registry, DnsConfig::default().name_servers([addr]));
+            registry.register(DnsScheme::new(DnsConfig::default().name_servers([addr])));
         }
         #[cfg(feature = "k8s")]
         if let Some(path) = &self.kubeconfig {
             use meshless::discovery::k8s::{K8sConfig, K8sScheme};
-            K8sScheme::new(K8sConfig::default().kubeconfig(path)).register(&mut registry);
+            registry.register(K8sScheme::new(K8sConfig::default().kubeconfig(path)));
         }
         Ok(registry)
     }

@@ -10,13 +10,16 @@
 //! assert!(Target::parse("gopher:///x:1").unwrap_err().to_string().contains("unknown scheme"));
 //! ```
 //!
-//! Backends are modules, each registered under its scheme in [`Registry`]. Always present:
-//! `static`, `ipv4`, `ipv6`, `unix` ([`StaticDiscovery`]) and the code-driven
-//! [`ManualDiscovery`]. With the `dns` cargo feature: `dns` and `dns+srv` ([`dns`]).
+//! Backends are modules, each a [`Backend`] value registered whole in a [`Registry`] with
+//! [`Registry::register`]. Always present: `static`, `ipv4`, `ipv6`, `unix`
+//! ([`StaticScheme`], [`StaticDiscovery`]) and the code-driven [`ManualDiscovery`]. With the
+//! `dns` cargo feature: `dns` and `dns+srv` (`dns::DnsScheme`); with `k8s`: `kubernetes`
+//! and `k8s` (`k8s::K8sScheme`).
 
 #![warn(missing_docs)]
 
 mod address;
+pub mod backoff;
 mod discovery;
 #[cfg(feature = "dns")]
 pub mod dns;
@@ -32,6 +35,6 @@ pub use address::Address;
 pub use discovery::{Discovery, DiscoveryError, ErrorKind, Update, UpdateStream};
 pub use endpoint::{DEFAULT_WEIGHT, Endpoint, Metadata};
 pub use manual::{ManualDiscovery, ManualHandle};
-pub use registry::{Registry, Scheme};
-pub use static_list::StaticDiscovery;
+pub use registry::{Backend, Registry, Scheme};
+pub use static_list::{StaticDiscovery, StaticScheme};
 pub use target::{HostPort, Target, TargetError, is_dns_name};

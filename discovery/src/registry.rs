@@ -15,11 +15,58 @@ pub trait Scheme: Send + Sync + 'static {
     fn build(&self, target: &Target) -> Result<Arc<dyn Discovery>, TargetError>;
 }
 
+/// A discovery backend as it is registered: the target schemes it serves, each with the
+/// [`Scheme`] that parses and builds its targets. Every backend of this crate is one value
+/// ([`StaticScheme`](crate::StaticScheme), `dns::DnsScheme`, `k8s::K8sScheme`), so all are
+/// registered the same way, `registry.register(DnsScheme::new(config))`; a scheme of your
+/// own registers as a `(name, scheme)` pair.
+pub trait Backend {
+    /// The scheme names this backend serves and the scheme of each.
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)>;
+}
+
+/// One scheme under one name: `registry.register(("consul", MyConsulScheme::new()))`.
+impl<S: Scheme> Backend for (&str, S) {
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)> {
+        vec![(self.0.to_owned(), Arc::new(self.1))]
+    }
+}
+
+/// One scheme under one name, already shared.
+impl Backend for (&str, Arc<dyn Scheme>) {
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)> {
+        vec![(self.0.to_owned(), self.1)]
+    }
+}
+
 /// Maps target schemes to discovery backends.
 ///
 /// [`Registry::default`] holds every scheme compiled into this build: `static`, `ipv4`,
-/// `ipv6` and `unix` always, and the schemes of enabled cargo features. Add your own with
-/// [`Registry::register`].
+/// `ipv6` and `unix` always, and the schemes of enabled cargo features. Add or replace
+/// backends with [`Registry::register`]:
+///
+/// ```
+/// use std::sync::Arc;
+/// use meshless_discovery::{
+///     Discovery, Endpoint, Registry, Scheme, StaticDiscovery, Target, TargetError,
+/// };
+///
+/// /// `fixed:` always answers one address.
+/// struct Fixed;
+/// impl Scheme for Fixed {
+///     fn check(&self, _: &Target) -> Result<(), TargetError> {
+///         Ok(())
+///     }
+///     fn build(&self, _: &Target) -> Result<Arc<dyn Discovery>, TargetError> {
+///         let addr: std::net::SocketAddr = "10.0.0.1:50051".parse().unwrap();
+///         Ok(Arc::new(StaticDiscovery::new(vec![Endpoint::new(addr)])))
+///     }
+/// }
+///
+/// let mut registry = Registry::default();
+/// registry.register(("fixed", Fixed));
+/// assert!(registry.parse("fixed:anything").is_ok());
+/// ```
 #[derive(Clone)]
 pub struct Registry {
     schemes: BTreeMap<String, Arc<dyn Scheme>>,
@@ -38,11 +85,11 @@ const FEATURE_SCHEMES: &[(&str, &str)] = &[
 impl Default for Registry {
     fn default() -> Self {
         let mut r = Registry::empty();
-        crate::static_list::register(&mut r);
+        r.register(crate::StaticScheme);
         #[cfg(feature = "dns")]
-        crate::dns::register_default(&mut r);
+        r.register(crate::dns::DnsScheme::default());
         #[cfg(feature = "k8s")]
-        crate::k8s::register(&mut r);
+        r.register(crate::k8s::K8sScheme::default());
         r
     }
 }
@@ -55,9 +102,12 @@ impl Registry {
         }
     }
 
-    /// Registers (or replaces) the backend for `scheme` (matched case-insensitively).
-    pub fn register(&mut self, scheme: &str, backend: Arc<dyn Scheme>) -> &mut Self {
-        self.schemes.insert(scheme.to_ascii_lowercase(), backend);
+    /// Registers `backend` under each of its schemes (matched case-insensitively), replacing
+    /// what served them before.
+    pub fn register(&mut self, backend: impl Backend) -> &mut Self {
+        for (scheme, s) in backend.into_schemes() {
+            self.schemes.insert(scheme.to_ascii_lowercase(), s);
+        }
         self
     }
 

@@ -4,31 +4,52 @@
 //!   literals with ports, as in gRPC's naming document (the port is required here).
 //! - `unix:relative/path`, `unix:/absolute/path` and `unix:///absolute/path`.
 //! - `static:///host1:50051,10.0.0.2:50051`: names or IP literals. Names are resolved once
-//!   with the system resolver; a name that does not resolve is retried with backoff.
+//!   with the system resolver; a name that does not resolve is retried with the shared
+//!   [`Backoff`](crate::backoff::Backoff) (0.5 s, ×1.6, jitter 0.2, cap 30 s).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::{Backoff, BackoffConfig};
 use crate::target::HostPort;
 use crate::{
-    Address, Discovery, DiscoveryError, Endpoint, ErrorKind, Registry, Scheme, Target, TargetError,
+    Address, Backend, Discovery, DiscoveryError, Endpoint, ErrorKind, Scheme, Target, TargetError,
     Update, UpdateStream,
 };
 
 /// How long one system lookup of a static host name may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
-/// First retry delay after a failed lookup; doubles up to [`LOOKUP_RETRY_MAX`].
+/// First retry delay after a failed lookup; grows as gRPC's backoff up to [`LOOKUP_RETRY_MAX`].
 const LOOKUP_RETRY_MIN: Duration = Duration::from_millis(500);
 /// Longest retry delay after failed lookups.
 const LOOKUP_RETRY_MAX: Duration = Duration::from_secs(30);
 
-pub(crate) fn register(r: &mut Registry) {
-    r.register("static", Arc::new(ListScheme::Static));
-    r.register("ipv4", Arc::new(ListScheme::Ipv4));
-    r.register("ipv6", Arc::new(ListScheme::Ipv6));
-    r.register("unix", Arc::new(UnixScheme));
+/// The retry backoff of failed lookups: gRPC's, from [`LOOKUP_RETRY_MIN`] to [`LOOKUP_RETRY_MAX`].
+fn lookup_backoff() -> Backoff {
+    Backoff::new(
+        BackoffConfig::default()
+            .base_delay(LOOKUP_RETRY_MIN)
+            .max_delay(LOOKUP_RETRY_MAX),
+    )
+}
+
+/// The backend of the `static`, `ipv4`, `ipv6` and `unix` schemes, for a [`Registry`](crate::Registry)
+/// (the default one has it; `Registry::empty().register(StaticScheme)` adds it to an empty
+/// one).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StaticScheme;
+
+impl Backend for StaticScheme {
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)> {
+        vec![
+            ("static".to_owned(), Arc::new(ListScheme::Static)),
+            ("ipv4".to_owned(), Arc::new(ListScheme::Ipv4)),
+            ("ipv6".to_owned(), Arc::new(ListScheme::Ipv6)),
+            ("unix".to_owned(), Arc::new(UnixScheme)),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,19 +179,19 @@ impl Discovery for StaticDiscovery {
 fn resolve_stream(
     hosts: Arc<Vec<HostPort>>,
 ) -> impl futures_core::Stream<Item = Result<Update, DiscoveryError>> + Send {
-    // State: how long to wait before the next attempt; `None` once resolved.
-    futures_util::stream::unfold(Some(Duration::ZERO), move |wait| {
+    // State: the wait before the next attempt and the backoff; `None` once resolved.
+    futures_util::stream::unfold(Some((Duration::ZERO, lookup_backoff())), move |state| {
         let hosts = hosts.clone();
         async move {
-            let wait = wait?;
+            let (wait, mut backoff) = state?;
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             match resolve_all(&hosts).await {
                 Ok(eps) => Some((Ok(Update::Reset(eps)), None)),
                 Err(e) => {
-                    let next = (wait * 2).clamp(LOOKUP_RETRY_MIN, LOOKUP_RETRY_MAX);
-                    Some((Err(e), Some(next)))
+                    let next = backoff.next_delay();
+                    Some((Err(e), Some((next, backoff))))
                 }
             }
         }

@@ -149,7 +149,9 @@ pub struct Target {
 }
 
 impl Target {
-    /// Parses and validates `input` against the default [`Registry`](crate::Registry).
+    /// Parses and validates `input` against the default [`Registry`](crate::Registry): the
+    /// schemes compiled into this build. For a target of a scheme registered elsewhere, use
+    /// [`parse_with`](Self::parse_with) with the registry the channel uses.
     ///
     /// ```
     /// use meshless_discovery::Target;
@@ -159,6 +161,22 @@ impl Target {
     /// ```
     pub fn parse(input: &str) -> Result<Target, TargetError> {
         crate::Registry::default().parse(input)
+    }
+
+    /// Parses and validates `input` against `registry`, so that schemes registered there
+    /// (and backends configured there) parse as a channel using it would parse them. The
+    /// same as [`Registry::parse`](crate::Registry::parse).
+    ///
+    /// ```
+    /// use meshless_discovery::{Registry, StaticScheme, Target};
+    /// let empty = Registry::empty();
+    /// assert!(Target::parse_with("static:///10.0.0.1:50051", &empty).is_err());
+    /// let mut registry = Registry::empty();
+    /// registry.register(StaticScheme);
+    /// assert!(Target::parse_with("static:///10.0.0.1:50051", &registry).is_ok());
+    /// ```
+    pub fn parse_with(input: &str, registry: &crate::Registry) -> Result<Target, TargetError> {
+        registry.parse(input)
     }
 
     /// Splits `input` into scheme, authority and endpoint without asking any backend.

@@ -92,7 +92,9 @@ async fn convergence() {
         slice("base", base.addr().port(), "127.0.0.1", true),
     );
     let mut registry = Registry::default();
-    K8sScheme::new(K8sConfig::default().client(client_for(&api))).register(&mut registry);
+    registry.register(K8sScheme::new(
+        K8sConfig::default().client(client_for(&api)),
+    ));
     let channel = Channel::builder("kubernetes:///greeter.default:grpc")
         .registry(registry)
         .policy("round_robin")
@@ -222,7 +224,7 @@ async fn scale(only_apply: bool) {
 
     // The whole channel: 5,000 connections, calls running while slices change.
     let mut registry = Registry::default();
-    K8sScheme::new(config).register(&mut registry);
+    registry.register(K8sScheme::new(config));
     let rss1 = rss_kib();
     let t1 = Instant::now();
     let channel = Channel::builder("kubernetes:///greeter.default:grpc")

@@ -207,6 +207,18 @@ impl TestServer {
     }
 }
 
+/// Starts `n` default greeter servers (which also answer `grpc.health.v1.Health`) named
+/// `s0`..`s{n-1}`, on loopback ports of their own. Panics if one cannot start.
+pub fn spawn_servers(n: usize) -> Vec<ServerHandle> {
+    (0..n)
+        .map(|i| {
+            TestServer::new(format!("s{i}"))
+                .spawn()
+                .expect("spawn server")
+        })
+        .collect()
+}
+
 // ===== ServerHandle =====
 
 /// A running (or stopped) greeter server. Dropping it kills the server.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use futures_util::StreamExt;
 use meshless::Channel;
-use meshless::discovery::dns::{self, DnsConfig, DnsDiscovery, EmptyAnswer, IpFamilies};
+use meshless::discovery::dns::{DnsConfig, DnsDiscovery, DnsScheme, EmptyAnswer, IpFamilies};
 use meshless::discovery::{
     Address, Discovery, DiscoveryError, ErrorKind, Registry, Target, Update,
 };
@@ -34,13 +34,20 @@ const PORT_TRIES: usize = 10;
 fn config() -> DnsConfig {
     DnsConfig::default()
         .families(IpFamilies::Ipv4Only)
-        .retry_backoff(Duration::from_millis(100), Duration::from_millis(500))
+        // ×2 without jitter: retry times the query counts below can rely on.
+        .backoff(
+            meshless::BackoffConfig::default()
+                .base_delay(Duration::from_millis(100))
+                .multiplier(2.0)
+                .jitter(0.0)
+                .max_delay(Duration::from_millis(500)),
+        )
         .query_timeout(Duration::from_millis(300), 1)
 }
 
 fn registry(config: DnsConfig) -> Registry {
     let mut r = Registry::default();
-    dns::register(&mut r, config);
+    r.register(DnsScheme::new(config));
     r
 }
 

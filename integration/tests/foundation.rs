@@ -179,7 +179,7 @@ async fn all_endpoints_down_fails_unavailable_within_bound() {
     let target = format!("static:///{},{}", dead_addr(), dead_addr());
     let bound = Duration::from_secs(2);
     let channel = Channel::builder(target.clone())
-        .wait_for_ready_timeout(bound)
+        .queue_timeout(bound)
         .build()
         .unwrap();
     let mut client = GreeterClient::new(channel);
@@ -189,7 +189,7 @@ async fn all_endpoints_down_fails_unavailable_within_bound() {
     // may overrun the bound by seconds. What must not happen is waiting for the default.
     let took = start.elapsed();
     assert!(
-        took < meshless::transport::DEFAULT_WAIT_FOR_READY,
+        took < meshless::transport::DEFAULT_QUEUE_TIMEOUT,
         "{took:?}"
     );
     assert_eq!(err.code(), Code::Unavailable, "{err}");
@@ -222,7 +222,7 @@ async fn unresolved_target_waits_the_bound() {
     let (discovery, _handle) = ManualDiscovery::new();
     let bound = Duration::from_millis(300);
     let channel = Channel::with_discovery("never-resolves", Arc::new(discovery))
-        .wait_for_ready_timeout(bound)
+        .queue_timeout(bound)
         .build()
         .unwrap();
     let mut client = GreeterClient::new(channel);
@@ -243,7 +243,7 @@ async fn restarted_server_is_used_again_after_backoff() {
     let mut servers = servers(1);
     let channel = Channel::builder(static_target(&servers))
         .backoff(fast_backoff())
-        .wait_for_ready_timeout(Duration::from_millis(200))
+        .queue_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
     wait_ready(&channel, 1).await;
@@ -419,4 +419,31 @@ async fn dropping_every_clone_stops_the_control_task_and_closes_connections() {
         open_a.load(Ordering::SeqCst) == 0 && open_b.load(Ordering::SeqCst) == 0
     })
     .await;
+}
+
+/// A builder from `with_discovery` parses no target, so a registry set on it could only be
+/// ignored: `build` says so instead.
+#[tokio::test]
+async fn with_discovery_refuses_a_registry() {
+    let (discovery, _handle) = ManualDiscovery::new();
+    let err = Channel::with_discovery("manual", Arc::new(discovery))
+        .registry(meshless::Registry::default())
+        .build()
+        .expect_err("a registry with a given discovery is an error");
+    assert!(
+        matches!(err, meshless::BuildError::RegistryWithDiscovery { ref name } if name == "manual"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("with_discovery"), "{err}");
+}
+
+/// `Target::parse_with` parses against the registry given, as the channel does.
+#[test]
+fn targets_parse_with_the_channels_registry() {
+    use meshless::discovery::StaticScheme;
+    let empty = meshless::Registry::empty();
+    assert!(meshless::Target::parse_with("static:///127.0.0.1:1", &empty).is_err());
+    let mut registry = meshless::Registry::empty();
+    registry.register(StaticScheme);
+    assert!(meshless::Target::parse_with("static:///127.0.0.1:1", &registry).is_ok());
 }

@@ -240,7 +240,7 @@ async fn ports_by_name_number_or_omitted() {
     }
     // Omitted: the only port is used.
     let mut registry = Registry::default();
-    K8sScheme::new(c.config()).register(&mut registry);
+    registry.register(K8sScheme::new(c.config()));
     let channel = Channel::builder(format!("k8s://{}/{SERVICE}", c.ns))
         .registry(registry.clone())
         .build()

@@ -397,7 +397,7 @@ async fn calls_beyond_every_stream_limit_wait_boundedly() {
     .await;
     let (d, handle) = ManualDiscovery::new();
     let channel = Channel::with_discovery("limited", Arc::new(d))
-        .wait_for_ready_timeout(Duration::from_millis(100))
+        .queue_timeout(Duration::from_millis(100))
         .build()
         .unwrap();
     handle.reset(vec![Endpoint::new(s0)]);

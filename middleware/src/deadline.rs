@@ -3,25 +3,23 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::HeaderValue;
+use meshless_transport::GrpcTimeout;
 use tower_layer::Layer;
 use tower_service::Service;
-
-use meshless_transport::grpc_timeout::{HEADER as GRPC_TIMEOUT, encode as encode_timeout};
 
 /// Adds a `grpc-timeout` header to every request that has none. The server then cancels the
 /// call at the deadline, and a meshless `Channel` bounds its wait for a ready endpoint by it.
 /// Calls that set their own deadline (`Request::set_timeout` in tonic) keep it.
 #[derive(Debug, Clone)]
 pub struct DefaultDeadlineLayer {
-    header: HeaderValue,
+    header: GrpcTimeout,
 }
 
 impl DefaultDeadlineLayer {
     /// A layer that gives calls without a deadline `timeout`.
     pub fn new(timeout: Duration) -> Self {
         DefaultDeadlineLayer {
-            header: encode_timeout(timeout),
+            header: GrpcTimeout::new(timeout),
         }
     }
 }
@@ -40,7 +38,7 @@ impl<S> Layer<S> for DefaultDeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct DefaultDeadline<S> {
     inner: S,
-    header: HeaderValue,
+    header: GrpcTimeout,
 }
 
 impl<S, B> Service<http::Request<B>> for DefaultDeadline<S>
@@ -56,9 +54,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> S::Future {
-        if !req.headers().contains_key(GRPC_TIMEOUT) {
-            req.headers_mut().insert(GRPC_TIMEOUT, self.header.clone());
-        }
+        self.header.set_if_absent(req.headers_mut());
         self.inner.call(req)
     }
 }
@@ -66,7 +62,10 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use tower::{ServiceExt, service_fn};
+
+    const GRPC_TIMEOUT: &str = "grpc-timeout";
 
     #[tokio::test]
     async fn adds_only_when_missing() {

@@ -13,7 +13,6 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::backoff::BackoffConfig;
 use crate::control::{Control, PickerState, Shared};
 use crate::errors::{chain, code_of, is_remote_go_away, never_processed, sanitize_status_details};
 use crate::grpc_timeout;
@@ -22,9 +21,11 @@ use crate::settings::Http2Settings;
 use crate::status::ChannelStatus;
 use crate::subchannel::{Conn, ConnectConfig, Subchannel};
 use crate::tracked::{CallGuard, StreamSlot, TrackedBody};
+use meshless_discovery::backoff::BackoffConfig;
 
-/// Default bound on how long a call waits for an endpoint to become ready.
-pub const DEFAULT_WAIT_FOR_READY: Duration = Duration::from_secs(10);
+/// Default bound on how long a call waits in the channel's queue for a ready endpoint (see
+/// [`ChannelBuilder::queue_timeout`]).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on one connection attempt. Shorter than gRPC's 20 s minimum because a
 /// channel has other endpoints to use meanwhile.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -71,20 +72,30 @@ pub enum BuildError {
     /// `build` was called outside a Tokio runtime.
     #[error("meshless::Channel must be built inside a Tokio runtime (it spawns its control task)")]
     NoRuntime,
+    /// [`ChannelBuilder::registry`] was set on a builder from [`Channel::with_discovery`],
+    /// whose discovery is given: the registry would never be asked.
+    #[error(
+        "{name}: `.registry(..)` has no effect on a channel built with `Channel::with_discovery` (the discovery is given, no target is parsed); drop it, or use `Channel::builder(target).registry(..)`"
+    )]
+    RegistryWithDiscovery {
+        /// The channel's name, as given to `with_discovery`.
+        name: String,
+    },
 }
 
 /// Configures and builds a [`Channel`]. Start from [`Channel::builder`].
 #[must_use]
 pub struct ChannelBuilder {
     target: Result<String, TargetError>,
-    registry: Registry,
+    /// `None`: the default registry.
+    registry: Option<Registry>,
     policies: PolicyRegistry,
     discovery: Option<Arc<dyn Discovery>>,
     balancer: Option<Arc<dyn Policy>>,
     policy: Option<String>,
     connect: ConnectConfig,
     authority: Option<http::uri::Authority>,
-    wait_for_ready: Duration,
+    queue_timeout: Duration,
     idle_timeout: Option<Duration>,
 }
 
@@ -134,7 +145,7 @@ impl Channel {
     }
 
     /// Waits until an endpoint is ready, as a call would: bounded by the builder's
-    /// [`wait_for_ready_timeout`](ChannelBuilder::wait_for_ready_timeout). Fails with the
+    /// [`queue_timeout`](ChannelBuilder::queue_timeout). Fails with the
     /// error a call would get (discovery's error, every endpoint unreachable, or no endpoint
     /// ready within the bound), without sending anything.
     pub async fn connect(&self) -> Result<(), Status> {
@@ -161,7 +172,7 @@ impl ChannelBuilder {
     fn new(target: Result<String, TargetError>) -> Self {
         ChannelBuilder {
             target,
-            registry: Registry::default(),
+            registry: None,
             policies: PolicyRegistry::default(),
             discovery: None,
             balancer: None,
@@ -176,7 +187,7 @@ impl ChannelBuilder {
                 http2: Http2Settings::default(),
             },
             authority: None,
-            wait_for_ready: DEFAULT_WAIT_FOR_READY,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             idle_timeout: None,
         }
     }
@@ -205,9 +216,12 @@ impl ChannelBuilder {
         self
     }
 
-    /// Resolves target schemes with this registry instead of the default one.
+    /// Resolves target schemes with this registry instead of the default one, so that the
+    /// target may use schemes registered there (or backends configured there). A builder
+    /// from [`Channel::with_discovery`] parses no target: [`build`](Self::build) fails with
+    /// [`BuildError::RegistryWithDiscovery`] rather than ignore the registry.
     pub fn registry(mut self, registry: Registry) -> Self {
-        self.registry = registry;
+        self.registry = Some(registry);
         self
     }
 
@@ -223,10 +237,21 @@ impl ChannelBuilder {
         self
     }
 
-    /// Bounds how long a call waits for an endpoint while one is connecting. A call's own
-    /// `grpc-timeout` shortens it. Default: [`DEFAULT_WAIT_FOR_READY`].
-    pub fn wait_for_ready_timeout(mut self, d: Duration) -> Self {
-        self.wait_for_ready = d;
+    /// Bounds how long a call waits in the channel's queue for a ready endpoint: while
+    /// discovery has not answered yet, while the endpoints are still connecting, or while
+    /// every ready one is at its server's limit of concurrent streams. Past it the call fails
+    /// with `UNAVAILABLE`, naming the endpoints' states and the last connection error. A
+    /// call's own `grpc-timeout` shortens it (the call then fails with `DEADLINE_EXCEEDED`).
+    /// Default: [`DEFAULT_QUEUE_TIMEOUT`] (10 s).
+    ///
+    /// This is not gRPC's per-call *waitForReady* (`wait-for-ready.md`), which makes a call
+    /// wait through `TRANSIENT_FAILURE` until its deadline. Calls here behave as gRPC calls
+    /// without waitForReady: they fail at once when the channel is in `TRANSIENT_FAILURE`
+    /// (every endpoint failed, or discovery failed before its first answer), and wait only
+    /// while the channel is connecting. This option is the channel's bound on that wait, so
+    /// a call without a deadline does not hang on a channel that never gets an endpoint.
+    pub fn queue_timeout(mut self, d: Duration) -> Self {
+        self.queue_timeout = d;
         self
     }
 
@@ -283,11 +308,15 @@ impl ChannelBuilder {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let name = self.target?;
         let (discovery, default_authority) = match self.discovery {
+            Some(_) if self.registry.is_some() => {
+                return Err(BuildError::RegistryWithDiscovery { name });
+            }
             Some(d) => (d, None),
             None => {
-                let target: Target = self.registry.parse(&name)?;
+                let registry = self.registry.unwrap_or_default();
+                let target: Target = registry.parse(&name)?;
                 let authority = default_authority(&target);
-                (self.registry.build(&target)?, authority)
+                (registry.build(&target)?, authority)
             }
         };
         let policy = match (self.balancer, self.policy) {
@@ -299,7 +328,7 @@ impl ChannelBuilder {
         let shared = Arc::new(Shared::new(
             name.into(),
             balancer.name(),
-            self.wait_for_ready,
+            self.queue_timeout,
         ));
         let (alive, closed) = oneshot::channel();
         let control = Control {
@@ -452,7 +481,7 @@ impl Waiter {
     /// Sets the bound on the first wait: the channel's, or the call's deadline if sooner.
     fn arm(&mut self, shared: &Shared) -> (Instant, bool) {
         *self.deadline.get_or_insert_with(|| {
-            let bound = later(Instant::now(), shared.wait_for_ready);
+            let bound = later(Instant::now(), shared.queue_timeout);
             match self.call_deadline {
                 Some(own) if own < bound => (own, true),
                 _ => (bound, false),
@@ -528,7 +557,7 @@ impl Waiter {
             if own {
                 "the call's deadline".to_owned()
             } else {
-                format!("{:?}", shared.wait_for_ready)
+                format!("{:?}", shared.queue_timeout)
             }
         );
         if own {

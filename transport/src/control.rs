@@ -68,7 +68,7 @@ pub(crate) struct Shared {
     pub version: watch::Sender<u64>,
     /// The aggregate connectivity state (gRPC's channel state).
     pub state: watch::Sender<ConnectivityState>,
-    pub wait_for_ready: Duration,
+    pub queue_timeout: Duration,
     /// Set by every call, cleared by the idle timer.
     pub active: AtomicBool,
     /// Wakes the control task out of idleness.
@@ -98,7 +98,7 @@ struct StatusRow {
 }
 
 impl Shared {
-    pub(crate) fn new(target: Arc<str>, policy: &'static str, wait_for_ready: Duration) -> Self {
+    pub(crate) fn new(target: Arc<str>, policy: &'static str, queue_timeout: Duration) -> Self {
         Shared {
             target,
             policy,
@@ -108,7 +108,7 @@ impl Shared {
             }),
             version: watch::channel(0).0,
             state: watch::channel(ConnectivityState::Idle).0,
-            wait_for_ready,
+            queue_timeout,
             active: AtomicBool::new(false),
             wake: Notify::new(),
             capacity: Notify::new(),

@@ -5,12 +5,12 @@ use std::time::Duration;
 use http::HeaderValue;
 
 /// The header's name.
-pub const HEADER: &str = "grpc-timeout";
+pub(crate) const HEADER: &str = "grpc-timeout";
 /// gRPC allows at most 8 digits in a `grpc-timeout` value.
 const MAX_DIGITS: u64 = 99_999_999;
 
 /// The deadline in `headers`, if it has a well-formed one (1 to 8 digits and a unit).
-pub fn parse(headers: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn parse(headers: &http::HeaderMap) -> Option<Duration> {
     let v = headers.get(HEADER)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
@@ -30,7 +30,7 @@ pub fn parse(headers: &http::HeaderMap) -> Option<Duration> {
 
 /// Encodes `d` in the finest unit that fits gRPC's 8 digits (rounding up, so a deadline is
 /// never made shorter than asked).
-pub fn encode(d: Duration) -> HeaderValue {
+pub(crate) fn encode(d: Duration) -> HeaderValue {
     let nanos = d.as_nanos();
     let units: [(u128, &str); 6] = [
         (1, "n"),
@@ -49,6 +49,34 @@ pub fn encode(d: Duration) -> HeaderValue {
         }
     }
     HeaderValue::from_static("99999999H")
+}
+
+/// A call deadline as the `grpc-timeout` request header carries it, encoded once (in the
+/// finest unit that fits gRPC's 8 digits, rounded up): what a layer that gives calls a
+/// default deadline sets on each request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcTimeout(HeaderValue);
+
+impl GrpcTimeout {
+    /// The header value for a deadline `timeout` from when the call starts.
+    pub fn new(timeout: Duration) -> Self {
+        GrpcTimeout(encode(timeout))
+    }
+
+    /// Sets this deadline on a request's `headers` unless the call has one already (a
+    /// caller's own deadline wins). Returns whether it was set.
+    pub fn set_if_absent(&self, headers: &mut http::HeaderMap) -> bool {
+        if headers.contains_key(HEADER) {
+            return false;
+        }
+        headers.insert(HEADER, self.0.clone());
+        true
+    }
+
+    /// The encoded header value, such as `1000000u` for one second.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
 }
 
 #[cfg(test)]

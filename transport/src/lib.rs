@@ -14,11 +14,10 @@
 
 #![warn(missing_docs)]
 
-mod backoff;
 mod channel;
 mod control;
 mod errors;
-pub mod grpc_timeout;
+mod grpc_timeout;
 mod preface;
 mod replay;
 mod settings;
@@ -26,11 +25,12 @@ mod status;
 mod subchannel;
 mod tracked;
 
-pub use backoff::BackoffConfig;
 pub use channel::{
     BuildError, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_TCP_KEEPALIVE, DEFAULT_WAIT_FOR_READY, ResponseFuture,
+    DEFAULT_QUEUE_TIMEOUT, DEFAULT_TCP_KEEPALIVE, ResponseFuture,
 };
+pub use grpc_timeout::GrpcTimeout;
+pub use meshless_discovery::backoff::BackoffConfig;
 pub use settings::{
     DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_HEADER_LIST_SIZE,
     DEFAULT_STREAM_WINDOW, Http2Settings,

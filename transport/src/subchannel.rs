@@ -11,11 +11,11 @@ use meshless_balancer::{ConnectivityState, EndpointStats};
 use meshless_discovery::Address;
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::backoff::{Backoff, BackoffConfig};
 use crate::errors::{chain, is_too_many_pings};
 use crate::preface::{Preface, PrefaceWatch};
 use crate::replay::ReqBody;
 use crate::settings::Http2Settings;
+use meshless_discovery::backoff::{Backoff, BackoffConfig};
 
 /// Connection settings shared by every subchannel of a channel.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use assert_cmd::Command;
-use meshless_integration::server::{ServerHandle, TestServer};
+use meshless_integration::server::ServerHandle;
 
 /// Upper bound on one run of the binary: a run that takes longer has hung.
 pub const RUN_BOUND: Duration = Duration::from_secs(60);
@@ -20,13 +20,7 @@ pub fn meshless() -> Command {
 
 /// Starts `n` loopback servers (they answer grpc.health.v1.Health) named s0..s{n-1}.
 pub fn servers(n: usize) -> Vec<ServerHandle> {
-    (0..n)
-        .map(|i| {
-            TestServer::new(format!("s{i}"))
-                .spawn()
-                .expect("spawn server")
-        })
-        .collect()
+    meshless_integration::server::spawn_servers(n)
 }
 
 /// A `static:///` target for these addresses.

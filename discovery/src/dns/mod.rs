@@ -4,19 +4,18 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use meshless_discovery::Registry;
-//! use meshless_discovery::dns::{self, DnsConfig};
+//! use meshless_discovery::dns::{DnsConfig, DnsScheme};
 //!
 //! // The default registry resolves `dns:` targets with the system configuration...
 //! let target = Registry::default().parse("dns:///greeter.prod.svc.cluster.local:50051").unwrap();
 //! # let _ = target;
 //! // ...or register the schemes with a configuration of your own.
 //! let mut registry = Registry::default();
-//! dns::register(
-//!     &mut registry,
+//! registry.register(DnsScheme::new(
 //!     DnsConfig::default()
 //!         .name_servers(["10.0.0.53:53".parse().unwrap()])
 //!         .ttl_bounds(Duration::from_secs(1), Duration::from_secs(10)),
-//! );
+//! ));
 //! let discovery = registry.build(&registry.parse("dns+srv:///_grpc._tcp.greeter.prod").unwrap());
 //! # let _ = discovery;
 //! ```
@@ -44,7 +43,7 @@
 //!   [`resolve_now_min_interval`](DnsConfig::resolve_now_min_interval) (5 s) after the last.
 //! - **Failures** (timeout, SERVFAIL, REFUSED, unreadable answers) keep the last good set,
 //!   are yielded as errors (the channel shows them in its status) and are retried with
-//!   backoff ([`retry_backoff`](DnsConfig::retry_backoff), 1 s doubling to 30 s). A first
+//!   the shared gRPC backoff ([`DnsConfig::backoff`]: 1 s, ×1.6, jitter 0.2, cap 30 s). A first
 //!   resolution that fails names the host and the server asked.
 //! - **NXDOMAIN or an empty answer** after a good one keeps the last set for
 //!   [`EmptyAnswer::KeepFor`] 60 s by default ([`on_empty`](DnsConfig::on_empty)), then
@@ -71,7 +70,8 @@ use std::time::Duration;
 pub use resolver::{META_SRV_PRIORITY, META_SRV_TARGET};
 pub use target::{DEFAULT_DNS_SERVER_PORT, DEFAULT_PORT};
 
-use crate::{Discovery, Endpoint, Registry, Scheme, Target, TargetError, Update, UpdateStream};
+use crate::backoff::BackoffConfig;
+use crate::{Backend, Discovery, Endpoint, Scheme, Target, TargetError, Update, UpdateStream};
 use target::{DnsTarget, Query};
 
 /// Default lower bound of the re-resolution delay: a TTL of 0 must not make a busy loop.
@@ -82,9 +82,12 @@ pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(30);
 /// Default minimum time between two resolutions triggered by connection failures, so that a
 /// burst of failing connections costs one query, not one each.
 pub const DEFAULT_RESOLVE_NOW_MIN_INTERVAL: Duration = Duration::from_secs(5);
-/// Default first retry delay after a failed resolution (doubles per failure).
+/// Default first retry delay after a failed resolution (the `base_delay` of the default
+/// [`DnsConfig::backoff`]; gRPC's `INITIAL_BACKOFF`).
 pub const DEFAULT_RETRY_MIN: Duration = Duration::from_secs(1);
-/// Default longest retry delay after failed resolutions.
+/// Default longest retry delay after failed resolutions (the `max_delay` of the default
+/// [`DnsConfig::backoff`]): shorter than gRPC's 120 s, so a resolver that comes back is seen
+/// within half a minute, as with [`DEFAULT_MAX_TTL`].
 pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(30);
 /// Default time the last set is kept while the name answers NXDOMAIN or nothing: long enough
 /// to ride out a zone reload or a headless Service being recreated, short enough that the
@@ -165,10 +168,9 @@ pub struct DnsConfig {
     /// Minimum time between the last resolution and one brought forward by a connection
     /// failure ([`DEFAULT_RESOLVE_NOW_MIN_INTERVAL`]).
     pub resolve_now_min_interval: Duration,
-    /// First retry delay after a failure ([`DEFAULT_RETRY_MIN`]); doubles per failure.
-    pub retry_min: Duration,
-    /// Longest retry delay ([`DEFAULT_RETRY_MAX`]).
-    pub retry_max: Duration,
+    /// The retry backoff after failed resolutions: gRPC's (×1.6, jitter 0.2) from
+    /// [`DEFAULT_RETRY_MIN`] to [`DEFAULT_RETRY_MAX`] by default. A success resets it.
+    pub backoff: BackoffConfig,
     /// What NXDOMAIN or an empty answer does to a held set ([`EmptyAnswer::default`]).
     pub on_empty: EmptyAnswer,
     /// Address families and their order ([`IpFamilies::Ipv6ThenIpv4`]).
@@ -187,8 +189,9 @@ impl Default for DnsConfig {
             max_ttl: DEFAULT_MAX_TTL,
             refresh_interval: None,
             resolve_now_min_interval: DEFAULT_RESOLVE_NOW_MIN_INTERVAL,
-            retry_min: DEFAULT_RETRY_MIN,
-            retry_max: DEFAULT_RETRY_MAX,
+            backoff: BackoffConfig::default()
+                .base_delay(DEFAULT_RETRY_MIN)
+                .max_delay(DEFAULT_RETRY_MAX),
             on_empty: EmptyAnswer::default(),
             families: IpFamilies::default(),
             query_timeout: DEFAULT_QUERY_TIMEOUT,
@@ -227,11 +230,10 @@ impl DnsConfig {
         self
     }
 
-    /// Sets the retry backoff after failures: `min`, doubling up to `max`.
+    /// Sets the retry backoff after failed resolutions.
     #[must_use]
-    pub fn retry_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.retry_min = min;
-        self.retry_max = max;
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.backoff = backoff;
         self
     }
 
@@ -260,7 +262,8 @@ impl DnsConfig {
 
 // ===== DnsScheme =====
 
-/// The registry backend of the `dns` and `dns+srv` schemes, with one [`DnsConfig`].
+/// The registry backend of the `dns` and `dns+srv` schemes, with one [`DnsConfig`]:
+/// `registry.register(DnsScheme::new(config))` replaces the default ones.
 #[derive(Debug, Clone, Default)]
 pub struct DnsScheme {
     config: Arc<DnsConfig>,
@@ -275,12 +278,14 @@ impl DnsScheme {
     }
 }
 
-/// Registers the `dns` and `dns+srv` schemes in `registry` with `config`, replacing the
-/// default ones.
-pub fn register(registry: &mut Registry, config: DnsConfig) {
-    let scheme = Arc::new(DnsScheme::new(config));
-    registry.register("dns", scheme.clone());
-    registry.register("dns+srv", scheme);
+impl Backend for DnsScheme {
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)> {
+        let scheme: Arc<dyn Scheme> = Arc::new(self);
+        vec![
+            ("dns".to_owned(), scheme.clone()),
+            ("dns+srv".to_owned(), scheme),
+        ]
+    }
 }
 
 impl Scheme for DnsScheme {
@@ -356,8 +361,4 @@ impl Discovery for DnsDiscovery {
     fn resolve_now(&self) {
         self.resolve_now.send_modify(|n| *n = n.wrapping_add(1));
     }
-}
-
-pub(crate) fn register_default(r: &mut Registry) {
-    register(r, DnsConfig::default());
 }

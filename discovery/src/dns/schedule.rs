@@ -1,11 +1,13 @@
 //! When to resolve next: on TTL expiry (clamped), on a fixed interval, after a failure with
-//! backoff, and early on `resolve_now` no more often than the configured minimum interval.
+//! the shared [`Backoff`], and early on `resolve_now` no more often than the configured
+//! minimum interval.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::DnsConfig;
+use crate::backoff::Backoff;
 
 /// The resolution schedule of one watch. Pure bookkeeping over [`Instant`]s, so it is tested
 /// with paused time.
@@ -15,14 +17,12 @@ pub(crate) struct Schedule {
     max_ttl: Duration,
     refresh_interval: Option<Duration>,
     resolve_now_min_interval: Duration,
-    retry_min: Duration,
-    retry_max: Duration,
+    /// The retry delays after consecutive failures; reset by a success.
+    backoff: Backoff,
     /// When the next resolution is due.
     next: Instant,
     /// When the last resolution started (`None` before the first).
     last_started: Option<Instant>,
-    /// Consecutive failed resolutions.
-    failures: u32,
 }
 
 impl Schedule {
@@ -33,11 +33,9 @@ impl Schedule {
             max_ttl: config.max_ttl.max(config.min_ttl),
             refresh_interval: config.refresh_interval,
             resolve_now_min_interval: config.resolve_now_min_interval,
-            retry_min: config.retry_min,
-            retry_max: config.retry_max.max(config.retry_min),
+            backoff: Backoff::new(config.backoff.clone()),
             next: now,
             last_started: None,
-            failures: 0,
         }
     }
 
@@ -54,23 +52,18 @@ impl Schedule {
     /// A good answer with this TTL arrived: the next resolution is when it expires (clamped
     /// to `[min_ttl, max_ttl]`), or after the fixed refresh interval when one is configured.
     pub(crate) fn succeeded(&mut self, now: Instant, ttl: Duration) {
-        self.failures = 0;
+        self.backoff.reset();
         let wait = self
             .refresh_interval
             .unwrap_or_else(|| ttl.clamp(self.min_ttl, self.max_ttl));
         self.next = now + wait;
     }
 
-    /// The resolution failed: retry after `retry_min`, doubling per consecutive failure up to
-    /// `retry_max`. Returns the wait.
+    /// The resolution failed: retry after the backoff's next delay. Returns the wait.
     pub(crate) fn failed(&mut self, now: Instant) -> Duration {
-        let doublings = self.failures.min(MAX_DOUBLINGS);
-        self.failures = self.failures.saturating_add(1);
-        let wait = self
-            .retry_min
-            .saturating_mul(1 << doublings)
-            .min(self.retry_max);
-        self.next = now + wait;
+        let wait = self.backoff.next_delay();
+        // A configured delay near `Duration::MAX` must not overflow the instant.
+        self.next = now.checked_add(wait).unwrap_or(now + FAR_FUTURE);
         wait
     }
 
@@ -96,19 +89,26 @@ impl Schedule {
     }
 }
 
-/// Doublings after which the retry delay is certainly at its cap (2^16 × any sane minimum),
-/// so the shift cannot overflow.
-const MAX_DOUBLINGS: u32 = 16;
+/// Where a retry delay too long for an [`Instant`] lands instead: about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(86_400 * 365 * 30);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backoff::BackoffConfig;
 
     fn config() -> DnsConfig {
         DnsConfig::default()
             .ttl_bounds(Duration::from_secs(1), Duration::from_secs(30))
             .resolve_now_min_interval(Duration::from_secs(5))
-            .retry_backoff(Duration::from_millis(500), Duration::from_secs(4))
+            // No jitter and ×2, so the retry delays are exact.
+            .backoff(
+                BackoffConfig::default()
+                    .base_delay(Duration::from_millis(500))
+                    .multiplier(2.0)
+                    .jitter(0.0)
+                    .max_delay(Duration::from_secs(4)),
+            )
     }
 
     #[tokio::test(start_paused = true)]

@@ -26,7 +26,8 @@ use std::time::Duration;
 pub use slices::{AddressFamily, SERVICE_NAME_LABEL};
 pub use target::{PortSpec, ServiceTarget};
 
-use crate::{Discovery, Registry, Scheme, Target, TargetError, UpdateStream};
+use crate::backoff::BackoffConfig;
+use crate::{Backend, Discovery, Scheme, Target, TargetError, UpdateStream};
 
 /// Default first delay before retrying a failed list or watch (kube-runtime's default).
 pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(800);
@@ -34,7 +35,7 @@ pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_millis(800);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Configuration of Kubernetes discovery.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct K8sConfig {
     /// The client to use. Default: built from the environment, as `kube::Client::try_default`
@@ -49,10 +50,23 @@ pub struct K8sConfig {
     /// The address family used when a Service has both (dual stack). The other family is
     /// used when the preferred one has no usable endpoint. Default: IPv4.
     pub family: AddressFamily,
-    /// First retry delay after a failure. Default: [`DEFAULT_BACKOFF_MIN`].
-    pub backoff_min: Option<Duration>,
-    /// Longest retry delay. Default: [`DEFAULT_BACKOFF_MAX`].
-    pub backoff_max: Option<Duration>,
+    /// The retry backoff after a failed client build, list or watch: gRPC's (×1.6, jitter
+    /// 0.2) from [`DEFAULT_BACKOFF_MIN`] to [`DEFAULT_BACKOFF_MAX`] by default.
+    pub backoff: BackoffConfig,
+}
+
+impl Default for K8sConfig {
+    fn default() -> Self {
+        K8sConfig {
+            client: None,
+            kubeconfig: None,
+            namespace: None,
+            family: AddressFamily::default(),
+            backoff: BackoffConfig::default()
+                .base_delay(DEFAULT_BACKOFF_MIN)
+                .max_delay(DEFAULT_BACKOFF_MAX),
+        }
+    }
 }
 
 impl K8sConfig {
@@ -84,11 +98,10 @@ impl K8sConfig {
         self
     }
 
-    /// Sets the retry backoff bounds.
+    /// Sets the retry backoff after failures.
     #[must_use]
-    pub fn backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.backoff_min = Some(min);
-        self.backoff_max = Some(max.max(min));
+    pub fn backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.backoff = backoff;
         self
     }
 }
@@ -100,13 +113,13 @@ impl std::fmt::Debug for K8sConfig {
             .field("kubeconfig", &self.kubeconfig)
             .field("namespace", &self.namespace)
             .field("family", &self.family)
-            .field("backoff_min", &self.backoff_min)
-            .field("backoff_max", &self.backoff_max)
+            .field("backoff", &self.backoff)
             .finish()
     }
 }
 
-/// The `kubernetes` / `k8s` scheme for a [`Registry`].
+/// The `kubernetes` and `k8s` schemes for a [`Registry`](crate::Registry), with one
+/// [`K8sConfig`]: `registry.register(K8sScheme::new(config))` replaces the default ones.
 #[derive(Debug, Clone, Default)]
 pub struct K8sScheme {
     config: K8sConfig,
@@ -117,17 +130,16 @@ impl K8sScheme {
     pub fn new(config: K8sConfig) -> Self {
         K8sScheme { config }
     }
-
-    /// Registers this scheme as `kubernetes` and `k8s` in `registry`.
-    pub fn register(self, registry: &mut Registry) {
-        let scheme = Arc::new(self);
-        registry.register("kubernetes", scheme.clone());
-        registry.register("k8s", scheme);
-    }
 }
 
-pub(crate) fn register(registry: &mut Registry) {
-    K8sScheme::default().register(registry);
+impl Backend for K8sScheme {
+    fn into_schemes(self) -> Vec<(String, Arc<dyn Scheme>)> {
+        let scheme: Arc<dyn Scheme> = Arc::new(self);
+        vec![
+            ("kubernetes".to_owned(), scheme.clone()),
+            ("k8s".to_owned(), scheme),
+        ]
+    }
 }
 
 impl Scheme for K8sScheme {

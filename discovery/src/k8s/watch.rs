@@ -7,11 +7,12 @@ use std::time::Duration;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::utils::{Backoff, WatchStreamExt};
+use kube::runtime::utils::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
 use super::slices::{self, SERVICE_NAME_LABEL, Slice};
-use super::{DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN, K8sConfig, ServiceTarget};
+use super::{K8sConfig, ServiceTarget};
+use crate::backoff::Backoff;
 use crate::{DiscoveryError, Endpoint, ErrorKind, Update, UpdateStream};
 
 /// Where the RBAC a client needs is written down.
@@ -34,14 +35,13 @@ struct State {
     /// Problems found during a relist, reported after its snapshot (a snapshot clears the
     /// channel's discovery error, so reporting them before would hide them).
     pending: Vec<String>,
-    client_backoff: JitterBackoff,
+    client_backoff: Backoff,
     /// Wait this long before the next attempt to build a client.
     pause: Option<Duration>,
 }
 
 pub(super) fn watch(label: String, target: ServiceTarget, config: K8sConfig) -> UpdateStream {
-    let min = config.backoff_min.unwrap_or(DEFAULT_BACKOFF_MIN);
-    let max = config.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX);
+    let client_backoff = Backoff::new(config.backoff.clone());
     let state = State {
         label,
         target,
@@ -52,7 +52,7 @@ pub(super) fn watch(label: String, target: ServiceTarget, config: K8sConfig) -> 
         relist: None,
         last: None,
         pending: Vec::new(),
-        client_backoff: JitterBackoff::new(min, max),
+        client_backoff,
         pause: None,
     };
     let s = stream::unfold(state, |mut st| async move {
@@ -90,7 +90,7 @@ impl State {
         let client = match make_client(&self.config).await {
             Ok(c) => c,
             Err(msg) => {
-                self.pause = self.client_backoff.next();
+                self.pause = Some(self.client_backoff.next_delay());
                 return vec![Err(DiscoveryError::new(
                     ErrorKind::Unavailable,
                     format!("{}: no Kubernetes client: {msg}", self.label),
@@ -112,11 +112,9 @@ impl State {
         let api: Api<DynamicObject> = Api::namespaced_with(client, &self.namespace, &resource);
         let config = watcher::Config::default()
             .labels(&format!("{SERVICE_NAME_LABEL}={}", self.target.service));
-        let min = self.config.backoff_min.unwrap_or(DEFAULT_BACKOFF_MIN);
-        let max = self.config.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX);
         self.watch = Some(
             watcher::watcher(api, config)
-                .backoff(JitterBackoff::new(min, max))
+                .backoff(KubeBackoff(Backoff::new(self.config.backoff.clone())))
                 .boxed(),
         );
         Vec::new()
@@ -332,53 +330,22 @@ fn service_account(message: &str) -> Option<(&str, &str)> {
     rest[..end].split_once(':')
 }
 
-/// Exponential backoff ×2 with ±20 % jitter between `min` and `max`; kube-runtime's own
-/// exponential backoff cannot be configured from outside, so this is the one piece we write.
+/// The shared backoff as kube-runtime's watcher takes it: its own exponential backoff
+/// cannot be configured from outside.
 #[derive(Debug, Clone)]
-struct JitterBackoff {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
+struct KubeBackoff(Backoff);
 
-impl JitterBackoff {
-    fn new(min: Duration, max: Duration) -> Self {
-        JitterBackoff {
-            min,
-            max: max.max(min),
-            next: min,
-        }
-    }
-}
-
-impl Iterator for JitterBackoff {
+impl Iterator for KubeBackoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
-        let cur = self.next;
-        self.next = (cur * 2).min(self.max);
-        let jitter = 0.8 + 0.4 * rand_unit();
-        Some(cur.mul_f64(jitter))
+        Some(self.0.next_delay())
     }
 }
 
-impl Backoff for JitterBackoff {
+impl kube::runtime::utils::Backoff for KubeBackoff {
     fn reset(&mut self) {
-        self.next = self.min;
+        self.0.reset();
     }
-}
-
-/// A uniform sample in [0, 1) from the hasher's per-process random keys; good enough for
-/// jitter, and no extra dependency.
-fn rand_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[cfg(test)]
@@ -394,7 +361,12 @@ mod tests {
 
     #[test]
     fn backoff_grows_to_its_cap_and_resets() {
-        let mut b = JitterBackoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        use kube::runtime::utils::Backoff as _;
+        let mut b = KubeBackoff(Backoff::new(
+            crate::backoff::BackoffConfig::default()
+                .base_delay(Duration::from_millis(100))
+                .max_delay(Duration::from_secs(1)),
+        ));
         let d: Vec<Duration> = (0..8).map(|_| b.next().unwrap()).collect();
         assert!(d[0] >= Duration::from_millis(80) && d[0] <= Duration::from_millis(120));
         assert!(d[7] <= Duration::from_millis(1200) && d[7] >= Duration::from_millis(800));

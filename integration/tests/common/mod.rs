@@ -10,20 +10,14 @@ use meshless::discovery::{Endpoint, ManualDiscovery, ManualHandle};
 use meshless::{BackoffConfig, Channel};
 use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
-use meshless_integration::server::{ServerHandle, TestServer};
+use meshless_integration::server::ServerHandle;
 
 /// Upper bound for any "wait until" loop in these tests.
 pub const WAIT_BOUND: Duration = Duration::from_secs(10);
 
 /// Starts `n` greeter servers named s0..s{n-1}.
 pub fn servers(n: usize) -> Vec<ServerHandle> {
-    (0..n)
-        .map(|i| {
-            TestServer::new(format!("s{i}"))
-                .spawn()
-                .expect("spawn server")
-        })
-        .collect()
+    meshless_integration::server::spawn_servers(n)
 }
 
 /// A `static:///` target for these servers.

@@ -127,20 +127,22 @@ impl Cluster {
 
     /// Discovery through this API server, retrying fast so recovery tests stay short.
     pub fn config(&self) -> K8sConfig {
-        K8sConfig::default()
-            .client(self.client.clone())
-            .backoff(Duration::from_millis(50), Duration::from_millis(400))
+        K8sConfig::default().client(self.client.clone()).backoff(
+            meshless::BackoffConfig::default()
+                .base_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(400)),
+        )
     }
 
     /// A channel for `kubernetes:///greeter.<ns>:<port>`.
     pub fn channel(&self, port: &str, policy: &str) -> Channel {
         let mut registry = Registry::default();
-        K8sScheme::new(self.config()).register(&mut registry);
+        registry.register(K8sScheme::new(self.config()));
         Channel::builder(format!("kubernetes:///{SERVICE}.{}:{port}", self.ns))
             .registry(registry)
             .policy(policy)
             .backoff(fast_backoff())
-            .wait_for_ready_timeout(Duration::from_secs(3))
+            .queue_timeout(Duration::from_secs(3))
             .build()
             .expect("channel")
     }

@@ -1,4 +1,17 @@
-//! gRPC connection backoff: how long a subchannel waits between failed connection attempts.
+//! gRPC's exponential backoff with jitter (`connection-backoff.md`): how long to wait
+//! between failed attempts. Every retry loop of meshless uses it: a subchannel between
+//! connection attempts, and the discovery backends (DNS re-resolution after an error, the
+//! Kubernetes list/watch, the lookup of `static:` host names) between failed attempts.
+//!
+//! ```
+//! use std::time::Duration;
+//! use meshless_discovery::backoff::{Backoff, BackoffConfig};
+//!
+//! let mut backoff = Backoff::new(BackoffConfig::default().max_delay(Duration::from_secs(30)));
+//! let first = backoff.next_delay(); // 1 s ± 20 %
+//! assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
+//! backoff.reset(); // after a success
+//! ```
 
 use std::time::Duration;
 
@@ -74,27 +87,34 @@ fn scale(d: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
 }
 
-/// The running state of one backoff sequence.
+/// The running state of one backoff sequence of a [`BackoffConfig`].
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     config: BackoffConfig,
     /// The un-jittered delay the next failure will wait.
     next: Duration,
 }
 
 impl Backoff {
-    pub(crate) fn new(config: BackoffConfig) -> Self {
+    /// A sequence whose first delay is `config.base_delay`.
+    pub fn new(config: BackoffConfig) -> Self {
         let next = config.base_delay;
         Backoff { config, next }
     }
 
     /// Starts over, after a success.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.next = self.config.base_delay;
     }
 
-    /// The delay before the next attempt, with `unit` a uniform sample in [-1, 1].
-    pub(crate) fn next_delay_with(&mut self, unit: f64) -> Duration {
+    /// The configuration of this sequence.
+    pub fn config(&self) -> &BackoffConfig {
+        &self.config
+    }
+
+    /// The delay before the next attempt, with `unit` a uniform sample in [-1, 1] (so tests
+    /// can pin the jitter); [`next_delay`](Self::next_delay) draws it at random.
+    pub fn next_delay_with(&mut self, unit: f64) -> Duration {
         let cur = self.next.min(self.config.max_delay);
         let mult = if self.config.multiplier.is_nan() {
             1.0
@@ -111,8 +131,9 @@ impl Backoff {
         scale(cur, 1.0 + jitter)
     }
 
-    /// The delay before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    /// The delay before the next attempt: the current delay spread by ±`jitter`; the one
+    /// after it is `multiplier` times longer, up to `max_delay`.
+    pub fn next_delay(&mut self) -> Duration {
         self.next_delay_with(rand::random_range(-1.0..=1.0))
     }
 }
