@@ -281,11 +281,21 @@ async fn wait_until_settled(
                 )
             })
     };
-    let mut status = channel.status();
-    while !settled(&status) && Instant::now() < deadline {
-        tokio::time::sleep(SETTLE_POLL).await;
-        status = channel.status();
-    }
+    // Subscribe first, so no change between the status read and the wait is missed.
+    let mut changes = channel.status_changes();
+    // The first ready endpoint, or the error a call would get.
+    let _ = tokio::time::timeout_at(deadline.into(), channel.connect()).await;
+    let status = loop {
+        changes.borrow_and_update();
+        let status = channel.status();
+        if settled(&status) {
+            break status;
+        }
+        match tokio::time::timeout_at(deadline.into(), changes.changed()).await {
+            Ok(Ok(())) => {}
+            _ => break status, // the bound, or the channel is gone
+        }
+    };
     let waited = humantime::format_duration(timeout);
     if !status.resolved {
         return Err(CliError::Discovery(match status.discovery_error {

@@ -522,6 +522,53 @@ async fn connect_waits_for_readiness_or_reports_the_error() {
     assert!(err.message().contains("403"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_changes_report_each_new_fact_without_polling() {
+    // One good endpoint and one that refuses: with round_robin both are dialled, and the
+    // refusal shows as a status change even though the picker (good one ready) stays.
+    let good = servers(1);
+    let dead = dead_addr();
+    let (d, handle) = ManualDiscovery::new();
+    let channel = Channel::with_discovery("changes", Arc::new(d))
+        .policy("round_robin")
+        .build()
+        .unwrap();
+    let mut changes = channel.status_changes();
+    changes.borrow_and_update();
+    handle.reset(vec![
+        meshless::discovery::Endpoint::new(good[0].addr()),
+        meshless::discovery::Endpoint::new(dead),
+    ]);
+    let settled = |st: &meshless::ChannelStatus| {
+        st.endpoints.len() == 2
+            && st.endpoint(&Address::from(good[0].addr())).unwrap().state
+                == ConnectivityState::Ready
+            && st.endpoint(&Address::from(dead)).unwrap().last_error.is_some()
+    };
+    let mut seen = 0;
+    while !settled(&channel.status()) {
+        tokio::time::timeout(Duration::from_secs(10), changes.changed())
+            .await
+            .expect("a status change within the bound")
+            .unwrap();
+        changes.borrow_and_update();
+        seen += 1;
+    }
+    assert!(seen >= 2, "the set, then the states, each a change: {seen}");
+    // Discovery's error is news too, the endpoints staying as they were.
+    handle.fail(meshless::discovery::DiscoveryError::new(
+        meshless::discovery::ErrorKind::Unavailable,
+        "api server down",
+    ));
+    tokio::time::timeout(Duration::from_secs(10), changes.changed())
+        .await
+        .expect("the discovery error is a change")
+        .unwrap();
+    let st = channel.status();
+    assert!(st.discovery_error.unwrap().contains("api server down"));
+    assert_eq!(st.endpoints.len(), 2);
+}
+
 // ===== policies per channel =====
 
 /// A policy that counts the balancers it made and the pickers they built.

@@ -137,6 +137,14 @@ impl Channel {
         self.shared.state.subscribe()
     }
 
+    /// Changes whenever [`status()`](Self::status) would show something new: the endpoint
+    /// set, an endpoint's state or last error, discovery's answer or error. (Call counters
+    /// change with every call and do not count.) `changed().await` waits for the next, so a
+    /// tool can follow the channel without polling.
+    pub fn status_changes(&self) -> watch::Receiver<u64> {
+        self.shared.status_version.subscribe()
+    }
+
     /// Changes each time the channel publishes a new picker: after an endpoint set change
     /// or a readiness change has taken effect for new calls. `changed().await` waits for
     /// the next one.

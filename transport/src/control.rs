@@ -68,6 +68,8 @@ pub(crate) struct Shared {
     pub version: watch::Sender<u64>,
     /// The aggregate connectivity state (gRPC's channel state).
     pub state: watch::Sender<ConnectivityState>,
+    /// Bumped whenever `status()` would show something new.
+    pub status_version: watch::Sender<u64>,
     pub queue_timeout: Duration,
     /// Set by every call, cleared by the idle timer.
     pub active: AtomicBool,
@@ -108,6 +110,7 @@ impl Shared {
             }),
             version: watch::channel(0).0,
             state: watch::channel(ConnectivityState::Idle).0,
+            status_version: watch::channel(0).0,
             queue_timeout,
             active: AtomicBool::new(false),
             wake: Notify::new(),
@@ -621,8 +624,14 @@ impl Run {
             .status
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let discovery_error = self.discovery_error.as_ref().map(|e| e.to_string());
+        let news = self.set_changed
+            || !self.changed_rows.is_empty()
+            || base.resolved != self.resolved
+            || base.discovery_error != discovery_error
+            || base.panicked != self.panicked;
         base.resolved = self.resolved;
-        base.discovery_error = self.discovery_error.as_ref().map(|e| e.to_string());
+        base.discovery_error = discovery_error;
         base.panicked.clone_from(&self.panicked);
         let row = |(e, v): (&Entry, &SubchannelView)| StatusRow {
             endpoint: v.endpoint.clone(),
@@ -642,6 +651,10 @@ impl Run {
             }
         }
         self.changed_rows.clear();
+        drop(base);
+        if news {
+            self.c.shared.status_version.send_modify(|v| *v += 1);
+        }
     }
 
     /// gRPC's state aggregation: any ready endpoint → pick; otherwise queue while an
