@@ -14,7 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 APT_PACKAGES=(
 )
 
-# Crates that must appear in exactly one version (see DESIGN.md, "Dependencies").
+# Crates that must appear in exactly one version (docs/architecture.md, "The crates").
 SINGLE_VERSION_CRATES=(tonic hyper http tower)
 
 # ===== helpers =====

@@ -36,7 +36,7 @@ pub use meshless_middleware as middleware;
 pub use meshless_transport as transport;
 
 // What using a channel needs, from one place; the rest is in the crate modules above.
-pub use meshless_balancer::{ConnectivityState, RequestHashKey};
+pub use meshless_balancer::{ConnectivityState, FailureCodes, RequestHashKey};
 pub use meshless_discovery::backoff::BackoffConfig;
 pub use meshless_discovery::{
     Address, Endpoint, ManualDiscovery, ManualHandle, Registry, Target, TargetError,

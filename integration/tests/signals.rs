@@ -543,7 +543,11 @@ async fn status_changes_report_each_new_fact_without_polling() {
         st.endpoints.len() == 2
             && st.endpoint(&Address::from(good[0].addr())).unwrap().state
                 == ConnectivityState::Ready
-            && st.endpoint(&Address::from(dead)).unwrap().last_error.is_some()
+            && st
+                .endpoint(&Address::from(dead))
+                .unwrap()
+                .last_error
+                .is_some()
     };
     let mut seen = 0;
     while !settled(&channel.status()) {
@@ -567,6 +571,36 @@ async fn status_changes_report_each_new_fact_without_polling() {
     let st = channel.status();
     assert!(st.discovery_error.unwrap().contains("api server down"));
     assert_eq!(st.endpoints.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn which_codes_count_against_an_endpoint_is_configurable() {
+    let server = meshless_integration::server::TestServer::new("not-found")
+        .fail_with(Code::NotFound)
+        .spawn()
+        .unwrap();
+    let target = format!("static:///{}", server.addr());
+    let failures_after_three = |codes: Option<meshless::FailureCodes>| {
+        let target = target.clone();
+        async move {
+            let mut b = Channel::builder(target);
+            if let Some(codes) = codes {
+                b = b.failure_codes(codes);
+            }
+            let channel = b.build().unwrap();
+            let mut client = GreeterClient::new(channel.clone());
+            for _ in 0..3 {
+                let err = hello(&mut client).await.unwrap_err();
+                assert_eq!(err.code(), Code::NotFound);
+            }
+            let st = channel.status();
+            (st.endpoints[0].successes, st.endpoints[0].failures)
+        }
+    };
+    // NOT_FOUND is the application's answer: by default it says nothing against the server.
+    assert_eq!(failures_after_three(None).await, (3, 0));
+    let codes = meshless::FailureCodes::DEFAULT.with(Code::NotFound);
+    assert_eq!(failures_after_three(Some(codes)).await, (0, 3));
 }
 
 // ===== policies per channel =====

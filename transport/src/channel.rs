@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::uri::{Scheme, Uri};
-use meshless_balancer::{ConnectivityState, Pick, PickRequest, Policy, PolicyRegistry};
+use meshless_balancer::{
+    ConnectivityState, FailureCodes, Pick, PickRequest, Policy, PolicyRegistry,
+};
 use meshless_discovery::{Discovery, Registry, Target, TargetError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -96,6 +98,7 @@ pub struct ChannelBuilder {
     connect: ConnectConfig,
     authority: Option<http::uri::Authority>,
     queue_timeout: Duration,
+    failure_codes: FailureCodes,
     idle_timeout: Option<Duration>,
 }
 
@@ -196,6 +199,7 @@ impl ChannelBuilder {
             },
             authority: None,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            failure_codes: FailureCodes::DEFAULT,
             idle_timeout: None,
         }
     }
@@ -260,6 +264,16 @@ impl ChannelBuilder {
     /// a call without a deadline does not hang on a channel that never gets an endpoint.
     pub fn queue_timeout(mut self, d: Duration) -> Self {
         self.queue_timeout = d;
+        self
+    }
+
+    /// Which gRPC status codes count against the endpoint that returned them, for the
+    /// policies' failure signals (and, as they arrive, outlier detection and retry budgets).
+    /// Default [`FailureCodes::DEFAULT`]: `UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`,
+    /// `RESOURCE_EXHAUSTED`. Transport failures, non-200 HTTP answers and deadlines this
+    /// channel enforces always count; a call its caller drops never does.
+    pub fn failure_codes(mut self, codes: FailureCodes) -> Self {
+        self.failure_codes = codes;
         self
     }
 
@@ -337,6 +351,7 @@ impl ChannelBuilder {
             name.into(),
             balancer.name(),
             self.queue_timeout,
+            self.failure_codes,
         ));
         let (alive, closed) = oneshot::channel();
         let control = Control {
@@ -658,7 +673,9 @@ async fn attempts(
                 .insert(grpc_timeout::HEADER, grpc_timeout::encode(left));
         }
         let slot = StreamSlot::of(shared, &sub, &conn);
-        let Some(mut guard) = CallGuard::start(sub.stats.clone(), deadline, slot) else {
+        let Some(mut guard) =
+            CallGuard::start(sub.stats.clone(), shared.failure_codes, deadline, slot)
+        else {
             // Another call took the connection's last stream since the pick.
             let busy = || sub.at_stream_limit(&conn);
             waiter.wait_busy(shared, &last_error, busy).await?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures_util::{FutureExt, StreamExt};
 use meshless_balancer::{
-    Balancer, ConnectMode, ConnectivityState, EndpointStats, Picker, SubchannelView,
+    Balancer, ConnectMode, ConnectivityState, EndpointStats, FailureCodes, Picker, SubchannelView,
 };
 use meshless_discovery::{Address, Discovery, DiscoveryError, Endpoint, Update, UpdateStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -71,6 +71,8 @@ pub(crate) struct Shared {
     /// Bumped whenever `status()` would show something new.
     pub status_version: watch::Sender<u64>,
     pub queue_timeout: Duration,
+    /// Which status codes count against an endpoint.
+    pub failure_codes: FailureCodes,
     /// Set by every call, cleared by the idle timer.
     pub active: AtomicBool,
     /// Wakes the control task out of idleness.
@@ -100,7 +102,12 @@ struct StatusRow {
 }
 
 impl Shared {
-    pub(crate) fn new(target: Arc<str>, policy: &'static str, queue_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        target: Arc<str>,
+        policy: &'static str,
+        queue_timeout: Duration,
+        failure_codes: FailureCodes,
+    ) -> Self {
         Shared {
             target,
             policy,
@@ -112,6 +119,7 @@ impl Shared {
             state: watch::channel(ConnectivityState::Idle).0,
             status_version: watch::channel(0).0,
             queue_timeout,
+            failure_codes,
             active: AtomicBool::new(false),
             wake: Notify::new(),
             capacity: Notify::new(),

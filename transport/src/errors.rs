@@ -1,22 +1,8 @@
-//! What a transport failure or a gRPC status means: its status code, and whether it counts
-//! against the endpoint.
+//! What a transport failure or a gRPC status means: its status code, and how errors are
+//! described. Which codes count against an endpoint is `meshless_balancer::FailureCodes`.
 
 use http::HeaderMap;
 use tonic::Code;
-
-/// Whether a gRPC status code says the endpoint is unwell, as opposed to the application
-/// rejecting the request (NOT_FOUND, INVALID_ARGUMENT, ...), which says nothing about the
-/// endpoint's health.
-pub(crate) fn counts_against_endpoint(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unknown
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-            | Code::ResourceExhausted
-    )
-}
 
 /// The status code a `grpc-status` header gives, if it has a readable one.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<Code> {

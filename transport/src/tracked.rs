@@ -10,14 +10,12 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use meshless_balancer::{CallStart, EndpointStats, Outcome};
+use meshless_balancer::{CallStart, EndpointStats, FailureCodes, Outcome};
 use tokio::time::Instant;
 use tonic::Status;
 
 use crate::control::Shared;
-use crate::errors::{
-    chain, code_of, counts_against_endpoint, grpc_status, sanitize_status_details,
-};
+use crate::errors::{chain, code_of, grpc_status, sanitize_status_details};
 use crate::subchannel::{Conn, Subchannel};
 
 /// A call's stream on a connection whose server limits concurrent streams: when the call
@@ -43,6 +41,7 @@ impl StreamSlot {
 /// too.
 pub(crate) struct CallGuard {
     stats: Arc<EndpointStats>,
+    codes: FailureCodes,
     call: CallStart,
     outcome: Option<Outcome>,
     /// The call's own deadline: a call dropped at or after it was ended by that deadline,
@@ -57,6 +56,7 @@ impl CallGuard {
     /// check and the count are one atomic step).
     pub(crate) fn start(
         stats: Arc<EndpointStats>,
+        codes: FailureCodes,
         deadline: Option<Instant>,
         slot: Option<StreamSlot>,
     ) -> Option<Self> {
@@ -67,6 +67,7 @@ impl CallGuard {
         Some(CallGuard {
             call,
             stats,
+            codes,
             outcome: None,
             deadline,
             abandoned: false,
@@ -85,7 +86,7 @@ impl CallGuard {
         let outcome = if status != http::StatusCode::OK {
             Some(Outcome::Failure)
         } else {
-            grpc_status(headers).map(outcome_of_code)
+            grpc_status(headers).map(|c| self.codes.outcome(c))
         };
         self.stats
             .respond(&mut self.call, outcome == Some(Outcome::Failure));
@@ -119,15 +120,6 @@ impl Drop for CallGuard {
             // It was at the limit: a stream is free now.
             slot.shared.capacity.notify_waiters();
         }
-    }
-}
-
-/// What a gRPC status says about the endpoint that returned it.
-pub(crate) fn outcome_of_code(code: tonic::Code) -> Outcome {
-    if counts_against_endpoint(code) {
-        Outcome::Failure
-    } else {
-        Outcome::Success
     }
 }
 
@@ -171,7 +163,9 @@ impl Body for TrackedBody {
                     && let Some(mut g) = this.guard.take()
                 {
                     // A gRPC response that ends with no status at all is broken.
-                    g.set_outcome(grpc_status(trailers).map_or(Outcome::Failure, outcome_of_code));
+                    let outcome =
+                        grpc_status(trailers).map_or(Outcome::Failure, |c| g.codes.outcome(c));
+                    g.set_outcome(outcome);
                 }
                 Some(Ok(frame))
             }
@@ -180,10 +174,11 @@ impl Body for TrackedBody {
                 // does not depend on tonic's cargo features.
                 let code = code_of(&err, false);
                 if let Some(mut g) = this.guard.take() {
+                    // A transport failure counts against the endpoint whatever the codes.
                     g.set_outcome(if code == tonic::Code::Cancelled {
                         Outcome::Cancelled
                     } else {
-                        outcome_of_code(code)
+                        Outcome::Failure
                     });
                 }
                 Some(Err(Status::new(

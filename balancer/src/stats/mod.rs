@@ -9,11 +9,13 @@
 //! - `peak_ewma`: the latency estimate and its windows;
 //! - `failure_ratio`: outcome counts and the decaying failure ratio;
 //! - `cost`: what pickers compare;
-//! - `call`: [`CallStart`], [`Outcome`] and [`Signals`].
+//! - `call`: [`CallStart`], [`Outcome`] and [`Signals`];
+//! - `failure_codes`: [`FailureCodes`], which status codes count against an endpoint.
 
 mod call;
 mod clock;
 mod cost;
+mod failure_codes;
 mod failure_ratio;
 mod in_flight;
 mod peak_ewma;
@@ -26,6 +28,7 @@ use tokio::time::Instant;
 
 pub use call::{CallStart, Outcome, Signals};
 pub use clock::LoadClock;
+pub use failure_codes::FailureCodes;
 pub use failure_ratio::FAILURE_RATIO_WEIGHT;
 pub use peak_ewma::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, DEFAULT_SAMPLE_WINDOW};
 

@@ -1,0 +1,141 @@
+//! Which gRPC status codes count against the endpoint that returned them: the one
+//! definition that call accounting uses today and that outlier detection, retry budgets and
+//! adaptive throttling read too.
+
+use tonic::Code;
+
+use super::Outcome;
+
+/// A set of gRPC status codes that say the *endpoint* is unwell, as opposed to the
+/// application rejecting the request (`NOT_FOUND`, `INVALID_ARGUMENT`, ...), which says
+/// nothing about the endpoint's health.
+///
+/// The default, [`FailureCodes::DEFAULT`], is `UNKNOWN`, `INTERNAL`, `UNAVAILABLE`,
+/// `DATA_LOSS` and `RESOURCE_EXHAUSTED`: the codes gRPC's transport and overloaded servers
+/// produce (gRPC's status-code guide; Envoy's outlier detection counts the same family as
+/// "5xx" for gRPC). `DEADLINE_EXCEEDED` from a server is left out: it usually means the
+/// caller's budget was short. A deadline that *meshless* enforces counts as a failure
+/// whatever this set says, because the endpoint did not answer in time.
+///
+/// ```
+/// use meshless_balancer::{FailureCodes, Outcome};
+/// use tonic::Code;
+///
+/// let codes = FailureCodes::DEFAULT.with(Code::DeadlineExceeded).without(Code::ResourceExhausted);
+/// assert_eq!(codes.outcome(Code::DeadlineExceeded), Outcome::Failure);
+/// assert_eq!(codes.outcome(Code::ResourceExhausted), Outcome::Success);
+/// assert_eq!(codes.outcome(Code::NotFound), Outcome::Success);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FailureCodes(u32);
+
+const fn bit(code: Code) -> u32 {
+    1 << (code as i32 as u32)
+}
+
+impl FailureCodes {
+    /// `UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`, `RESOURCE_EXHAUSTED`.
+    pub const DEFAULT: FailureCodes = FailureCodes(
+        bit(Code::Unknown)
+            | bit(Code::Internal)
+            | bit(Code::Unavailable)
+            | bit(Code::DataLoss)
+            | bit(Code::ResourceExhausted),
+    );
+
+    /// No code counts against an endpoint (only transport failures and expired deadlines do).
+    pub const fn none() -> Self {
+        FailureCodes(0)
+    }
+
+    /// This set and `code`.
+    #[must_use]
+    pub const fn with(self, code: Code) -> Self {
+        FailureCodes(self.0 | bit(code))
+    }
+
+    /// This set without `code`.
+    #[must_use]
+    pub const fn without(self, code: Code) -> Self {
+        FailureCodes(self.0 & !bit(code))
+    }
+
+    /// Whether `code` counts against the endpoint. `OK` never does.
+    pub const fn contains(self, code: Code) -> bool {
+        !matches!(code, Code::Ok) && self.0 & bit(code) != 0
+    }
+
+    /// What a call that ended with `code` says about its endpoint.
+    pub const fn outcome(self, code: Code) -> Outcome {
+        if self.contains(code) {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+}
+
+impl Default for FailureCodes {
+    fn default() -> Self {
+        FailureCodes::DEFAULT
+    }
+}
+
+impl FromIterator<Code> for FailureCodes {
+    fn from_iter<I: IntoIterator<Item = Code>>(iter: I) -> Self {
+        iter.into_iter()
+            .fold(FailureCodes::none(), FailureCodes::with)
+    }
+}
+
+impl std::fmt::Debug for FailureCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let codes = (0..=16)
+            .map(Code::from_i32)
+            .filter(|&c| self.contains(c))
+            .map(|c| format!("{c:?}"));
+        f.debug_set().entries(codes).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_set_and_edits() {
+        let d = FailureCodes::default();
+        for c in [
+            Code::Unknown,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+            Code::ResourceExhausted,
+        ] {
+            assert!(d.contains(c), "{c:?}");
+        }
+        for c in [
+            Code::Ok,
+            Code::Cancelled,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+        ] {
+            assert!(!d.contains(c), "{c:?}");
+        }
+        let all: FailureCodes = (0..=16).map(Code::from_i32).collect();
+        assert!(!all.contains(Code::Ok), "OK never counts");
+        assert_eq!(
+            FailureCodes::none()
+                .with(Code::Aborted)
+                .outcome(Code::Aborted),
+            Outcome::Failure
+        );
+        assert_eq!(
+            format!("{:?}", FailureCodes::none().with(Code::Internal)),
+            "{Internal}"
+        );
+    }
+}
