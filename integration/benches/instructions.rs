@@ -138,7 +138,8 @@ fn run_client(client: &str, calls: usize) {
                     .await
                     .expect("connect")
             });
-            measure(&rt, GreeterClient::new(channel), calls);
+            let client = GreeterClient::new(channel);
+            measure(&mut |n| rt.block_on(run_calls(&client, n)), calls);
         }
         "tonic_balance_list" => {
             let channel = rt.block_on(async {
@@ -147,7 +148,8 @@ fn run_client(client: &str, calls: usize) {
                 });
                 tonic::transport::Channel::balance_list(eps)
             });
-            measure(&rt, GreeterClient::new(channel), calls);
+            let client = GreeterClient::new(channel);
+            measure(&mut |n| rt.block_on(run_calls(&client, n)), calls);
         }
         other => {
             let policy = other
@@ -156,7 +158,8 @@ fn run_client(client: &str, calls: usize) {
                 .map(|(p, _)| p)
                 .expect("meshless_<policy>_<n>");
             let channel = rt.block_on(meshless_channel(&servers, policy));
-            measure(&rt, GreeterClient::new(channel), calls);
+            let client = GreeterClient::new(channel);
+            measure(&mut |n| rt.block_on(run_calls(&client, n)), calls);
         }
     }
     drop(servers);
@@ -180,16 +183,10 @@ async fn meshless_channel(servers: &[ServerHandle], policy: &str) -> meshless::C
     channel
 }
 
-fn measure<T>(rt: &tokio::runtime::Runtime, client: GreeterClient<T>, calls: usize)
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + 'static,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    rt.block_on(run_calls(&client, WARM_UP));
-    meshless_measured_calls(&mut || rt.block_on(run_calls(&client, calls)));
+/// Warms `calls(n)` up, then counts `calls(measured)`.
+fn measure(calls: &mut dyn FnMut(usize), measured: usize) {
+    calls(WARM_UP);
+    meshless_measured_calls(&mut || calls(measured));
 }
 
 /// The function callgrind counts inside (`--toggle-collect`): everything `work` does.
