@@ -2,12 +2,13 @@
 //!
 //! It shows the problem meshless solves: a plain tonic `Channel` dialled at a Service VIP opens
 //! one HTTP/2 connection, the proxy pins that connection to one backend, and so every call of
-//! the channel goes to that backend.
+//! the channel goes to that backend. [`ProxyHandle::add_backend`] plays a scale-up: like
+//! kube-proxy learning a new pod, the proxy may send new connections to the added backend,
+//! while connections already open stay where they are.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -25,9 +26,23 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub struct ProxyHandle {
     addr: SocketAddr,
-    backends: Vec<SocketAddr>,
-    connections: Arc<Vec<AtomicU64>>,
+    backends: Arc<Mutex<Backends>>,
     accept: JoinHandle<()>,
+}
+
+/// The backend set and the connections proxied to each, shared with the accept loop.
+#[derive(Debug, Default)]
+struct Backends {
+    addrs: Vec<SocketAddr>,
+    connections: Vec<u64>,
+}
+
+/// Locks the backend set; a panic elsewhere cannot leave it half-updated, so a poisoned
+/// lock is still good.
+fn lock(backends: &Mutex<Backends>) -> MutexGuard<'_, Backends> {
+    backends
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ProxyHandle {
@@ -47,18 +62,18 @@ impl ProxyHandle {
         }
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
-        let connections: Arc<Vec<AtomicU64>> =
-            Arc::new(backends.iter().map(|_| AtomicU64::new(0)).collect());
+        let backends = Arc::new(Mutex::new(Backends {
+            connections: vec![0; backends.len()],
+            addrs: backends,
+        }));
         let accept = tokio::spawn(accept_loop(
             listener,
-            backends.clone(),
-            Arc::clone(&connections),
+            Arc::clone(&backends),
             StdRng::seed_from_u64(seed),
         ));
         Ok(Self {
             addr,
             backends,
-            connections,
             accept,
         })
     }
@@ -73,17 +88,26 @@ impl ProxyHandle {
         format!("http://{}", self.addr)
     }
 
-    /// The backends, in the order [`connections`](Self::connections) counts them.
-    pub fn backends(&self) -> &[SocketAddr] {
-        &self.backends
+    /// The backends, in the order [`connections`](Self::connections) counts them: those
+    /// given to [`spawn`](Self::spawn), then those added, in the order they were added.
+    pub fn backends(&self) -> Vec<SocketAddr> {
+        lock(&self.backends).addrs.clone()
     }
 
     /// Connections proxied to each backend so far, in the order of [`backends`](Self::backends).
     pub fn connections(&self) -> Vec<u64> {
-        self.connections
-            .iter()
-            .map(|c| c.load(Ordering::SeqCst))
-            .collect()
+        lock(&self.backends).connections.clone()
+    }
+
+    /// Adds `backend` to the set, as kube-proxy learns a pod that a scale-up added to a
+    /// Service: every connection accepted from now on picks uniformly among all backends, the
+    /// new one included. Connections already open keep their backend, so a client that holds
+    /// its connections (a plain tonic `Channel`, a fixed pool of them) never reaches the new
+    /// backend. Adding a backend already in the set adds it again, doubling its chance.
+    pub fn add_backend(&self, backend: SocketAddr) {
+        let mut set = lock(&self.backends);
+        set.addrs.push(backend);
+        set.connections.push(0);
     }
 }
 
@@ -94,12 +118,7 @@ impl Drop for ProxyHandle {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    backends: Vec<SocketAddr>,
-    connections: Arc<Vec<AtomicU64>>,
-    mut rng: StdRng,
-) {
+async fn accept_loop(listener: TcpListener, backends: Arc<Mutex<Backends>>, mut rng: StdRng) {
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -109,9 +128,13 @@ async fn accept_loop(
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 };
-                let index = rng.random_range(0..backends.len());
-                connections[index].fetch_add(1, Ordering::SeqCst);
-                tasks.spawn(pipe(client, backends[index]));
+                let backend = {
+                    let mut set = lock(&backends);
+                    let index = rng.random_range(0..set.addrs.len());
+                    set.connections[index] += 1;
+                    set.addrs[index]
+                };
+                tasks.spawn(pipe(client, backend));
             }
             // Reap finished connections so the set does not grow with every connection.
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}

@@ -1,4 +1,5 @@
 //! Latency percentiles and per-backend shares of load runs, as a text table or as JSON.
+//! [`ScaleUpReport`] covers a run sent in two halves with a backend added between them.
 //!
 //! ```
 //! use meshless_integration::report::{Latencies, Report, RunReport};
@@ -28,6 +29,9 @@ use crate::load::LoadOutcome;
 
 /// Width, in characters, of a 100 % share bar in the table.
 const BAR_WIDTH: usize = 40;
+
+/// Width of a 100 % share bar in a [`ScaleUpReport`] table, which shows two bars a line.
+const HALF_BAR_WIDTH: usize = 20;
 
 // ===== Latencies =====
 
@@ -329,6 +333,305 @@ impl fmt::Display for Report {
     }
 }
 
+// ===== ScaleUpReport =====
+
+/// Calls one backend received in each half of a [`ScaleUpReport`]'s run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HalfCalls {
+    /// The backend's name.
+    pub backend: String,
+    /// Calls it received before the scale-up.
+    pub before: u64,
+    /// Calls it received after the scale-up.
+    pub after: u64,
+}
+
+/// The results of one load run sent in two halves with a scale-up between them: a backend
+/// starts after the first half, and the table shows who received the second half, so a
+/// client that never sends the new backend anything is plain to see.
+///
+/// The calls per backend are given by the caller ([`calls`](Self::calls)), typically counted
+/// by the servers themselves; errors, latencies and elapsed time come from the two halves'
+/// [`LoadOutcome`]s.
+///
+/// ```
+/// use meshless_integration::load::LoadOutcome;
+/// use meshless_integration::report::ScaleUpReport;
+///
+/// let run = ScaleUpReport::new("round_robin", "new", &LoadOutcome::default(), &LoadOutcome::default())
+///     .calls("old", 10, 5)
+///     .calls("new", 0, 5);
+/// assert_eq!(run.added_share(), (0.0, 0.5));
+/// assert_eq!(run.to_json()["backends"]["new"]["after"], 5);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ScaleUpReport {
+    /// The run's name, such as `"round_robin"` or `"tonic_via_l4_proxy"`.
+    pub name: String,
+    /// Calls per backend in each half, in the order they were added.
+    pub backends: Vec<HalfCalls>,
+    /// The backend the scale-up started.
+    pub added: String,
+    /// The backend each connection the client holds for the whole run landed on, in the order
+    /// they were opened, for a client that pins connections (a plain tonic channel, a pool)
+    /// behind an L4 proxy; empty otherwise.
+    pub connections: Vec<String>,
+    /// How long after the scale-up the client had a connection to the added backend ready,
+    /// for a client that learns of it; the second half started after that.
+    pub added_ready: Option<Duration>,
+    /// Lines printed under the added backend's share, saying how the client took the
+    /// scale-up.
+    pub notes: Vec<String>,
+    /// Failed calls per status code name, over both halves.
+    pub errors: BTreeMap<String, u64>,
+    /// Calls cut off by a half's timeout, over both halves.
+    pub unfinished: u64,
+    /// Percentiles of the successful calls' latencies, over both halves.
+    pub latency: LatencySummary,
+    /// Wall-clock time of the two halves (the scale-up between them not included).
+    pub elapsed: Duration,
+    /// Successful calls, over both halves.
+    ok: u64,
+}
+
+impl ScaleUpReport {
+    /// The report of run `name`, whose scale-up started backend `added`, from the outcomes
+    /// of the halves `before` and `after` it. Add each backend's calls with
+    /// [`calls`](Self::calls).
+    pub fn new(
+        name: impl Into<String>,
+        added: impl Into<String>,
+        before: &LoadOutcome,
+        after: &LoadOutcome,
+    ) -> Self {
+        let mut latencies = before.latencies.clone();
+        latencies
+            .samples
+            .extend_from_slice(&after.latencies.samples);
+        let mut errors = before.errors.clone();
+        for (code, n) in &after.errors {
+            *errors.entry(code.clone()).or_default() += n;
+        }
+        Self {
+            name: name.into(),
+            backends: Vec::new(),
+            added: added.into(),
+            connections: Vec::new(),
+            added_ready: None,
+            notes: Vec::new(),
+            errors,
+            unfinished: before.unfinished + after.unfinished,
+            latency: latencies.summary(),
+            elapsed: before.elapsed + after.elapsed,
+            ok: before.ok() + after.ok(),
+        }
+    }
+
+    /// Adds a backend's calls before and after the scale-up.
+    #[must_use]
+    pub fn calls(mut self, backend: impl Into<String>, before: u64, after: u64) -> Self {
+        self.backends.push(HalfCalls {
+            backend: backend.into(),
+            before,
+            after,
+        });
+        self
+    }
+
+    /// Sets [`connections`](Self::connections).
+    #[must_use]
+    pub fn connections(mut self, landed: Vec<String>) -> Self {
+        self.connections = landed;
+        self
+    }
+
+    /// Sets [`added_ready`](Self::added_ready).
+    #[must_use]
+    pub fn added_ready(mut self, after: Duration) -> Self {
+        self.added_ready = Some(after);
+        self
+    }
+
+    /// Adds a line to [`notes`](Self::notes).
+    #[must_use]
+    pub fn note(mut self, line: impl Into<String>) -> Self {
+        self.notes.push(line.into());
+        self
+    }
+
+    /// Successful calls, over both halves.
+    pub fn ok(&self) -> u64 {
+        self.ok
+    }
+
+    /// Failed calls, over both halves.
+    pub fn failed(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// The share (0 to 1) of each half's calls, as the backends counted them, that went to
+    /// the added backend: `(before, after)`.
+    pub fn added_share(&self) -> (f64, f64) {
+        self.backends
+            .iter()
+            .find(|b| b.backend == self.added)
+            .map_or((0.0, 0.0), |b| {
+                let (before, after) = self.totals();
+                (fraction(b.before, before), fraction(b.after, after))
+            })
+    }
+
+    /// Calls in each half over every backend.
+    fn totals(&self) -> (u64, u64) {
+        self.backends
+            .iter()
+            .fold((0, 0), |(b, a), row| (b + row.before, a + row.after))
+    }
+
+    /// The JSON form of this run: `{"requests", "ok", "errors": {code: n}, "unfinished",
+    /// "backends": {backend: {"before", "after"}}, "added", "added_share": {"before",
+    /// "after"} (fractions), "added_ready_ms" (or null), "connections": [backend], "notes": [line],
+    /// "elapsed_ms", "throughput_rps", "latency_ms": {"p50", "p90", "p99", "p999", "mean",
+    /// "max"}, "p50_ms", "p99_ms"}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let (before, after) = self.added_share();
+        let backends: serde_json::Map<String, serde_json::Value> = self
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    b.backend.clone(),
+                    serde_json::json!({ "before": b.before, "after": b.after }),
+                )
+            })
+            .collect();
+        let l = &self.latency;
+        serde_json::json!({
+            "requests": self.ok + self.failed() + self.unfinished,
+            "ok": self.ok,
+            "errors": self.errors,
+            "unfinished": self.unfinished,
+            "backends": backends,
+            "added": self.added,
+            "added_share": { "before": before, "after": after },
+            "added_ready_ms": self.added_ready.map(ms),
+            "connections": self.connections,
+            "notes": self.notes,
+            "elapsed_ms": ms(self.elapsed),
+            "throughput_rps": throughput(self.ok, self.elapsed),
+            "latency_ms": {
+                "p50": ms(l.p50),
+                "p90": ms(l.p90),
+                "p99": ms(l.p99),
+                "p999": ms(l.p999),
+                "mean": ms(l.mean),
+                "max": ms(l.max),
+            },
+            "p50_ms": ms(l.p50),
+            "p99_ms": ms(l.p99),
+        })
+    }
+}
+
+fn fraction(part: u64, whole: u64) -> f64 {
+    if whole > 0 {
+        part as f64 / whole as f64
+    } else {
+        0.0
+    }
+}
+
+/// `calls  share  bar` of one half, the bar padded to its full width.
+fn half_cell(calls: u64, total: u64) -> String {
+    let share = fraction(calls, total);
+    let bar = "█".repeat((share * HALF_BAR_WIDTH as f64).round() as usize);
+    format!("{calls:>6} {:>5.1}%  {bar:<HALF_BAR_WIDTH$}", share * 100.0)
+}
+
+/// The table: a header line, where the client's connections landed (if it pins them), one
+/// line per backend with its calls and share in each half, the added backend's share before
+/// and after, the percentiles.
+impl fmt::Display for ScaleUpReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "== {}: {} ok in {:.2} s ({:.0}/s)",
+            self.name,
+            self.ok,
+            self.elapsed.as_secs_f64(),
+            throughput(self.ok, self.elapsed)
+        )?;
+        if self.failed() > 0 {
+            let errors: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
+            write!(f, ", {} failed ({})", self.failed(), errors.join(", "))?;
+        }
+        if self.unfinished > 0 {
+            write!(f, ", {} unfinished", self.unfinished)?;
+        }
+        writeln!(f)?;
+        if !self.connections.is_empty() {
+            writeln!(
+                f,
+                "  connections held for the whole run landed on: {}",
+                self.connections.join(", ")
+            )?;
+        }
+        let width = self
+            .backends
+            .iter()
+            .map(|b| b.backend.len())
+            .max()
+            .unwrap_or(0)
+            .max("backend".len());
+        let cell = 6 + 1 + 6 + 2 + HALF_BAR_WIDTH;
+        writeln!(
+            f,
+            "  {:<width$}  {:<cell$}    after the scale-up",
+            "backend", "  before the scale-up"
+        )?;
+        let (before, after) = self.totals();
+        for b in &self.backends {
+            writeln!(
+                f,
+                "  {:<width$}  {}  {}",
+                b.backend,
+                half_cell(b.before, before),
+                half_cell(b.after, after).trim_end()
+            )?;
+        }
+        let (share_before, share_after) = self.added_share();
+        write!(
+            f,
+            "  {}: {:.1}% of the calls before the scale-up, {:.1}% after",
+            self.added,
+            share_before * 100.0,
+            share_after * 100.0
+        )?;
+        match self.added_ready {
+            Some(d) => writeln!(f, " (ready after {:.1} ms)", ms(d))?,
+            None => writeln!(f)?,
+        }
+        for line in &self.notes {
+            writeln!(f, "  {line}")?;
+        }
+        let l = &self.latency;
+        writeln!(
+            f,
+            "  latency  p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            ms(l.p50),
+            ms(l.p90),
+            ms(l.p99),
+            ms(l.p999),
+            ms(l.max)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,6 +671,54 @@ mod tests {
             (s.p50, s.p90),
             (Duration::from_millis(1), Duration::from_millis(2))
         );
+    }
+
+    #[test]
+    fn scale_up_report_merges_halves_and_shows_the_added_share() {
+        let mut before = LoadOutcome::default();
+        before.backends.insert("a".into(), 4);
+        before.latencies = millis(&[1, 2, 3, 4]);
+        let mut after = LoadOutcome::default();
+        after.backends.insert("a".into(), 2);
+        after.errors.insert("Unavailable".into(), 1);
+        after.latencies = millis(&[5, 6]);
+        let run = ScaleUpReport::new("round_robin", "new", &before, &after)
+            .calls("a", 4, 2)
+            .calls("new", 0, 2)
+            .added_ready(Duration::from_millis(3))
+            .note("discovery added it");
+        assert_eq!((run.ok(), run.failed()), (6, 1));
+        assert_eq!(run.latency.count, 6);
+        assert_eq!(run.latency.max, Duration::from_millis(6));
+        assert_eq!(run.added_share(), (0.0, 0.5));
+
+        let table = run.to_string();
+        assert!(
+            table.contains("new: 0.0% of the calls before the scale-up, 50.0% after"),
+            "{table}"
+        );
+        assert!(table.contains("Unavailable 1"), "{table}");
+        assert!(
+            table.contains("(ready after 3.0 ms)\n  discovery added it\n"),
+            "{table}"
+        );
+        assert!(!table.contains("connections held"), "{table}");
+
+        let json = run.to_json();
+        assert_eq!(json["requests"], 7);
+        assert_eq!(json["backends"]["a"]["before"], 4);
+        assert_eq!(json["backends"]["new"]["after"], 2);
+        assert_eq!(json["added_share"]["after"], 0.5);
+        assert_eq!(json["added_ready_ms"], 3.0);
+        assert_eq!(json["notes"][0], "discovery added it");
+
+        let pinned = ScaleUpReport::new("pool", "new", &before, &after)
+            .calls("a", 4, 4)
+            .calls("new", 0, 0)
+            .connections(vec!["a".into(), "a".into()]);
+        assert_eq!(pinned.added_share(), (0.0, 0.0));
+        assert!(pinned.to_string().contains("landed on: a, a"));
+        assert!(pinned.to_json()["added_ready_ms"].is_null());
     }
 
     #[test]

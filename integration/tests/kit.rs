@@ -383,6 +383,51 @@ async fn proxy_pins_a_plain_channel_to_one_backend() {
 }
 
 #[tokio::test]
+async fn proxy_sends_new_connections_to_an_added_backend_and_keeps_old_ones() {
+    let old = TestServer::new("old").spawn().expect("spawn");
+    let added = TestServer::new("added").spawn().expect("spawn");
+    let proxy = ProxyHandle::spawn(vec![old.addr()], 42)
+        .await
+        .expect("proxy");
+    let mut pinned = client(proxy.uri()).await;
+    let reply = bounded("call before the add", pinned.say_hello(hello("x")))
+        .await
+        .expect("call");
+    assert_eq!(reply.into_inner().server, "old");
+
+    proxy.add_backend(added.addr());
+    assert_eq!(proxy.backends(), [old.addr(), added.addr()]);
+
+    // New connections pick between both backends: within a few, one lands on the added one
+    // (each has an even chance; the seed makes the count the same every run).
+    let mut fresh = Vec::new();
+    while added.calls() == 0 {
+        assert!(
+            fresh.len() < 64,
+            "no new connection reached the added backend"
+        );
+        let mut greeter = client(proxy.uri()).await;
+        bounded("call on a new connection", greeter.say_hello(hello("y")))
+            .await
+            .expect("call");
+        fresh.push(greeter);
+    }
+    let connections = proxy.connections();
+    assert_eq!(connections.iter().sum::<u64>(), 1 + fresh.len() as u64);
+    assert_eq!(connections[1], added.calls());
+
+    // The connection opened before the add stays on its backend.
+    let before = old.calls();
+    for _ in 0..20 {
+        let reply = bounded("call on the old connection", pinned.say_hello(hello("z")))
+            .await
+            .expect("call");
+        assert_eq!(reply.into_inner().server, "old");
+    }
+    assert_eq!(old.calls(), before + 20);
+}
+
+#[tokio::test]
 async fn load_run_counts_errors_and_honours_its_timeout() {
     let failing = TestServer::new("bad")
         .fail_with(Code::Unavailable)
