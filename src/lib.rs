@@ -45,6 +45,8 @@ pub use meshless_middleware::{DefaultDeadline, DefaultDeadlineLayer};
 pub use meshless_transport::{
     BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
 };
+#[cfg(feature = "tls")]
+pub use meshless_transport::TlsConfig;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]

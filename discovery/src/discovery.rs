@@ -85,6 +85,14 @@ pub trait Discovery: Send + Sync + 'static {
     /// A hint that the consumer saw a connection fail and fresher data would help (gRPC's
     /// `ResolveNow`). Backends that poll (DNS) may re-resolve early; the default ignores it.
     fn resolve_now(&self) {}
+
+    /// Whether the channel may use the TLS server names this discovery gives its endpoints
+    /// (`Endpoint::tls_server_name`). Only sources the application controls say yes: static
+    /// lists and [`ManualDiscovery`](crate::ManualDiscovery). DNS never does (anyone who can
+    /// answer a query would choose the certificate), nor does a backend by default.
+    fn trusted_names(&self) -> bool {
+        false
+    }
 }
 
 impl fmt::Debug for dyn Discovery {

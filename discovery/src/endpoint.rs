@@ -96,6 +96,11 @@ pub struct Endpoint {
     /// target's host (the channel's `.authority(..)` still overrides it). Backends set it
     /// only from data the service owner controls.
     pub authority: Option<String>,
+    /// The name a TLS channel verifies in this endpoint's certificate, when the backend
+    /// knows it. A channel uses it only from a discovery that says its names can be trusted
+    /// ([`Discovery::trusted_names`](crate::Discovery::trusted_names)): whoever sets this
+    /// chooses which certificate passes.
+    pub tls_server_name: Option<String>,
 }
 
 impl Endpoint {
@@ -107,7 +112,15 @@ impl Endpoint {
             zone: None,
             metadata: Metadata::new(),
             authority: None,
+            tls_server_name: None,
         }
+    }
+
+    /// Sets the TLS server name to verify (see [`Endpoint::tls_server_name`]).
+    #[must_use]
+    pub fn with_tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls_server_name = Some(name.into());
+        self
     }
 
     /// Sets the `:authority` of calls to this endpoint (see [`Endpoint::authority`]).

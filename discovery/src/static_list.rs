@@ -173,6 +173,11 @@ impl Discovery for StaticDiscovery {
             Source::Hosts(hosts) => Box::pin(resolve_stream(hosts.clone())),
         }
     }
+
+    /// The list is the application's own configuration.
+    fn trusted_names(&self) -> bool {
+        true
+    }
 }
 
 /// Resolves the hosts until it succeeds once, yielding each failure on the way.

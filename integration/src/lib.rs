@@ -30,6 +30,7 @@ pub mod load;
 pub mod proxy;
 pub mod report;
 pub mod server;
+pub mod tls;
 
 pub use proxy::ProxyHandle;
 pub use server::{ServerHandle, TestServer};

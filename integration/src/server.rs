@@ -112,6 +112,7 @@ pub struct TestServer {
     fail: Option<Code>,
     hook: Option<Hook>,
     addr: SocketAddr,
+    tls: Option<crate::tls::ServerTls>,
 }
 
 impl fmt::Debug for TestServer {
@@ -122,6 +123,7 @@ impl fmt::Debug for TestServer {
             .field("fail", &self.fail)
             .field("hook", &self.hook.as_ref().map(|_| ".."))
             .field("addr", &self.addr)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -135,7 +137,14 @@ impl TestServer {
             fail: None,
             hook: None,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            tls: None,
         }
+    }
+
+    /// Serves over TLS (or mTLS) only, with `tls`'s certificate.
+    pub fn tls(mut self, tls: crate::tls::ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Adds a fixed latency before each call is answered (before the first reply of a stream).
@@ -392,6 +401,14 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
         }
     };
     let addr = listener.local_addr()?;
+    let acceptor = match config.tls.as_ref().map(crate::tls::ServerTls::acceptor) {
+        Some(Ok(a)) => Some(a),
+        Some(Err(e)) => {
+            runtime.shutdown_background();
+            return Err(e);
+        }
+        None => None,
+    };
 
     let greeter = GreeterService {
         name: config.name.clone(),
@@ -419,11 +436,20 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
                         .set_service_status("", tonic_health::ServingStatus::NotServing)
                         .await;
                 };
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-                let serve = Server::builder()
+                let router = Server::builder()
                     .add_service(health_service)
-                    .add_service(GreeterServer::new(greeter))
-                    .serve_with_incoming_shutdown(incoming, signal);
+                    .add_service(GreeterServer::new(greeter));
+                let serve: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
+                    match acceptor {
+                        None => {
+                            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                        }
+                        Some(acceptor) => Box::pin(router.serve_with_incoming_shutdown(
+                            tls_incoming(listener, acceptor),
+                            signal,
+                        )),
+                    };
                 tokio::select! {
                     _ = serve => {}
                     _ = kill_rx => {}
@@ -442,6 +468,35 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
         done: done_rx,
         thread: Some(thread),
     })
+}
+
+/// Accepts TLS connections on `listener`: each handshake runs on its own task, and only
+/// the connections that complete it reach the server (a failed handshake is dropped).
+fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<crate::tls::TlsIo>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, sender) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                if let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                {
+                    let _ = sender.send(Ok(crate::tls::TlsIo(tls))).await;
+                }
+            });
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 // ===== GreeterService =====

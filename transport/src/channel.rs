@@ -74,6 +74,11 @@ pub enum BuildError {
     /// `build` was called outside a Tokio runtime.
     #[error("meshless::Channel must be built inside a Tokio runtime (it spawns its control task)")]
     NoRuntime,
+    /// The TLS settings do not load: no trust given, a PEM that does not parse, a key that
+    /// does not match its certificate, or a unix socket target without a server name.
+    #[cfg(feature = "tls")]
+    #[error("{0}")]
+    Tls(String),
     /// [`ChannelBuilder::registry`] was set on a builder from [`Channel::with_discovery`],
     /// whose discovery is given: the registry would never be asked.
     #[error(
@@ -99,6 +104,8 @@ pub struct ChannelBuilder {
     authority: Option<http::uri::Authority>,
     queue_timeout: Duration,
     failure_codes: FailureCodes,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::TlsConfig>,
     idle_timeout: Option<Duration>,
 }
 
@@ -196,10 +203,14 @@ impl ChannelBuilder {
                 keepalive_while_idle: false,
                 tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
                 http2: Http2Settings::default(),
+                #[cfg(feature = "tls")]
+                tls: None,
             },
             authority: None,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             failure_codes: FailureCodes::DEFAULT,
+            #[cfg(feature = "tls")]
+            tls: None,
             idle_timeout: None,
         }
     }
@@ -308,6 +319,16 @@ impl ChannelBuilder {
         self
     }
 
+    /// Speaks TLS (mTLS with an identity) on every connection; see [`TlsConfig`] for trust,
+    /// identity, the server name verified and certificate rotation. Default: plaintext h2c.
+    ///
+    /// [`TlsConfig`]: crate::TlsConfig
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Closes every connection after this long without calls; the next call reopens them
     /// (and waits for the connection, bounded as always). Default: off.
     pub fn idle_timeout(mut self, d: Duration) -> Self {
@@ -329,6 +350,7 @@ impl ChannelBuilder {
     pub fn build(self) -> Result<Channel, BuildError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let name = self.target?;
+        let mut unix_target = false;
         let (discovery, default_authority) = match self.discovery {
             Some(_) if self.registry.is_some() => {
                 return Err(BuildError::RegistryWithDiscovery { name });
@@ -337,8 +359,33 @@ impl ChannelBuilder {
             None => {
                 let registry = self.registry.unwrap_or_default();
                 let target: Target = registry.parse(&name)?;
+                unix_target = target.scheme().starts_with("unix");
                 let authority = default_authority(&target);
                 (registry.build(&target)?, authority)
+            }
+        };
+        let _ = unix_target;
+        #[cfg(feature = "tls")]
+        let mut connect = self.connect;
+        #[cfg(not(feature = "tls"))]
+        let connect = self.connect;
+        #[cfg(feature = "tls")]
+        let tls_reload = match self.tls {
+            None => None,
+            Some(tls) => {
+                let state = crate::tls::TlsState::new(tls).map_err(BuildError::Tls)?;
+                if unix_target && state.forced_name().is_none() {
+                    return Err(BuildError::Tls(format!(
+                        "{name}: TLS to a unix socket needs the name to verify: set TlsConfig::server_name"
+                    )));
+                }
+                let reload = state.reload_every().map(|every| {
+                    AbortOnDrop(
+                        runtime.spawn(crate::tls::reload_loop(Arc::downgrade(&state), every)),
+                    )
+                });
+                connect.tls = Some(state);
+                reload
             }
         };
         let policy = match (self.balancer, self.policy) {
@@ -347,18 +394,28 @@ impl ChannelBuilder {
             (None, None) => self.policies.get("pick_first")?,
         };
         let balancer = policy.new_balancer();
-        let shared = Arc::new(Shared::new(
+        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+        let mut shared = Shared::new(
             name.into(),
             balancer.name(),
             self.queue_timeout,
             self.failure_codes,
-        ));
+        );
+        #[cfg(feature = "tls")]
+        {
+            shared.tls = connect.tls.clone();
+        }
+        let shared = Arc::new(shared);
         let (alive, closed) = oneshot::channel();
+        let discovery_trusted = discovery.trusted_names();
         let control = Control {
             shared: shared.clone(),
             balancer,
             discovery,
-            config: Arc::new(self.connect),
+            config: Arc::new(connect),
+            trusted_names: discovery_trusted,
+            #[cfg(feature = "tls")]
+            _tls_reload: tls_reload,
             forced_authority: self.authority,
             default_authority,
             idle_timeout: self.idle_timeout,
@@ -369,6 +426,18 @@ impl ChannelBuilder {
             shared,
             _alive: Arc::new(alive),
         })
+    }
+}
+
+/// Aborts a background task when dropped (the channel's TLS reload task, with the control
+/// task that owns it).
+#[cfg(feature = "tls")]
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+#[cfg(feature = "tls")]
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     pub capacity: Notify,
     /// How many endpoints discovery reports (for error messages without a status lock).
     pub endpoint_count: AtomicUsize,
+    /// The channel's TLS state, for `status()`'s reload error.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<crate::tls::TlsState>>,
     status: Mutex<StatusBase>,
 }
 
@@ -124,6 +127,8 @@ impl Shared {
             wake: Notify::new(),
             capacity: Notify::new(),
             endpoint_count: AtomicUsize::new(0),
+            #[cfg(feature = "tls")]
+            tls: None,
             status: Mutex::new(StatusBase::default()),
         }
     }
@@ -147,6 +152,10 @@ impl Shared {
             resolved: base.resolved,
             discovery_error: base.discovery_error.clone(),
             panicked: base.panicked.clone(),
+            #[cfg(feature = "tls")]
+            tls_error: self.tls.as_ref().and_then(|t| t.error()),
+            #[cfg(not(feature = "tls"))]
+            tls_error: None,
             endpoints: base
                 .endpoints
                 .iter()
@@ -192,6 +201,12 @@ pub(crate) struct Control {
     pub default_authority: Option<http::uri::Authority>,
     pub idle_timeout: Option<Duration>,
     pub closed: oneshot::Receiver<()>,
+    /// The discovery's TLS server names may be used (`Discovery::trusted_names`).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub trusted_names: bool,
+    /// The TLS reload task, stopped with this task.
+    #[cfg(feature = "tls")]
+    pub _tls_reload: Option<crate::channel::AbortOnDrop>,
 }
 
 struct Run {
@@ -413,6 +428,32 @@ impl Run {
             .unwrap_or_else(|| http::uri::Authority::from_static("localhost"))
     }
 
+    /// The name a TLS connection to `ep` verifies: the configured one, then a trusted
+    /// discovery's, then the host of the endpoint's `:authority` (the target's host, or the
+    /// endpoint's own address for lists). None without TLS, and for a unix socket without
+    /// a configured name.
+    #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
+    fn tls_name_for(&self, ep: &Endpoint, authority: &http::uri::Authority) -> Option<Arc<str>> {
+        #[cfg(feature = "tls")]
+        {
+            let tls = self.c.config.tls.as_ref()?;
+            if let Some(name) = tls.forced_name() {
+                return Some(name.into());
+            }
+            if self.c.trusted_names
+                && let Some(name) = &ep.tls_server_name
+            {
+                return Some(name.as_str().into());
+            }
+            if matches!(ep.addr, Address::Unix(_)) {
+                return None;
+            }
+            Some(crate::tls::host_of(authority.as_str()).into())
+        }
+        #[cfg(not(feature = "tls"))]
+        None
+    }
+
     /// Makes the subchannels match `next`: keeps the ones that stay (with their
     /// connections and stats), starts new ones, shuts down the rest. O(n) in the set size.
     fn reconcile(&mut self, next: Vec<Endpoint>) {
@@ -460,9 +501,12 @@ impl Run {
                 .map(|(s, _)| s)
                 .unwrap_or_else(|| Arc::new(self.c.balancer.new_stats()));
             self.next_generation += 1;
+            let authority = self.authority_for(&ep);
+            let tls_name = self.tls_name_for(&ep, &authority);
             let handle = subchannel::spawn(
                 ep.addr.clone(),
-                self.authority_for(&ep),
+                authority,
+                tls_name,
                 self.next_generation,
                 stats.clone(),
                 self.c.config.clone(),

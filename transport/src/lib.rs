@@ -23,6 +23,8 @@ mod replay;
 mod settings;
 mod status;
 mod subchannel;
+#[cfg(feature = "tls")]
+mod tls;
 mod tracked;
 
 pub use channel::{
@@ -31,8 +33,14 @@ pub use channel::{
 };
 pub use grpc_timeout::GrpcTimeout;
 pub use meshless_discovery::backoff::BackoffConfig;
+/// The rustls this crate's TLS is built on, for [`TlsConfig::verifier`] and
+/// [`TlsConfig::client_config`].
+#[cfg(feature = "tls")]
+pub use rustls;
 pub use settings::{
     DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_HEADER_LIST_SIZE,
     DEFAULT_STREAM_WINDOW, Http2Settings,
 };
 pub use status::{ChannelStatus, EndpointStatus};
+#[cfg(feature = "tls")]
+pub use tls::{DEFAULT_TLS_RELOAD, TlsConfig};

@@ -23,6 +23,9 @@ pub struct ChannelStatus {
     pub panicked: Option<String>,
     /// The endpoints, in discovery order.
     pub endpoints: Vec<EndpointStatus>,
+    /// Why the last reload of TLS certificate or key files failed, while it fails: new
+    /// connections keep the last good set meanwhile. Always `None` without TLS.
+    pub tls_error: Option<String>,
 }
 
 impl ChannelStatus {

@@ -30,6 +30,9 @@ pub(crate) struct ConnectConfig {
     /// TCP keepalive idle time and probe interval; `None` turns it off.
     pub tcp_keepalive: Option<Duration>,
     pub http2: Http2Settings,
+    /// TLS for every connection; `None` speaks h2c.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Arc<crate::tls::TlsState>>,
 }
 
 /// A state change the control task needs to hear about.
@@ -61,6 +64,8 @@ pub(crate) struct Conn {
 pub(crate) struct Subchannel {
     pub addr: Address,
     pub authority: http::uri::Authority,
+    /// The TLS server name to verify (with TLS on).
+    pub tls_name: Option<Arc<str>>,
     pub stats: Arc<EndpointStats>,
     conn: ArcSwapOption<Conn>,
 }
@@ -135,6 +140,7 @@ impl Drop for SubchannelHandle {
 pub(crate) fn spawn(
     addr: Address,
     authority: http::uri::Authority,
+    tls_name: Option<Arc<str>>,
     generation: u64,
     stats: Arc<EndpointStats>,
     config: Arc<ConnectConfig>,
@@ -143,6 +149,7 @@ pub(crate) fn spawn(
     let sub = Arc::new(Subchannel {
         addr,
         authority,
+        tls_name,
         stats,
         conn: ArcSwapOption::empty(),
     });
@@ -193,7 +200,7 @@ async fn connection_loop(
         report(ConnectivityState::Connecting, None);
         let attempt = tokio::time::timeout(
             config.connect_timeout,
-            connect(&sub.addr, &config, keepalive),
+            connect(&sub.addr, sub.tls_name.as_deref(), &config, keepalive),
         );
         let outcome = tokio::select! {
             r = attempt => r,
@@ -297,8 +304,10 @@ async fn wait_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 
 type Connection = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
 
+#[cfg_attr(not(feature = "tls"), allow(unused_variables))]
 async fn connect(
     addr: &Address,
+    tls_name: Option<&str>,
     config: &ConnectConfig,
     keepalive: Option<Duration>,
 ) -> Result<(http2::SendRequest<ReqBody>, Connection, u32), ConnectError> {
@@ -323,11 +332,29 @@ async fn connect(
                     .with_interval(idle);
                 socket2::SockRef::from(&tcp).set_tcp_keepalive(&ka)?;
             }
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &config.tls {
+                let name = tls_name
+                    .ok_or_else(|| ConnectError::Tls(format!("{addr}: no TLS server name")))?;
+                let stream = tls.connect(name, tcp).await.map_err(ConnectError::Tls)?;
+                return handshake(&builder, stream).await;
+            }
             handshake(&builder, tcp).await
         }
         #[cfg(unix)]
         Address::Unix(path) => {
             let stream = tokio::net::UnixStream::connect(path).await?;
+            #[cfg(feature = "tls")]
+            if let Some(tls) = &config.tls {
+                let name = tls_name.ok_or_else(|| {
+                    ConnectError::Tls(format!(
+                        "{}: TLS to a unix socket needs the name to verify: set TlsConfig::server_name",
+                        path.display()
+                    ))
+                })?;
+                let stream = tls.connect(name, stream).await.map_err(ConnectError::Tls)?;
+                return handshake(&builder, stream).await;
+            }
             handshake(&builder, stream).await
         }
         #[cfg(not(unix))]
@@ -385,4 +412,7 @@ enum ConnectError {
     Io(#[from] std::io::Error),
     #[error("HTTP/2 handshake failed: {0}")]
     Handshake(#[from] hyper::Error),
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    #[error("{0}")]
+    Tls(String),
 }
