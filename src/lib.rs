@@ -42,11 +42,11 @@ pub use meshless_discovery::{
     Address, Endpoint, ManualDiscovery, ManualHandle, Registry, Target, TargetError,
 };
 pub use meshless_middleware::{DefaultDeadline, DefaultDeadlineLayer};
+#[cfg(feature = "tls")]
+pub use meshless_transport::TlsConfig;
 pub use meshless_transport::{
     BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
 };
-#[cfg(feature = "tls")]
-pub use meshless_transport::TlsConfig;
 
 /// The README's examples, compiled as doc tests so they stay true.
 #[cfg(doctest)]
