@@ -90,9 +90,7 @@ impl FromIterator<Code> for FailureCodes {
 
 impl std::fmt::Debug for FailureCodes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let codes = (0..=16)
-            .map(Code::from_i32)
-            .filter(|&c| self.contains(c));
+        let codes = (0..=16).map(Code::from_i32).filter(|&c| self.contains(c));
         f.debug_set().entries(codes).finish()
     }
 }
