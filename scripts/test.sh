@@ -9,9 +9,12 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Debian packages the tests need, as "command:package": the package is installed only when
-# the command is missing. etcd's tests will add "etcd:etcd-server"; etcd-client's build
-# script, behind the etcd feature, will add "protoc:protobuf-compiler".
+# the command is missing: the etcd server and etcdctl for the etcd tests, and protoc for
+# etcd-client's build script (behind the `etcd` feature; default builds need no protoc).
 APT_PACKAGES=(
+    etcd:etcd-server
+    etcdctl:etcd-client
+    protoc:protobuf-compiler
 )
 
 # Crates that must appear in exactly one version (docs/architecture.md, "The crates").

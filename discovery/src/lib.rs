@@ -15,6 +15,9 @@
 //! ([`StaticScheme`], [`StaticDiscovery`]) and the code-driven [`ManualDiscovery`]. With the
 //! `dns` cargo feature: `dns` and `dns+srv` (`dns::DnsScheme`); with `k8s`: `kubernetes`
 //! and `k8s` (`k8s::K8sScheme`).
+//!
+//! Servers announce themselves through a [`Registrar`] (etcd, Consul), which keeps a
+//! [`Registration`] alive until it is dropped.
 
 #![warn(missing_docs)]
 
@@ -27,6 +30,7 @@ mod endpoint;
 #[cfg(feature = "k8s")]
 pub mod k8s;
 mod manual;
+mod registrar;
 mod registry;
 mod static_list;
 mod target;
@@ -35,6 +39,10 @@ pub use address::Address;
 pub use discovery::{Discovery, DiscoveryError, ErrorKind, Update, UpdateStream};
 pub use endpoint::{DEFAULT_WEIGHT, Endpoint, Metadata};
 pub use manual::{ManualDiscovery, ManualHandle};
+pub use registrar::{
+    DEREGISTER_TIMEOUT, Instance, Registrar, Registration, RegistrationState, RegistrationStatus,
+    Reporter, Stop,
+};
 pub use registry::{Backend, Registry, Scheme};
 pub use static_list::{StaticDiscovery, StaticScheme};
 pub use target::{HostPort, Target, TargetError, is_dns_name};
