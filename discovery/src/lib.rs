@@ -14,7 +14,7 @@
 //! [`Registry::register`]. Always present: `static`, `ipv4`, `ipv6`, `unix`
 //! ([`StaticScheme`], [`StaticDiscovery`]) and the code-driven [`ManualDiscovery`]. With the
 //! `dns` cargo feature: `dns` and `dns+srv` (`dns::DnsScheme`); with `k8s`: `kubernetes`
-//! and `k8s` (`k8s::K8sScheme`).
+//! and `k8s` (`k8s::K8sScheme`); with `consul`: `consul` (`consul::ConsulScheme`).
 //!
 //! Servers announce themselves through a [`Registrar`] (etcd, Consul), which keeps a
 //! [`Registration`] alive until it is dropped.
@@ -23,6 +23,8 @@
 
 mod address;
 pub mod backoff;
+#[cfg(feature = "consul")]
+pub mod consul;
 mod discovery;
 #[cfg(feature = "dns")]
 pub mod dns;

@@ -184,11 +184,17 @@ impl Reporter {
         });
     }
 
-    /// The registry confirmed the registration is alive (a keepalive or TTL pass).
+    /// The registry confirmed the registration is alive (a keepalive answer, a TTL pass).
+    /// After failures that did not lose the registration (the registry was unreachable
+    /// for a while), this makes it [`Registered`](RegistrationState::Registered) again.
     pub fn renewed(&self) {
         self.tx.send_if_modified(|s| {
             s.last_renewal = Some(Instant::now());
-            // A renewal is not news for watchers of the state.
+            // A renewal is news for watchers of the state only when it changes the state.
+            if s.state == RegistrationState::Retrying {
+                s.state = RegistrationState::Registered;
+                return true;
+            }
             false
         });
     }

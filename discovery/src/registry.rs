@@ -90,6 +90,8 @@ impl Default for Registry {
         r.register(crate::dns::DnsScheme::default());
         #[cfg(feature = "k8s")]
         r.register(crate::k8s::K8sScheme::default());
+        #[cfg(feature = "consul")]
+        r.register(crate::consul::ConsulScheme::default());
         r
     }
 }

@@ -1,0 +1,293 @@
+//! The watch loop: blocking queries on `/v1/health/service/<name>`, as Consul documents
+//! them (`api/features/blocking`): the index comes from `X-Consul-Index`, goes back to 0
+//! when it moves backwards, is never below 1, and the loop is rate-limited.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use http::{Method, StatusCode};
+use tokio::time::Instant;
+
+use super::client::{Agent, Answer, REQUEST_TIMEOUT, enc};
+use super::health::{self, Place};
+use super::{ConsulConfig, ConsulTarget, HealthFilter};
+use crate::backoff::Backoff;
+use crate::{Address, DiscoveryError, Endpoint, ErrorKind, Update, UpdateStream};
+
+type Item = Result<Update, DiscoveryError>;
+
+/// How long resolving an instance's host name may take.
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Added to `wait + wait/16` for the HTTP timeout of a blocking query.
+const BLOCKING_SLACK: Duration = Duration::from_secs(5);
+
+struct State {
+    label: String,
+    target: ConsulTarget,
+    config: ConsulConfig,
+    agent: Option<Agent>,
+    index: u64,
+    last: Option<Vec<Endpoint>>,
+    /// The last query failed: the next good answer is sent even when the set is unchanged,
+    /// so the channel learns that discovery works again.
+    failed: bool,
+    backoff: Backoff,
+    pause: Option<Duration>,
+    last_start: Option<Instant>,
+}
+
+pub(super) fn watch(label: String, target: ConsulTarget, config: ConsulConfig) -> UpdateStream {
+    let backoff = Backoff::new(config.backoff.clone().max_delay(target.max_backoff));
+    let state = State {
+        label,
+        target,
+        config,
+        agent: None,
+        index: 0,
+        last: None,
+        failed: false,
+        backoff,
+        pause: None,
+        last_start: None,
+    };
+    Box::pin(
+        stream::unfold(state, |mut st| async move {
+            let items = st.step().await;
+            Some((stream::iter(items), st))
+        })
+        .flatten(),
+    )
+}
+
+impl State {
+    fn agent(&mut self) -> Result<Agent, DiscoveryError> {
+        if let Some(a) = &self.agent {
+            return Ok(a.clone());
+        }
+        let t = &self.target;
+        let agent = Agent::new(
+            &t.agent,
+            t.token.as_deref(),
+            t.user.as_deref(),
+            t.password.as_deref(),
+        )
+        .map_err(|e| DiscoveryError::new(ErrorKind::Other, format!("{}: {e}", self.label)))?;
+        self.agent = Some(agent.clone());
+        Ok(agent)
+    }
+
+    fn path(&self) -> String {
+        let t = &self.target;
+        let mut q = format!("/v1/health/service/{}?", enc(&t.service));
+        if t.health == HealthFilter::Passing {
+            q.push_str("passing=1&");
+        }
+        for tag in &t.tags {
+            q.push_str(&format!("tag={}&", enc(tag)));
+        }
+        if let Some(dc) = &t.dc {
+            q.push_str(&format!("dc={}&", enc(dc)));
+        }
+        if let Some(near) = &t.near {
+            q.push_str(&format!("near={}&", enc(near)));
+        }
+        if t.allow_stale {
+            q.push_str("stale=1&");
+        }
+        if t.require_consistent {
+            q.push_str("consistent=1&");
+        }
+        if self.index > 0 {
+            q.push_str(&format!(
+                "index={}&wait={}ms",
+                self.index,
+                t.wait.as_millis()
+            ));
+        }
+        q.trim_end_matches(['&', '?']).to_owned()
+    }
+
+    fn timeout(&self) -> Duration {
+        let asked = self.target.timeout.unwrap_or(REQUEST_TIMEOUT);
+        if self.index > 0 {
+            let w = self.target.wait;
+            asked.max(w + w / 16 + BLOCKING_SLACK)
+        } else {
+            asked
+        }
+    }
+
+    async fn step(&mut self) -> Vec<Item> {
+        if let Some(d) = self.pause.take() {
+            tokio::time::sleep(d).await;
+        }
+        // Rate limit: an agent that answers at once every time (an index that keeps
+        // resetting, a proxy that ignores `wait`) must not spin the loop.
+        if let Some(start) = self.last_start {
+            let next = start + self.config.min_query_interval;
+            if Instant::now() < next {
+                tokio::time::sleep_until(next).await;
+            }
+        }
+        self.last_start = Some(Instant::now());
+        let agent = match self.agent() {
+            Ok(a) => a,
+            Err(e) => return self.fail(e),
+        };
+        let answer = agent
+            .send(Method::GET, &self.path(), None, self.timeout())
+            .await;
+        let answer = match answer {
+            Ok(a) => a,
+            Err(e) => {
+                let e = DiscoveryError::new(e.kind(), format!("{}: {e}", self.label));
+                return self.fail(e);
+            }
+        };
+        if answer.status != StatusCode::OK {
+            let e = self.status_error(&agent, &answer);
+            return self.fail(e);
+        }
+        let Some(new_index) = answer.index else {
+            let e = DiscoveryError::new(
+                ErrorKind::Malformed,
+                format!(
+                    "{}: Consul agent {} answered without an `X-Consul-Index` header; is \
+                     this a Consul agent?",
+                    self.label,
+                    agent.addr()
+                ),
+            );
+            return self.fail(e);
+        };
+        let (found, bad) =
+            match health::parse(&answer.body, &self.target.service, self.target.health) {
+                Ok(p) => p,
+                Err(msg) => {
+                    let e =
+                        DiscoveryError::new(ErrorKind::Malformed, format!("{}: {msg}", self.label));
+                    return self.fail(e);
+                }
+            };
+        // Consul's rules: an index that went backwards (a server restored from a snapshot,
+        // another server answering) starts over, and an index below 1 is taken as 1, so the
+        // next query blocks instead of returning at once.
+        self.index = if new_index < self.index { 0 } else { new_index }.max(1);
+        self.backoff.reset();
+        let (endpoints, mut problems) = self.resolve(found).await;
+        problems.extend(bad);
+        let mut out = Vec::new();
+        if self.failed || self.last.as_ref() != Some(&endpoints) {
+            self.failed = false;
+            self.last = Some(endpoints.clone());
+            out.push(Ok(Update::Reset(endpoints)));
+        }
+        for p in problems {
+            tracing::warn!(target = %self.label, "{p}");
+            out.push(Err(DiscoveryError::new(
+                ErrorKind::Malformed,
+                format!("{}: skipped {p}", self.label),
+            )));
+        }
+        out
+    }
+
+    fn fail(&mut self, e: DiscoveryError) -> Vec<Item> {
+        self.failed = true;
+        self.pause = Some(self.backoff.next_delay());
+        tracing::warn!(target = %self.label, error = %e, "Consul query failed, keeping the last known endpoints");
+        vec![Err(e)]
+    }
+
+    fn status_error(&self, agent: &Agent, answer: &Answer) -> DiscoveryError {
+        let t = &self.target;
+        let code = answer.status.as_u16();
+        let body = answer.text();
+        let (kind, advice) = match answer.status {
+            StatusCode::FORBIDDEN => (
+                ErrorKind::Forbidden,
+                format!(
+                    "the ACL token ({}) lacks `service:read` on `{}` (and `node:read` on its \
+                     nodes): grant them in the token's policy, or give another token with \
+                     `token=` in the target or CONSUL_HTTP_TOKEN",
+                    if t.token.is_some() {
+                        "the one given"
+                    } else {
+                        "none given, so the anonymous token"
+                    },
+                    t.service
+                ),
+            ),
+            StatusCode::UNAUTHORIZED => (
+                ErrorKind::Unauthenticated,
+                "the agent did not accept the user and password given in the target".to_owned(),
+            ),
+            StatusCode::NOT_FOUND => (
+                ErrorKind::NotFound,
+                "the agent has no health endpoint at this path: is this a Consul agent?".to_owned(),
+            ),
+            StatusCode::TOO_MANY_REQUESTS => (
+                ErrorKind::Unavailable,
+                "the agent is rate-limiting us; retrying with backoff".to_owned(),
+            ),
+            s if s.is_server_error() => (
+                ErrorKind::Unavailable,
+                "the agent or its servers failed; retrying with backoff".to_owned(),
+            ),
+            _ => (ErrorKind::Other, "check the target's parameters".to_owned()),
+        };
+        DiscoveryError::new(
+            kind,
+            format!(
+                "{}: Consul agent {} answered {code} to the health query for `{}`: {body}; {advice}",
+                self.label,
+                agent.addr(),
+                t.service
+            ),
+        )
+    }
+
+    /// Resolves host names, drops duplicate addresses (the first wins) and applies `limit`.
+    async fn resolve(&self, found: Vec<health::Found>) -> (Vec<Endpoint>, Vec<String>) {
+        let mut out = Vec::with_capacity(found.len());
+        let mut problems = Vec::new();
+        let mut seen: HashSet<Address> = HashSet::with_capacity(found.len());
+        for f in found {
+            let mut ep = f.endpoint;
+            if let Place::Host(host, port) = &f.place {
+                let lookup = tokio::time::timeout(
+                    LOOKUP_TIMEOUT,
+                    tokio::net::lookup_host((host.as_str(), *port)),
+                )
+                .await;
+                match lookup {
+                    Ok(Ok(mut addrs)) => match addrs.next() {
+                        Some(sa) => ep.addr = Address::Tcp(sa),
+                        None => {
+                            problems.push(format!("`{host}`: the name has no addresses"));
+                            continue;
+                        }
+                    },
+                    Ok(Err(e)) => {
+                        problems.push(format!("`{host}`: cannot resolve it: {e}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        problems.push(format!(
+                            "`{host}`: no answer resolving it in {LOOKUP_TIMEOUT:?}"
+                        ));
+                        continue;
+                    }
+                }
+            }
+            if seen.insert(ep.addr.clone()) {
+                out.push(ep);
+            }
+        }
+        if let Some(limit) = self.target.limit {
+            out.truncate(limit);
+        }
+        (out, problems)
+    }
+}
