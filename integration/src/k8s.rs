@@ -612,7 +612,7 @@ impl ApiHandle {
     }
 }
 
-fn parse_query(q: &str) -> BTreeMap<String, String> {
+pub(crate) fn parse_query(q: &str) -> BTreeMap<String, String> {
     q.split('&')
         .filter(|s| !s.is_empty())
         .map(|kv| {
@@ -622,7 +622,7 @@ fn parse_query(q: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -23,6 +23,7 @@ pub mod greeter {
     ));
 }
 
+pub mod consul;
 pub mod dns;
 pub mod h2proxy;
 pub mod k8s;

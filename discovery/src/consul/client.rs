@@ -49,6 +49,8 @@ pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     /// `X-Consul-Index`, when present and a number.
     pub(crate) index: Option<u64>,
+    /// `X-Consul-Results-Filtered-By-ACLs: true`: the token may not see everything.
+    pub(crate) filtered: bool,
     pub(crate) body: Bytes,
 }
 
@@ -158,6 +160,10 @@ impl Agent {
                 .get("x-consul-index")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse().ok());
+            let filtered = resp
+                .headers()
+                .get("x-consul-results-filtered-by-acls")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
             let body = Limited::new(resp.into_body(), MAX_BODY)
                 .collect()
                 .await
@@ -170,6 +176,7 @@ impl Agent {
             Ok(Answer {
                 status,
                 index,
+                filtered,
                 body,
             })
         };

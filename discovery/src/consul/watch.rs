@@ -170,6 +170,26 @@ impl State {
                     return self.fail(e);
                 }
             };
+        // With ACLs, Consul does not refuse a health query for a service the token may not
+        // read: it filters the entries away, and says so in a header (only to a caller that
+        // gave a token). An empty list then means "not allowed", not "no instances".
+        if answer.filtered && found.is_empty() && bad.is_empty() {
+            let e = DiscoveryError::new(
+                ErrorKind::Forbidden,
+                format!(
+                    "{}: Consul agent {} filtered every instance of `{}` out by ACLs \
+                     (X-Consul-Results-Filtered-By-ACLs): the token lacks `service:read` on \
+                     `{}` (or `node:read` on its nodes); grant it in the token's policy. \
+                     Keeping the last known endpoints",
+                    self.label,
+                    agent.addr(),
+                    self.target.service,
+                    self.target.service
+                ),
+            );
+            return self.fail(e);
+        }
+        let partly_filtered = answer.filtered;
         // Consul's rules: an index that went backwards (a server restored from a snapshot,
         // another server answering) starts over, and an index below 1 is taken as 1, so the
         // next query blocks instead of returning at once.
@@ -177,6 +197,13 @@ impl State {
         self.backoff.reset();
         let (endpoints, mut problems) = self.resolve(found).await;
         problems.extend(bad);
+        if partly_filtered {
+            problems.push(
+                "some instances: the agent filtered them out by ACLs (the token lacks \
+                 `service:read` or `node:read` on some of them)"
+                    .to_owned(),
+            );
+        }
         let mut out = Vec::new();
         if self.failed || self.last.as_ref() != Some(&endpoints) {
             self.failed = false;
