@@ -403,6 +403,8 @@ impl ConsulAgent {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Go's net package sets TCP_NODELAY on every connection, so Consul does.
+                let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let mut dropped = shared.drop_conns.subscribe();
                 conns.spawn(async move {
@@ -1317,6 +1319,7 @@ pub async fn request(
     let io_err = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
     let call = async {
         let stream = tokio::net::TcpStream::connect(agent).await?;
+        stream.set_nodelay(true)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| io_err(&e))?;

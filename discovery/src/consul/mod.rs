@@ -49,8 +49,12 @@ pub use target::{ConsulTarget, DEFAULT_MAX_BACKOFF, DEFAULT_WAIT, HealthFilter, 
 use crate::backoff::BackoffConfig;
 use crate::{Backend, Discovery, Scheme, Target, TargetError, UpdateStream};
 
-/// Default least time between the starts of two queries of one watch.
+/// Default least time between the starts of two queries of one watch, sustained.
 pub const DEFAULT_MIN_QUERY_INTERVAL: Duration = Duration::from_millis(50);
+/// How many queries may start back to back before the rate limit applies: a watch that
+/// has been blocking answers a change at once, and a loop that spins is still held to one
+/// query per `min_query_interval`.
+pub const QUERY_BURST: u32 = 5;
 
 /// Configuration of Consul discovery beyond what the target says.
 #[derive(Debug, Clone)]
@@ -59,8 +63,9 @@ pub struct ConsulConfig {
     /// The backoff between failed queries; its longest delay is the target's
     /// `max-backoff` (30 s by default).
     pub backoff: BackoffConfig,
-    /// The least time between the starts of two queries, so an agent that answers at once
-    /// every time cannot spin the loop. Default: [`DEFAULT_MIN_QUERY_INTERVAL`].
+    /// The least time between the starts of two queries, sustained (after a burst of
+    /// [`QUERY_BURST`]), so an agent that answers at once every time cannot spin the loop.
+    /// Default: [`DEFAULT_MIN_QUERY_INTERVAL`].
     pub min_query_interval: Duration,
 }
 

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::client::{Agent, Answer, REQUEST_TIMEOUT, enc};
 use super::health::{self, Place};
-use super::{ConsulConfig, ConsulTarget, HealthFilter};
+use super::{ConsulConfig, ConsulTarget, HealthFilter, QUERY_BURST};
 use crate::backoff::Backoff;
 use crate::{Address, DiscoveryError, Endpoint, ErrorKind, Update, UpdateStream};
 
@@ -25,7 +25,6 @@ const BLOCKING_SLACK: Duration = Duration::from_secs(5);
 struct State {
     label: String,
     target: ConsulTarget,
-    config: ConsulConfig,
     agent: Option<Agent>,
     index: u64,
     last: Option<Vec<Endpoint>>,
@@ -34,22 +33,62 @@ struct State {
     failed: bool,
     backoff: Backoff,
     pause: Option<Duration>,
-    last_start: Option<Instant>,
+    limit: RateLimit,
+}
+
+/// A token bucket: [`QUERY_BURST`] queries back to back, then one per `every`.
+#[derive(Debug)]
+struct RateLimit {
+    every: Duration,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl RateLimit {
+    fn new(every: Duration) -> Self {
+        RateLimit {
+            every,
+            tokens: f64::from(QUERY_BURST),
+            at: None,
+        }
+    }
+
+    /// Takes a token for a query starting at `now`: how long to wait first.
+    fn take(&mut self, now: Instant) -> Duration {
+        if self.every.is_zero() {
+            return Duration::ZERO;
+        }
+        if let Some(at) = self.at {
+            let earned = now.saturating_duration_since(at).as_secs_f64() / self.every.as_secs_f64();
+            self.tokens = (self.tokens + earned).min(f64::from(QUERY_BURST));
+        }
+        self.at = Some(now);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            // The wait earns the missing part of the token.
+            let wait = self.every.mul_f64(-self.tokens);
+            self.tokens = 0.0;
+            self.at = Some(now + wait);
+            wait
+        }
+    }
 }
 
 pub(super) fn watch(label: String, target: ConsulTarget, config: ConsulConfig) -> UpdateStream {
     let backoff = Backoff::new(config.backoff.clone().max_delay(target.max_backoff));
+    let limit = RateLimit::new(config.min_query_interval);
     let state = State {
         label,
         target,
-        config,
         agent: None,
         index: 0,
         last: None,
         failed: false,
         backoff,
         pause: None,
-        last_start: None,
+        limit,
     };
     Box::pin(
         stream::unfold(state, |mut st| async move {
@@ -123,14 +162,12 @@ impl State {
             tokio::time::sleep(d).await;
         }
         // Rate limit: an agent that answers at once every time (an index that keeps
-        // resetting, a proxy that ignores `wait`) must not spin the loop.
-        if let Some(start) = self.last_start {
-            let next = start + self.config.min_query_interval;
-            if Instant::now() < next {
-                tokio::time::sleep_until(next).await;
-            }
+        // resetting, a proxy that ignores `wait`) must not spin the loop; but the query
+        // after a change must not wait either, so a token bucket allows a short burst.
+        let delay = self.limit.take(Instant::now());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
-        self.last_start = Some(Instant::now());
         let agent = match self.agent() {
             Ok(a) => a,
             Err(e) => return self.fail(e),
@@ -316,5 +353,34 @@ impl State {
             out.truncate(limit);
         }
         (out, problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_one_query_per_interval() {
+        let every = Duration::from_millis(50);
+        let mut limit = RateLimit::new(every);
+        let t0 = Instant::now();
+        for _ in 0..QUERY_BURST {
+            assert_eq!(limit.take(t0), Duration::ZERO);
+        }
+        // Spinning: each further query waits a whole interval.
+        assert_eq!(limit.take(t0), every);
+        assert_eq!(limit.take(t0 + every), every);
+        // After a quiet minute (a blocking query), the next change is answered at once.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..QUERY_BURST {
+            assert_eq!(limit.take(later), Duration::ZERO);
+        }
+        assert!(limit.take(later) > Duration::ZERO);
+        // Zero turns it off.
+        let mut off = RateLimit::new(Duration::ZERO);
+        for _ in 0..100 {
+            assert_eq!(off.take(t0), Duration::ZERO);
+        }
     }
 }
