@@ -23,7 +23,8 @@ Exit codes:
   1  internal error: output could not be written, or the runtime could not start
   2  usage: bad flag, malformed target, unknown scheme or policy
   3  discovery failed: the backend's error (forbidden, unreachable, unknown name),
-     or no answer within --timeout; watch: discovery was failing when it stopped
+     or no answer within --timeout; watch: discovery was failing when it stopped;
+     register: the instance was never registered
   4  calls failed: bench reached no endpoint, or some of its calls failed";
 
 /// A failed command. Each variant's message is complete: it names what failed and, where the

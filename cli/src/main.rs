@@ -1,11 +1,13 @@
 //! The `meshless` command: see what discovery returns for a target (`resolve`), watch it
 //! change (`watch`), and send calls through a `meshless::Channel` to see where they go
-//! (`bench`), with the same discovery and balancing code the library uses.
+//! (`bench`), with the same discovery and balancing code the library uses; and keep a
+//! server registered in a registry (`register`).
 
 mod bench;
 mod error;
 mod output;
 mod percentiles;
+mod register;
 mod resolve;
 mod target;
 mod watch;
@@ -44,6 +46,10 @@ enum Command {
     /// endpoint's share, latency percentiles and errors by status code.
     #[command(after_help = EXIT_CODES_HELP)]
     Bench(bench::BenchArgs),
+    /// Keep a server registered (Consul: go-zero or kratos format) until Ctrl-C or
+    /// --duration, printing each change of the registration's state; then deregister.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Register(register::RegisterArgs),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +80,7 @@ fn main() -> ExitCode {
             Command::Resolve(args) => resolve::run(args).await,
             Command::Watch(args) => watch::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Register(args) => register::run(args).await,
         }
     });
     runtime.shutdown_timeout(SHUTDOWN_BOUND);
