@@ -47,4 +47,4 @@ pub use registrar::{
 };
 pub use registry::{Backend, Registry, Scheme};
 pub use static_list::{StaticDiscovery, StaticScheme};
-pub use target::{HostPort, Target, TargetError, is_dns_name};
+pub use target::{HostPort, Target, TargetError, is_dns_name, redact_target};

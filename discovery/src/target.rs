@@ -388,3 +388,46 @@ pub fn is_dns_name(host: &str) -> bool {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
 }
+
+/// `target` with its secrets masked, for status and logs: the password of a
+/// `scheme://user:password@host` authority, and the values of query parameters named
+/// `token`, `password`, `secret` or `access_token` (any case) become `***`.
+///
+/// ```
+/// use meshless_discovery::redact_target;
+/// assert_eq!(
+///     redact_target("consul://ops:hunter2@10.0.0.1:8500/web?token=abc&tag=grpc"),
+///     "consul://ops:***@10.0.0.1:8500/web?token=***&tag=grpc"
+/// );
+/// assert_eq!(redact_target("dns:///greeter.prod:50051"), "dns:///greeter.prod:50051");
+/// ```
+pub fn redact_target(target: &str) -> String {
+    let mut out = target.to_owned();
+    if let Some(sep) = out.find("://") {
+        let rest = &out[sep + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            out = format!("{}{}:***{}", &out[..sep + 3], &rest[..colon], &rest[at..]);
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _))
+                    if ["token", "password", "secret", "access_token"]
+                        .iter()
+                        .any(|s| k.eq_ignore_ascii_case(s)) =>
+                {
+                    format!("{k}=***")
+                }
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}

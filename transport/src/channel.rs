@@ -396,7 +396,9 @@ impl ChannelBuilder {
         let balancer = policy.new_balancer();
         #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
         let mut shared = Shared::new(
-            name.into(),
+            // Status and logs show the target without its secrets (a Consul token, a
+            // password in the authority).
+            meshless_discovery::redact_target(&name).into(),
             balancer.name(),
             self.queue_timeout,
             self.failure_codes,

@@ -250,28 +250,7 @@ impl ConsulTarget {
 /// `input` with the password and the `token=` value replaced by `***`, for messages and
 /// logs.
 pub(crate) fn redact(input: &str) -> String {
-    let mut out = input.to_owned();
-    if let Some(rest) = out.strip_prefix("consul://") {
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            let userinfo = &rest[..at];
-            if let Some(colon) = userinfo.find(':') {
-                out = format!("consul://{}:***{}", &userinfo[..colon], &rest[at..]);
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some(("token", _)) => "token=***".to_owned(),
-                _ => p.to_owned(),
-            })
-            .collect();
-        out = format!("{head}{}", query.join("&"));
-    }
-    out
+    crate::redact_target(input)
 }
 
 /// Checks an agent address `host:port`.
