@@ -47,7 +47,13 @@ fn malformed_targets_name_the_bad_part() {
         ("unix://relative/path", &["absolute path"]),
         ("unix:///a.sock,/b.sock", &["one socket"]),
         ("etcd:///services/greeter", &["`etcd` cargo feature"]),
-        ("consul:///greeter", &["`consul` cargo feature"]),
+        (
+            "consul:///greeter",
+            &[
+                "no Consul agent address",
+                "consul://agent-host:8500/service",
+            ],
+        ),
         (
             "kubernetes:///Greeter:80",
             &["`Greeter` is not a valid Service name"],
