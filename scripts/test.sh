@@ -8,13 +8,15 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Debian packages the tests need, as "command:package": the package is installed only when
-# the command is missing: the etcd server and etcdctl for the etcd tests, and protoc for
+# Debian packages the tests need, as "command:package" (or "/path:package"): the package is
+# installed only when the command (or file) is missing: the etcd server and etcdctl for the
+# etcd tests, and protoc with its well-known types (google/protobuf/*.proto) for
 # etcd-client's build script (behind the `etcd` feature; default builds need no protoc).
 APT_PACKAGES=(
     etcd:etcd-server
     etcdctl:etcd-client
     protoc:protobuf-compiler
+    /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
 )
 
 # Crates that must appear in exactly one version (docs/architecture.md, "The crates").
@@ -45,7 +47,10 @@ as_root() {
 install_packages() {
     local missing=() entry
     for entry in ${APT_PACKAGES[@]+"${APT_PACKAGES[@]}"}; do
-        if ! command -v "${entry%%:*}" >/dev/null 2>&1; then
+        local probe=${entry%%:*}
+        if [[ $probe == /* ]]; then
+            [ -e "$probe" ] || missing+=("${entry#*:}")
+        elif ! command -v "$probe" >/dev/null 2>&1; then
             missing+=("${entry#*:}")
         fi
     done

@@ -76,6 +76,13 @@ impl<'a> IntoIterator for &'a Metadata {
     }
 }
 
+/// Metadata key: the instance's version, where the registry keeps one (kratos's
+/// `version`, a Consul `version=<v>` tag).
+pub const META_VERSION: &str = "version";
+/// Prefix of the metadata keys that carry an instance's own metadata as the registry holds
+/// it (kratos `metadata`, Consul `Meta`): `meta.weight`, `meta.zone`, ...
+pub const META_PREFIX: &str = "meta.";
+
 /// The default weight of an endpoint whose backend gives none.
 pub const DEFAULT_WEIGHT: u32 = 1;
 

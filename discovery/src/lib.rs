@@ -14,7 +14,8 @@
 //! [`Registry::register`]. Always present: `static`, `ipv4`, `ipv6`, `unix`
 //! ([`StaticScheme`], [`StaticDiscovery`]) and the code-driven [`ManualDiscovery`]. With the
 //! `dns` cargo feature: `dns` and `dns+srv` (`dns::DnsScheme`); with `k8s`: `kubernetes`
-//! and `k8s` (`k8s::K8sScheme`); with `consul`: `consul` (`consul::ConsulScheme`).
+//! and `k8s` (`k8s::K8sScheme`); with `consul`: `consul` (`consul::ConsulScheme`); with
+//! `etcd`: `etcd` (`etcd::EtcdScheme`).
 //!
 //! Servers announce themselves through a [`Registrar`] (etcd, Consul), which keeps a
 //! [`Registration`] alive until it is dropped.
@@ -29,9 +30,15 @@ mod discovery;
 #[cfg(feature = "dns")]
 pub mod dns;
 mod endpoint;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "k8s")]
 pub mod k8s;
+#[cfg(any(feature = "consul", feature = "etcd"))]
+mod lookup;
 mod manual;
+#[cfg(any(feature = "consul", feature = "etcd"))]
+mod params;
 mod registrar;
 mod registry;
 mod static_list;
@@ -39,7 +46,7 @@ mod target;
 
 pub use address::Address;
 pub use discovery::{Discovery, DiscoveryError, ErrorKind, Update, UpdateStream};
-pub use endpoint::{DEFAULT_WEIGHT, Endpoint, Metadata};
+pub use endpoint::{DEFAULT_WEIGHT, Endpoint, META_PREFIX, META_VERSION, Metadata};
 pub use manual::{ManualDiscovery, ManualHandle};
 pub use registrar::{
     DEREGISTER_TIMEOUT, Instance, Registrar, Registration, RegistrationState, RegistrationStatus,

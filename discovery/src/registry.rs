@@ -92,6 +92,8 @@ impl Default for Registry {
         r.register(crate::k8s::K8sScheme::default());
         #[cfg(feature = "consul")]
         r.register(crate::consul::ConsulScheme::default());
+        #[cfg(feature = "etcd")]
+        r.register(crate::etcd::EtcdScheme::default());
         r
     }
 }

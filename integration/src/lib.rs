@@ -5,6 +5,9 @@
 //! - [`server`]: a configurable greeter server on loopback that can be killed, stopped
 //!   gracefully and restarted on the same port.
 //! - [`proxy`]: an L4 proxy that, like kube-proxy, pins each TCP connection to one backend.
+//! - [`etcd`]: a real etcd (Debian's `etcd` binary) on free loopback ports that can be
+//!   killed, paused, restarted, compacted and put behind auth, and a TCP gate that cuts
+//!   connections on demand.
 //! - [`dns`]: an in-process DNS server (hickory-server) with records changeable mid-test,
 //!   and a UDP responder that answers garbage.
 //! - [`load`] and [`report`]: drive calls at a fixed concurrency; print per-backend shares and
@@ -25,6 +28,7 @@ pub mod greeter {
 
 pub mod consul;
 pub mod dns;
+pub mod etcd;
 pub mod h2proxy;
 pub mod k8s;
 pub mod load;

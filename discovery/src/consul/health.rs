@@ -4,12 +4,13 @@
 //! port, an address that is not an IP) is skipped and reported, and the rest serve.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 
 use serde::Deserialize;
 
 use super::HealthFilter;
-use crate::{DEFAULT_WEIGHT, Endpoint};
+pub(crate) use crate::lookup::Found;
+use crate::lookup::{Place, host_place, url_place};
+use crate::{DEFAULT_WEIGHT, Endpoint, META_PREFIX, META_VERSION};
 
 /// Metadata key: the Consul service instance id.
 pub const META_CONSUL_ID: &str = "consul.id";
@@ -21,10 +22,6 @@ pub const META_CONSUL_DC: &str = "consul.dc";
 pub const META_CONSUL_TAGS: &str = "consul.tags";
 /// Metadata key: the aggregated check status (`passing`, `warning`, `critical`).
 pub const META_CONSUL_HEALTH: &str = "consul.health";
-/// Metadata key: the version (a `version=<v>` tag, as kratos writes it).
-pub const META_VERSION: &str = "version";
-/// Prefix of the keys that carry the instance's `Meta` (`meta.weight`, `meta.zone`, ...).
-pub const META_PREFIX: &str = "meta.";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "PascalCase")]
@@ -85,21 +82,6 @@ struct Locality {
 #[serde(default, rename_all = "PascalCase")]
 struct Check {
     status: Option<String>,
-}
-
-/// Where an entry's instance listens: an IP address, or a host name still to resolve.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Place {
-    Ip(SocketAddr),
-    Host(String, u16),
-}
-
-/// An entry turned into an endpoint, its address perhaps still a host name.
-#[derive(Debug)]
-pub(crate) struct Found {
-    pub(crate) place: Place,
-    /// The endpoint, its address a placeholder while `place` is a host name.
-    pub(crate) endpoint: Endpoint,
 }
 
 /// Parses a whole answer: the entries that can be used, and a message for each one that
@@ -181,11 +163,7 @@ impl Entry {
                 .parse()
                 .map_err(|_| name(&format!("has `Meta.weight` `{w}`, not a whole number")))?;
         }
-        let placeholder = match &place {
-            Place::Ip(sa) => *sa,
-            Place::Host(_, port) => SocketAddr::from(([0, 0, 0, 0], *port)),
-        };
-        let mut ep = Endpoint::new(placeholder).with_weight(weight);
+        let mut ep = Endpoint::new(place.placeholder()).with_weight(weight);
         if let Some(zone) = svc.locality.and_then(|l| l.zone).filter(|z| !z.is_empty()) {
             ep = ep.with_zone(zone);
         }
@@ -211,10 +189,7 @@ impl Entry {
             ep = ep.with_metadata(format!("{META_PREFIX}{k}"), v);
         }
         let _ = svc.service;
-        Ok(Some(Found {
-            place,
-            endpoint: ep,
-        }))
+        Ok(Some(Found::new(place, ep)))
     }
 }
 
@@ -231,20 +206,7 @@ fn place(svc: &Service, node_address: Option<&str>) -> Result<Place, String> {
             .find_map(|k| t.get(*k).and_then(|a| a.address.as_deref()))
     });
     if let Some(url) = tagged {
-        let rest = url
-            .strip_prefix("grpc://")
-            .or_else(|| url.strip_prefix("grpcs://"))
-            .unwrap_or(url);
-        let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-        let (host, port) = authority
-            .rsplit_once(':')
-            .ok_or_else(|| format!("has tagged address `{url}` with no port"))?;
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("has tagged address `{url}` with a bad port"))?;
-        return host_place(host, port).map_err(|w| format!("has tagged address `{url}`: {w}"));
+        return url_place(url).map_err(|w| format!("has tagged address `{url}`: {w}"));
     }
     let host = svc
         .address
@@ -264,20 +226,6 @@ fn place(svc: &Service, node_address: Option<&str>) -> Result<Place, String> {
             )
         })?;
     host_place(host, port).map_err(|w| format!("has address `{host}`: {w}"))
-}
-
-fn host_place(host: &str, port: u16) -> Result<Place, String> {
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = bare.parse::<IpAddr>() {
-        if ip.is_unspecified() {
-            return Err("the unspecified address, which cannot be dialed".into());
-        }
-        return Ok(Place::Ip(SocketAddr::new(ip, port)));
-    }
-    if crate::is_dns_name(bare) {
-        return Ok(Place::Host(bare.to_owned(), port));
-    }
-    Err("not an IP address or host name".into())
 }
 
 #[cfg(test)]
@@ -403,7 +351,7 @@ mod tests {
             "`zero` has address `0.0.0.0`: the unspecified",
             "`junk` has address `not an address!`",
             "`w` has `Meta.weight` `heavy`",
-            "`t` has tagged address `grpc://10.0.0.4` with no port",
+            "`t` has tagged address `grpc://10.0.0.4`: no port",
             "entry #8 of `svc` is malformed",
             "entry #9 of `svc`: it has no `Service`",
         ]) {

@@ -36,9 +36,9 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use crate::{META_PREFIX, META_VERSION};
 pub use health::{
     META_CONSUL_DC, META_CONSUL_HEALTH, META_CONSUL_ID, META_CONSUL_NODE, META_CONSUL_TAGS,
-    META_PREFIX, META_VERSION,
 };
 pub use register::{
     ConsulFormat, ConsulRegistrar, DEFAULT_TTL, GrpcCheck, KRATOS_DEREGISTER_AFTER,

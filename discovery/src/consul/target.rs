@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub(crate) use crate::params::duration;
+use crate::params::{boolean, check_host_port, decode, pairs, suggest};
 use crate::{Target, TargetError};
 
 /// Which instances a Consul target returns, by the state of their checks.
@@ -150,10 +152,7 @@ impl ConsulTarget {
         };
         let mut healthy: Option<bool> = None;
         let mut health: Option<HealthFilter> = None;
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = decode(key);
-            let value = decode(value);
+        for (key, value) in pairs(query) {
             let param = |what: &str| bad(format!("parameter `{key}={value}`: {what}"));
             match key.as_str() {
                 "wait" => {
@@ -215,7 +214,7 @@ impl ConsulTarget {
                 _ => {
                     return Err(bad(format!(
                         "unknown parameter `{key}`{}; known: {}",
-                        suggest(&key),
+                        suggest(&key, PARAMS),
                         PARAMS.join(", ")
                     )));
                 }
@@ -255,101 +254,7 @@ pub(crate) fn redact(input: &str) -> String {
 
 /// Checks an agent address `host:port`.
 pub(crate) fn check_agent(agent: &str) -> Result<(), String> {
-    let Some((host, port)) = agent.rsplit_once(':') else {
-        return Err("has no port: write `host:8500`".into());
-    };
-    if port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(format!("has port `{port}`, not a number in 1..=65535"));
-    }
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err("has no host".into());
-    }
-    if host.parse::<std::net::IpAddr>().is_err() && !crate::is_dns_name(host) {
-        return Err(format!("has `{host}`, not a host name or IP address"));
-    }
-    Ok(())
-}
-
-/// A Go-style duration as go-zero's `mapping` and Consul take them: `14s`, `55000ms`,
-/// `1m30s`, `1.5s`, `0`.
-pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("`{s}` is not a duration such as `14s`, `500ms` or `1m30s`");
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err(err());
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        if num_len == 0 {
-            return Err(err());
-        }
-        let n: f64 = rest[..num_len].parse().map_err(|_| err())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(err()),
-        };
-        total += n * unit;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| err())
-}
-
-/// Go's `strconv.ParseBool`, which go-zero's `mapping` uses.
-fn boolean(s: &str) -> Result<bool, String> {
-    match s {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" | "" => Ok(false),
-        _ => Err(format!("`{s}` is not `true` or `false`")),
-    }
-}
-
-fn decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(&s.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned()
-}
-
-/// ` (did you mean `x`?)` for a parameter one or two edits from a known one.
-fn suggest(key: &str) -> String {
-    PARAMS
-        .iter()
-        .map(|p| (edit_distance(key, p), p))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, p)| format!(" (did you mean `{p}`?)"))
-        .unwrap_or_default()
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
+    check_host_port(agent, "host:8500")
 }
 
 #[cfg(test)]
@@ -447,22 +352,5 @@ mod tests {
             "consul://bob:***@h:8500/s?wait=1s&token=***&tag=x"
         );
         assert_eq!(redact("consul://h:8500/s"), "consul://h:8500/s");
-    }
-
-    #[test]
-    fn durations_are_go_durations() {
-        for (s, ms) in [
-            ("14s", 14_000),
-            ("55000ms", 55_000),
-            ("1m30s", 90_000),
-            ("1.5s", 1_500),
-            ("0", 0),
-            ("2h", 7_200_000),
-        ] {
-            assert_eq!(duration(s).unwrap(), Duration::from_millis(ms), "{s}");
-        }
-        for s in ["", "s", "10", "1x", "-1s", "1s2"] {
-            assert!(duration(s).is_err(), "{s}");
-        }
     }
 }

@@ -2,7 +2,6 @@
 //! them (`api/features/blocking`): the index comes from `X-Consul-Index`, goes back to 0
 //! when it moves backwards, is never below 1, and the loop is rate-limited.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
@@ -10,15 +9,14 @@ use http::{Method, StatusCode};
 use tokio::time::Instant;
 
 use super::client::{Agent, Answer, REQUEST_TIMEOUT, enc};
-use super::health::{self, Place};
+use super::health;
 use super::{ConsulConfig, ConsulTarget, HealthFilter, QUERY_BURST};
 use crate::backoff::Backoff;
-use crate::{Address, DiscoveryError, Endpoint, ErrorKind, Update, UpdateStream};
+use crate::lookup;
+use crate::{DiscoveryError, Endpoint, ErrorKind, Update, UpdateStream};
 
 type Item = Result<Update, DiscoveryError>;
 
-/// How long resolving an instance's host name may take.
-const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Added to `wait + wait/16` for the HTTP timeout of a blocking query.
 const BLOCKING_SLACK: Duration = Duration::from_secs(5);
 
@@ -314,41 +312,7 @@ impl State {
 
     /// Resolves host names, drops duplicate addresses (the first wins) and applies `limit`.
     async fn resolve(&self, found: Vec<health::Found>) -> (Vec<Endpoint>, Vec<String>) {
-        let mut out = Vec::with_capacity(found.len());
-        let mut problems = Vec::new();
-        let mut seen: HashSet<Address> = HashSet::with_capacity(found.len());
-        for f in found {
-            let mut ep = f.endpoint;
-            if let Place::Host(host, port) = &f.place {
-                let lookup = tokio::time::timeout(
-                    LOOKUP_TIMEOUT,
-                    tokio::net::lookup_host((host.as_str(), *port)),
-                )
-                .await;
-                match lookup {
-                    Ok(Ok(mut addrs)) => match addrs.next() {
-                        Some(sa) => ep.addr = Address::Tcp(sa),
-                        None => {
-                            problems.push(format!("`{host}`: the name has no addresses"));
-                            continue;
-                        }
-                    },
-                    Ok(Err(e)) => {
-                        problems.push(format!("`{host}`: cannot resolve it: {e}"));
-                        continue;
-                    }
-                    Err(_) => {
-                        problems.push(format!(
-                            "`{host}`: no answer resolving it in {LOOKUP_TIMEOUT:?}"
-                        ));
-                        continue;
-                    }
-                }
-            }
-            if seen.insert(ep.addr.clone()) {
-                out.push(ep);
-            }
-        }
+        let (mut out, problems) = lookup::resolve(found).await;
         if let Some(limit) = self.target.limit {
             out.truncate(limit);
         }
