@@ -46,7 +46,7 @@ enum Command {
     /// endpoint's share, latency percentiles and errors by status code.
     #[command(after_help = EXIT_CODES_HELP)]
     Bench(bench::BenchArgs),
-    /// Keep a server registered (Consul: go-zero or kratos format) until Ctrl-C or
+    /// Keep a server registered (Consul or etcd: go-zero or kratos format) until Ctrl-C or
     /// --duration, printing each change of the registration's state; then deregister.
     #[command(after_help = EXIT_CODES_HELP)]
     Register(register::RegisterArgs),

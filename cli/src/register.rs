@@ -1,4 +1,4 @@
-//! `meshless register`: keep a server registered in a registry (Consul today) until Ctrl-C or
+//! `meshless register`: keep a server registered in a registry (Consul, etcd) until Ctrl-C or
 //! `--duration`, printing each change of the registration's state, then deregister.
 
 use std::time::Duration;
@@ -13,7 +13,8 @@ use crate::output;
 /// Arguments of `meshless register`.
 #[derive(Debug, Args)]
 pub struct RegisterArgs {
-    /// Where to register: `consul://AGENT-HOST:8500[?token=..&format=go-zero|kratos&ttl=20s]`.
+    /// Where to register: `consul://AGENT-HOST:8500[?token=..&format=go-zero|kratos&ttl=20s]`
+    /// or `etcd://HOST:2379[,HOST:2379][?format=go-zero|kratos&ttl=10s&user=..&password=..]`.
     #[arg(value_name = "REGISTRY")]
     pub registry: String,
     /// The server's address, `HOST:PORT` (an IP the clients can reach, not 0.0.0.0).
@@ -90,17 +91,41 @@ fn registrar(args: &RegisterArgs) -> Result<Box<dyn Registrar>, CliError> {
             }
             Ok(Box::new(r))
         }
-        // etcd registration (`etcd://`) plugs in here with its feature.
-        _ => Err(CliError::Usage(format!(
-            "cannot register in `{}`: registries are {} (a build without a backend's \
-             cargo feature lacks it)",
-            args.registry,
-            if cfg!(feature = "consul") {
-                "consul://AGENT-HOST:8500"
-            } else {
-                "none in this build; build with --features consul"
+        #[cfg(feature = "etcd")]
+        "etcd" => {
+            use meshless::discovery::etcd::EtcdRegistrar;
+            let mut r = EtcdRegistrar::from_target(&args.registry)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            if let Some(f) = &args.format {
+                r = r.format(
+                    f.parse()
+                        .map_err(|e: String| CliError::Usage(format!("--format: {e}")))?,
+                );
             }
-        ))),
+            if let Some(ttl) = args.ttl {
+                r = r.ttl(ttl);
+            }
+            Ok(Box::new(r))
+        }
+        _ => {
+            let mut known = Vec::new();
+            if cfg!(feature = "consul") {
+                known.push("consul://AGENT-HOST:8500");
+            }
+            if cfg!(feature = "etcd") {
+                known.push("etcd://HOST:2379[,HOST:2379]");
+            }
+            Err(CliError::Usage(format!(
+                "cannot register in `{}`: registries are {} (a build without a backend's \
+                 cargo feature lacks it)",
+                meshless::discovery::redact_target(&args.registry),
+                if known.is_empty() {
+                    "none in this build; build with --features consul or --features etcd".to_owned()
+                } else {
+                    known.join(" and ")
+                }
+            )))
+        }
     }
 }
 

@@ -46,7 +46,11 @@ fn malformed_targets_name_the_bad_part() {
         ("unix:", &["no socket path"]),
         ("unix://relative/path", &["absolute path"]),
         ("unix:///a.sock,/b.sock", &["one socket"]),
-        ("etcd:///services/greeter", &["`etcd` cargo feature"]),
+        (
+            "etcd:///services/greeter",
+            &["comma-separated list with no `/`", "etcd:///host:2379"],
+        ),
+        ("etcd:///127.0.0.1:2379", &["no key"]),
         (
             "consul:///greeter",
             &[
