@@ -52,6 +52,20 @@ pub struct EtcdServer {
     peer_port: u16,
     /// `user:password` for `etcdctl` once auth is on.
     root: Option<String>,
+    /// With TLS: the files in `dir` (CA, server/client certificate and key).
+    tls: Option<EtcdTlsFiles>,
+}
+
+/// The PEM files of an etcd started with [`EtcdServer::start_tls`]: one CA, and one
+/// certificate (for `127.0.0.1` and `localhost`) that etcd serves and clients present.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// The CA certificate.
+    pub ca: PathBuf,
+    /// The certificate.
+    pub cert: PathBuf,
+    /// Its key.
+    pub key: PathBuf,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -59,6 +73,17 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 impl EtcdServer {
     /// Starts etcd on free loopback ports and waits until it answers.
     pub async fn start() -> io::Result<EtcdServer> {
+        Self::start_with(None).await
+    }
+
+    /// Starts etcd serving TLS with a certificate from `ca`, requiring client certificates
+    /// from `ca` too (`--client-cert-auth`).
+    pub async fn start_tls(ca: &crate::tls::TestCa) -> io::Result<EtcdServer> {
+        let (cert, key) = ca.issue(&["127.0.0.1", "localhost"]);
+        Self::start_with(Some((ca.cert_pem(), cert, key))).await
+    }
+
+    async fn start_with(pems: Option<(String, String, String)>) -> io::Result<EtcdServer> {
         let dir = std::env::temp_dir().join(format!(
             "meshless-etcd-{}-{}",
             std::process::id(),
@@ -71,19 +96,42 @@ impl EtcdServer {
             client_port: free_port()?,
             peer_port: free_port()?,
             root: None,
+            tls: None,
         };
+        if let Some((ca, cert, key)) = pems {
+            let files = EtcdTlsFiles {
+                ca: server.dir.join("ca.pem"),
+                cert: server.dir.join("cert.pem"),
+                key: server.dir.join("key.pem"),
+            };
+            std::fs::write(&files.ca, ca)?;
+            std::fs::write(&files.cert, cert)?;
+            std::fs::write(&files.key, key)?;
+            server.tls = Some(files);
+        }
         server.spawn().await?;
         Ok(server)
     }
 
     async fn spawn(&mut self) -> io::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("etcd.log"))?;
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.cert)
+                .arg("--key-file")
+                .arg(&t.key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .args(["--name", "test", "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &client])
@@ -125,8 +173,11 @@ impl EtcdServer {
         }
     }
 
-    /// Whether `GET /health` answers `"health":"true"`.
+    /// Whether `GET /health` answers `"health":"true"` (with TLS: `etcdctl endpoint health`).
     async fn healthy(&self) -> bool {
+        if self.tls.is_some() {
+            return self.etcdctl(&["endpoint", "health"]).await.is_ok();
+        }
         let ask = async {
             let mut s = TcpStream::connect(self.addr()).await?;
             s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
@@ -151,6 +202,11 @@ impl EtcdServer {
     /// The client address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.client_port))
+    }
+
+    /// The TLS files, for an etcd started with [`start_tls`](Self::start_tls).
+    pub fn tls_files(&self) -> Option<&EtcdTlsFiles> {
+        self.tls.as_ref()
     }
 
     /// The data directory.
@@ -223,6 +279,14 @@ impl EtcdServer {
             .arg("--command-timeout=5s");
         if let Some(u) = user {
             cmd.arg(format!("--user={u}"));
+        }
+        if let Some(t) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&t.ca)
+                .arg("--cert")
+                .arg(&t.cert)
+                .arg("--key")
+                .arg(&t.key);
         }
         cmd.args(args)
             .stdin(Stdio::null())

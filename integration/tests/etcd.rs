@@ -707,3 +707,71 @@ async fn bad_targets_get_errors_that_name_the_bad_part() {
         .unwrap_err();
     assert!(e.to_string().contains("unspecified"), "{e}");
 }
+
+// TLS to etcd with a client certificate (`--client-cert-auth`), from go-zero's file options:
+// discovery and registration work; without the client certificate, or without the CA,
+// the error says what failed.
+#[tokio::test]
+async fn tls_to_etcd_with_a_client_certificate() {
+    if !meshless_integration::etcd::available() {
+        let _ = etcd("tls").await;
+        return;
+    }
+    let ca = meshless_integration::tls::TestCa::new("etcd-ca");
+    let etcd = EtcdServer::start_tls(&ca)
+        .await
+        .expect("start etcd with TLS");
+    let f = etcd.tls_files().unwrap().clone();
+    let s = servers(1);
+    let a = etcd.addr();
+    let files = format!(
+        "ca-file={}&cert-file={}&key-file={}",
+        f.ca.display(),
+        f.cert.display(),
+        f.key.display()
+    );
+    let registration = EtcdRegistrar::from_target(&format!("etcd://{a}?{files}"))
+        .unwrap()
+        .register(Instance::new("svc", s[0].addr().to_string()))
+        .unwrap();
+    registration.wait_registered(WAIT_BOUND).await.unwrap();
+    let kvs = etcd.get_prefix("svc/").await.unwrap();
+    assert_eq!(kvs.len(), 1, "{kvs:?}");
+    let ch = channel(&format!("etcd:///{a}?key=svc&{files}"));
+    reaches_exactly(&ch, &[&s[0]]).await;
+
+    // Plain h2c to a TLS etcd, and TLS without our certificate: clear errors, no endpoints.
+    let ch = channel(&format!(
+        "etcd:///{a}?key=svc&timeout=500ms&dial-timeout=500ms"
+    ));
+    wait_error(
+        &ch,
+        "h2c to a TLS etcd",
+        &["cannot", "svc/", "give `ca-file=`"],
+    )
+    .await;
+    assert!(ch.status().endpoints.is_empty());
+    let ch = channel(&format!(
+        "etcd:///{a}?key=svc&ca-file={}&timeout=500ms&dial-timeout=500ms",
+        f.ca.display()
+    ));
+    wait_error(
+        &ch,
+        "no client certificate",
+        &[
+            "cannot",
+            "svc/",
+            "--client-cert-auth also needs `cert-file=`",
+        ],
+    )
+    .await;
+    let ch = channel(&format!("etcd:///{a}?key=svc&ca-file=/nonexistent/ca.pem"));
+    wait_error(
+        &ch,
+        "a missing CA file",
+        &["/nonexistent/ca.pem", "ca-file"],
+    )
+    .await;
+    registration.deregister().await;
+    assert!(etcd.get_prefix("svc/").await.unwrap().is_empty());
+}

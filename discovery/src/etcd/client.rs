@@ -124,13 +124,33 @@ impl Failure {
             Failure::Etcd(EtcdError::GRpcStatus(s)) => status_detail(s, user, prefix, need),
             Failure::Etcd(e @ (EtcdError::TransportError(_) | EtcdError::IoError(_))) => (
                 ErrorKind::Unavailable,
-                format!("cannot reach etcd ({e}); retrying with backoff"),
+                format!("cannot reach etcd ({}); retrying with backoff", chain(e)),
             ),
             Failure::Etcd(e) => (ErrorKind::Other, e.to_string()),
         };
+        // A TLS mismatch shows only as a transport failure or a canceled call: say what to
+        // check.
+        let hint = if kind != ErrorKind::Unavailable {
+            ""
+        } else {
+            match &cluster.tls {
+                None => {
+                    " (if etcd serves TLS, give `ca-file=`, and `cert-file=` with `key-file=` \
+                     when it requires client certificates)"
+                }
+                Some(t) if t.cert_file.is_none() => {
+                    " (check that etcd serves TLS with a certificate `ca-file` signed; an etcd \
+                     with --client-cert-auth also needs `cert-file=` and `key-file=`)"
+                }
+                Some(_) => {
+                    " (check that etcd serves TLS with a certificate `ca-file` signed, and \
+                     that it trusts the CA of `cert-file`)"
+                }
+            }
+        };
         DiscoveryError::new(
             kind,
-            format!("etcd {hosts}: cannot {what} `{prefix}`: {detail}"),
+            format!("etcd {hosts}: cannot {what} `{prefix}`: {detail}{hint}"),
         )
     }
 }
@@ -190,7 +210,10 @@ pub(crate) fn status_detail(
             let why = if msg.contains("no leader") {
                 "the member has no leader (cut off from its cluster?)".to_owned()
             } else {
-                format!("etcd is unavailable ({msg})")
+                let cause = std::error::Error::source(s)
+                    .map(|c| format!(": {}", chain(c)))
+                    .unwrap_or_default();
+                format!("etcd is unavailable ({msg}{cause})")
             };
             (
                 ErrorKind::Unavailable,
@@ -202,4 +225,19 @@ pub(crate) fn status_detail(
             format!("etcd answered {:?}: {msg}", s.code()),
         ),
     }
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = s.source();
+    }
+    out
 }
