@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::{Address, Endpoint};
+use crate::{Address, DiscoveryError, Endpoint, ErrorKind, Update};
 
 /// How long resolving an instance's host name may take.
 pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -120,6 +120,21 @@ pub(crate) async fn resolve(found: Vec<Found>) -> (Vec<Endpoint>, Vec<String>) {
         }
     }
     (out, problems)
+}
+
+/// The entries a watch skipped, as the `Malformed` errors it sends after the set (and
+/// logs): `<label>: skipped <problem>`.
+pub(crate) fn skipped(
+    label: &str,
+    problems: Vec<String>,
+) -> impl Iterator<Item = Result<Update, DiscoveryError>> + '_ {
+    problems.into_iter().map(move |p| {
+        tracing::warn!(target = %label, "skipped {p}");
+        Err(DiscoveryError::new(
+            ErrorKind::Malformed,
+            format!("{label}: skipped {p}"),
+        ))
+    })
 }
 
 #[cfg(test)]

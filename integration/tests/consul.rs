@@ -173,25 +173,6 @@ fn watch(target: &str) -> meshless::discovery::UpdateStream {
         .watch()
 }
 
-async fn wait_error(channel: &Channel, what: &str, needle: &[&str]) -> String {
-    let mut last = None;
-    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
-    loop {
-        let e = channel.status().discovery_error;
-        if let Some(e) = &e
-            && needle.iter().all(|n| e.contains(n))
-        {
-            return e.clone();
-        }
-        last = e.or(last);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last discovery error: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 async fn calls_succeed(channel: &Channel, n: usize) {
     let mut client = GreeterClient::new(channel.clone());
     for i in 0..n {

@@ -101,28 +101,22 @@ async fn wait_set(updates: &mut UpdateStream, want: &[&ServerHandle]) -> Vec<End
     }
 }
 
-async fn wait_error(channel: &Channel, what: &str, needle: &[&str]) -> String {
-    let mut last = None;
-    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
-    loop {
-        let e = channel.status().discovery_error;
-        if let Some(e) = &e
-            && needle.iter().all(|n| e.contains(n))
-        {
-            return e.clone();
-        }
-        last = e.or(last);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last discovery error: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 /// Calls until each of `servers` answered at least once (bounded), then checks that
 /// nobody else answered.
 async fn reaches_exactly(channel: &Channel, servers: &[&ServerHandle]) {
+    // First the channel applies the set (a call sent before that may still reach an
+    // endpoint just removed), then every call must reach only these servers.
+    let addrs: BTreeSet<Address> = servers.iter().map(|s| Address::from(s.addr())).collect();
+    wait_until("the channel holds exactly these endpoints", || {
+        let now: BTreeSet<Address> = channel
+            .status()
+            .endpoints
+            .iter()
+            .map(|e| e.address.clone())
+            .collect();
+        now == addrs
+    })
+    .await;
     let mut client = GreeterClient::new(channel.clone());
     let want: BTreeSet<String> = servers.iter().map(|s| s.name().to_owned()).collect();
     let mut seen = BTreeSet::new();

@@ -245,13 +245,7 @@ impl State {
             self.last = Some(endpoints.clone());
             out.push(Ok(Update::Reset(endpoints)));
         }
-        for p in problems {
-            tracing::warn!(target = %self.label, "{p}");
-            out.push(Err(DiscoveryError::new(
-                ErrorKind::Malformed,
-                format!("{}: skipped {p}", self.label),
-            )));
-        }
+        out.extend(lookup::skipped(&self.label, problems));
         out
     }
 
