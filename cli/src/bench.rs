@@ -22,6 +22,7 @@ use crate::error::{CliError, one_line};
 use crate::output::{self, Align, Counts};
 use crate::percentiles::{self, LatencyMs};
 use crate::target::TargetArgs;
+use crate::tls::TlsArgs;
 
 /// How often the progress bar and the per-endpoint counters are refreshed. Reading the
 /// counters often also catches endpoints that leave the set during the run.
@@ -40,6 +41,8 @@ const MAX_CONCURRENCY: i64 = 100_000;
 pub struct BenchArgs {
     #[command(flatten)]
     pub target: TargetArgs,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Load-balancing policy: pick_first, round_robin, weighted_round_robin, random,
     /// least_request, p2c_ewma, ring_hash or maglev.
     #[arg(long, value_name = "NAME", default_value = "round_robin")]
@@ -146,14 +149,10 @@ fn at_least_one(s: &str) -> Result<u64, String> {
 /// Runs the command.
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let target = args.target.target()?;
-    let channel = Channel::builder(target.clone())
+    let builder = Channel::builder(target.clone())
         .registry(args.target.registry()?)
-        .policy(args.policy.clone())
-        .build()
-        .map_err(|e| match e {
-            BuildError::Target(_) | BuildError::Policy(_) => CliError::Usage(e.to_string()),
-            _ => CliError::Internal(e.to_string()),
-        })?;
+        .policy(args.policy.clone());
+    let channel = args.tls.apply(builder)?.build().map_err(build_error)?;
     wait_until_settled(&channel, &target, args.timeout).await?;
 
     let mut tracker = Tracker::default();
@@ -230,6 +229,14 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     }
 }
 
+/// A channel that does not build: bad input (target, policy, TLS files) is a usage error.
+pub fn build_error(e: BuildError) -> CliError {
+    match e {
+        BuildError::NoRuntime => CliError::Internal(e.to_string()),
+        _ => CliError::Usage(e.to_string()),
+    }
+}
+
 /// Sends calls while the plan allows.
 async fn worker(
     mut client: HealthClient<Channel>,
@@ -264,13 +271,9 @@ async fn worker(
     r
 }
 
-/// Waits until discovery has answered and every endpoint has connected or failed to, so
-/// the run measures calls, not start-up. Fails when there is nothing to call.
-async fn wait_until_settled(
-    channel: &Channel,
-    target: &str,
-    timeout: Duration,
-) -> Result<(), CliError> {
+/// Waits, at most `timeout`, until discovery has answered and every endpoint has connected
+/// or failed to; returns the status then (settled or not).
+pub async fn settle(channel: &Channel, timeout: Duration) -> ChannelStatus {
     let deadline = Instant::now() + timeout;
     let settled = |st: &ChannelStatus| {
         st.resolved
@@ -285,7 +288,7 @@ async fn wait_until_settled(
     let mut changes = channel.status_changes();
     // The first ready endpoint, or the error a call would get.
     let _ = tokio::time::timeout_at(deadline.into(), channel.connect()).await;
-    let status = loop {
+    loop {
         changes.borrow_and_update();
         let status = channel.status();
         if settled(&status) {
@@ -295,7 +298,17 @@ async fn wait_until_settled(
             Ok(Ok(())) => {}
             _ => break status, // the bound, or the channel is gone
         }
-    };
+    }
+}
+
+/// Waits until discovery has answered and every endpoint has connected or failed to, so
+/// the run measures calls, not start-up. Fails when there is nothing to call.
+async fn wait_until_settled(
+    channel: &Channel,
+    target: &str,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let status = settle(channel, timeout).await;
     let waited = humantime::format_duration(timeout);
     if !status.resolved {
         return Err(CliError::Discovery(match status.discovery_error {

@@ -13,7 +13,8 @@ pub const EXIT_USAGE: u8 = 2;
 /// Exit code when discovery failed: the backend's error (forbidden, unreachable, a name that
 /// does not resolve), or no answer within `--timeout`.
 pub const EXIT_DISCOVERY: u8 = 3;
-/// Exit code when calls failed: `bench` reached no endpoint, or some of its calls failed.
+/// Exit code when calls failed: `bench` reached no endpoint, or some of its calls failed;
+/// `resolve --connect`: some endpoint did not connect.
 pub const EXIT_CALLS: u8 = 4;
 
 /// The exit codes, as `meshless --help` shows them.
@@ -25,7 +26,8 @@ Exit codes:
   3  discovery failed: the backend's error (forbidden, unreachable, unknown name),
      or no answer within --timeout; watch: discovery was failing when it stopped;
      register: the instance was never registered
-  4  calls failed: bench reached no endpoint, or some of its calls failed";
+  4  calls failed: bench reached no endpoint, or some of its calls failed;
+     resolve --connect (or --tls-*): some endpoint did not connect";
 
 /// A failed command. Each variant's message is complete: it names what failed and, where the
 /// cause is known, what to do.

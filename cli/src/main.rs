@@ -10,6 +10,7 @@ mod percentiles;
 mod register;
 mod resolve;
 mod target;
+mod tls;
 mod watch;
 
 use std::process::ExitCode;

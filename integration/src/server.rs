@@ -203,6 +203,7 @@ impl TestServer {
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let shared = Arc::new(Shared {
             calls: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             fail: AtomicI32::new(self.fail.map_or(NO_FAIL, |c| c as i32)),
         });
@@ -243,6 +244,7 @@ pub struct ServerHandle {
 #[derive(Debug)]
 struct Shared {
     calls: AtomicU64,
+    connections: AtomicU64,
     in_flight: AtomicU64,
     fail: AtomicI32,
 }
@@ -276,6 +278,12 @@ impl ServerHandle {
     /// (health checks are not counted).
     pub fn calls(&self) -> u64 {
         self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far, over every restart (for a TLS server: those whose
+    /// handshake completed).
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Greeter calls being handled now; a streaming call counts until its response stream ends.
@@ -410,6 +418,7 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
         None => None,
     };
 
+    let counted = Arc::clone(shared);
     let greeter = GreeterService {
         name: config.name.clone(),
         latency: config.latency.clone(),
@@ -442,11 +451,18 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
                 let serve: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =
                     match acceptor {
                         None => {
-                            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                            let counted = Arc::clone(&counted);
+                            let incoming = TcpIncoming::from(listener)
+                                .with_nodelay(Some(true))
+                                .inspect(move |c| {
+                                    if c.is_ok() {
+                                        counted.connections.fetch_add(1, Ordering::SeqCst);
+                                    }
+                                });
                             Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
                         }
                         Some(acceptor) => Box::pin(router.serve_with_incoming_shutdown(
-                            tls_incoming(listener, acceptor),
+                            tls_incoming(listener, acceptor, counted),
                             signal,
                         )),
                     };
@@ -475,6 +491,7 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
 fn tls_incoming(
     listener: tokio::net::TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
+    counted: Arc<Shared>,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<crate::tls::TlsIo>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -484,10 +501,12 @@ fn tls_incoming(
             };
             let _ = tcp.set_nodelay(true);
             let (acceptor, sender) = (acceptor.clone(), tx.clone());
+            let counted = Arc::clone(&counted);
             tokio::spawn(async move {
                 if let Ok(Ok(tls)) =
                     tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                 {
+                    counted.connections.fetch_add(1, Ordering::SeqCst);
                     let _ = sender.send(Ok(crate::tls::TlsIo(tls))).await;
                 }
             });

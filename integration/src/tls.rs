@@ -51,8 +51,25 @@ impl TestCa {
     /// A certificate for `names` (DNS names or IP addresses) signed by this CA, and its key:
     /// `(certificate PEM, private key PEM)`. Good for servers and clients alike.
     pub fn issue(&self, names: &[&str]) -> (String, String) {
+        self.issue_with(names, |_| {})
+    }
+
+    /// Like [`issue`](Self::issue), for a certificate that expired on 2020-01-02.
+    pub fn issue_expired(&self, names: &[&str]) -> (String, String) {
+        self.issue_with(names, |p| {
+            p.not_before = rcgen::date_time_ymd(2019, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2020, 1, 2);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        names: &[&str],
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
+        edit(&mut params);
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "leaf");
@@ -140,14 +157,44 @@ impl ServerTls {
 }
 
 /// A server-side TLS connection, as tonic's server takes it.
-pub(crate) struct TlsIo(pub(crate) tokio_rustls::server::TlsStream<TcpStream>);
+pub struct TlsIo<S = TcpStream>(pub(crate) tokio_rustls::server::TlsStream<S>);
 
-impl tonic::transport::server::Connected for TlsIo {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> tonic::transport::server::Connected
+    for TlsIo<S>
+{
     type ConnectInfo = ();
     fn connect_info(&self) -> Self::ConnectInfo {}
 }
 
-impl AsyncRead for TlsIo {
+/// TLS connections accepted on a unix socket, for `Server::serve_with_incoming`: each
+/// handshake runs on its own task, and a failed one is dropped.
+pub fn unix_incoming(
+    listener: tokio::net::UnixListener,
+    tls: &ServerTls,
+) -> io::Result<tokio_stream::wrappers::ReceiverStream<io::Result<TlsIo<tokio::net::UnixStream>>>> {
+    let acceptor = tls.acceptor()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, sender) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                let accepted = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    acceptor.accept(stream),
+                );
+                if let Ok(Ok(tls)) = accepted.await {
+                    let _ = sender.send(Ok(TlsIo(tls))).await;
+                }
+            });
+            if tx.is_closed() {
+                break;
+            }
+        }
+    });
+    Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -157,7 +204,7 @@ impl AsyncRead for TlsIo {
     }
 }
 
-impl AsyncWrite for TlsIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

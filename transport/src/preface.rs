@@ -26,7 +26,7 @@ const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
 const MAX_SETTINGS_READ: usize = 16 * 6;
 
 /// What the first bytes from the server were.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Preface {
     /// A SETTINGS frame: the server speaks HTTP/2, and allows this many concurrent streams
     /// (`None`: no limit announced).
@@ -34,10 +34,33 @@ pub(crate) enum Preface {
         /// The server's SETTINGS_MAX_CONCURRENT_STREAMS in its first SETTINGS frame.
         max_concurrent_streams: Option<u32>,
     },
-    /// Something else (HTTP/1, TLS, garbage).
+    /// A TLS record (a handshake or an alert): the port wants TLS.
+    Tls,
+    /// An HTTP/1 response.
+    Http1,
+    /// Something else.
     Other,
     /// The connection closed before the server said anything.
     Closed,
+    /// Reading failed before the server said anything (with TLS: the server's alert).
+    Failed(io::Error),
+}
+
+impl PartialEq for Preface {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Preface::Http2 {
+                    max_concurrent_streams: a,
+                },
+                Preface::Http2 {
+                    max_concurrent_streams: b,
+                },
+            ) => a == b,
+            (Preface::Failed(a), Preface::Failed(b)) => a.kind() == b.kind(),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
 }
 
 pin_project_lite::pin_project! {
@@ -76,6 +99,14 @@ impl<T: AsyncRead> AsyncRead for PrefaceWatch<T> {
         let before = buf.filled().len();
         let res = this.io.poll_read(cx, buf);
         if this.report.is_some()
+            && let Poll::Ready(Err(e)) = &res
+            && let Some(tx) = this.report.take()
+        {
+            // io::Error is not Clone: the report gets a copy of its kind, message and,
+            // for a TLS alert, rustls's error (what the description needs).
+            let _ = tx.send(Preface::Failed(copy_error(e)));
+        }
+        if this.report.is_some()
             && let Poll::Ready(Ok(())) = &res
         {
             let new = &buf.filled()[before..];
@@ -98,10 +129,31 @@ impl<T: AsyncRead> AsyncRead for PrefaceWatch<T> {
     }
 }
 
+/// A copy of `e` that keeps what describing it needs.
+fn copy_error(e: &io::Error) -> io::Error {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return io::Error::new(e.kind(), tls.clone());
+    }
+    io::Error::new(e.kind(), e.to_string())
+}
+
+/// TLS record types a server may answer with: alert (21) and handshake (22), RFC 8446 §5.1.
+const TLS_ALERT: u8 = 0x15;
+const TLS_HANDSHAKE: u8 = 0x16;
+
 /// What the first `head` bytes from the server say, once they say enough.
 fn classify(head: &[u8]) -> Option<Preface> {
     if head.len() <= TYPE_OFFSET {
         return None;
+    }
+    // A record header: type, then version 3.x. No HTTP/2 SETTINGS frame starts so (its
+    // first byte is the top of a length far above any frame size).
+    if matches!(head[0], TLS_ALERT | TLS_HANDSHAKE) && head[1] == 3 && head[2] <= 4 {
+        return Some(Preface::Tls);
+    }
+    if head.starts_with(b"HTTP/") {
+        return Some(Preface::Http1);
     }
     if head[TYPE_OFFSET] != SETTINGS_FRAME_TYPE {
         return Some(Preface::Other);
@@ -198,12 +250,21 @@ mod tests {
         );
         assert_eq!(
             first_bytes(&[b"HTTP/1.1 400 Bad Request\r\n"]).await,
-            Preface::Other
+            Preface::Http1
         );
         assert_eq!(
             first_bytes(&[&[0x16, 0x03, 0x01, 0x00]]).await,
+            Preface::Tls
+        );
+        // A TLS alert, as a TLS server answers an h2c preface.
+        assert_eq!(
+            first_bytes(&[&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32]]).await,
+            Preface::Tls
+        );
+        assert_eq!(
+            first_bytes(&[b"SSH-2.0-OpenSSH_9.6\r\n"]).await,
             Preface::Other
-        ); // TLS
+        );
         assert_eq!(first_bytes(&[]).await, Preface::Closed);
     }
 }

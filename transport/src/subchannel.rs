@@ -336,8 +336,10 @@ async fn connect(
             if let Some(tls) = &config.tls {
                 let name = tls_name
                     .ok_or_else(|| ConnectError::Tls(format!("{addr}: no TLS server name")))?;
-                let stream = tls.connect(name, tcp).await.map_err(ConnectError::Tls)?;
-                return handshake(&builder, stream).await;
+                let (stream, auth) = tls.connect(name, tcp).await.map_err(ConnectError::Tls)?;
+                return handshake(&builder, stream)
+                    .await
+                    .map_err(|e| e.after_tls(auth));
             }
             handshake(&builder, tcp).await
         }
@@ -352,8 +354,10 @@ async fn connect(
                         path.display()
                     ))
                 })?;
-                let stream = tls.connect(name, stream).await.map_err(ConnectError::Tls)?;
-                return handshake(&builder, stream).await;
+                let (stream, auth) = tls.connect(name, stream).await.map_err(ConnectError::Tls)?;
+                return handshake(&builder, stream)
+                    .await
+                    .map_err(|e| e.after_tls(auth));
             }
             handshake(&builder, stream).await
         }
@@ -395,17 +399,60 @@ where
         Preface::Http2 {
             max_concurrent_streams,
         } => Ok((tx, conn, max_concurrent_streams.unwrap_or(u32::MAX))),
+        Preface::Tls => Err(ConnectError::AnsweredTls),
+        Preface::Http1 => Err(ConnectError::AnsweredHttp1),
         Preface::Other => Err(ConnectError::NotHttp2),
         Preface::Closed => Err(ConnectError::ClosedEarly),
+        Preface::Failed(e) => Err(read_error(&e)),
+    }
+}
+
+/// A read error before the server's preface; with TLS, the server's alert explained.
+fn read_error(e: &std::io::Error) -> ConnectError {
+    #[cfg(feature = "tls")]
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return ConnectError::Alert(crate::tls::describe(tls, None));
+    }
+    ConnectError::Read(format!("reading the server's HTTP/2 preface: {e}"))
+}
+
+#[cfg(feature = "tls")]
+impl ConnectError {
+    /// A server that asked for our client certificate and then closed or reset the
+    /// connection before its preface refused the certificate (or its absence): say so.
+    fn after_tls(self, auth: crate::tls::ClientAuth) -> Self {
+        // An `Alert` is already explained by the server's own words.
+        let early = matches!(
+            self,
+            ConnectError::ClosedEarly | ConnectError::Read(_) | ConnectError::Handshake(_)
+        );
+        match auth.explain_early_close() {
+            Some(why) if early => ConnectError::Tls(why),
+            _ => self,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
     #[error(
-        "the server does not speak HTTP/2 (its first bytes are not a SETTINGS frame; TLS or HTTP/1 port?)"
+        "the server does not speak HTTP/2 (its first bytes are not a SETTINGS frame); check the port"
     )]
     NotHttp2,
+    #[error(
+        "the server answered with TLS, and this channel speaks plaintext h2c: give the channel .tls(TlsConfig::new()...) (feature `tls`), or check the port"
+    )]
+    AnsweredTls,
+    #[error(
+        "the server answered with HTTP/1, not HTTP/2: gRPC needs HTTP/2; check the port (an HTTP/1 proxy or a web port?)"
+    )]
+    AnsweredHttp1,
+    #[error("{0}")]
+    Read(String),
+    /// A TLS alert from the server, explained.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    #[error("{0}")]
+    Alert(String),
     #[error("the server closed the connection before its HTTP/2 preface")]
     ClosedEarly,
     #[error("{0}")]

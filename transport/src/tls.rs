@@ -10,10 +10,12 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -411,17 +413,27 @@ impl TlsState {
         &self,
         name: &str,
         io: IO,
-    ) -> Result<tokio_rustls::client::TlsStream<IO>, String>
+    ) -> Result<(tokio_rustls::client::TlsStream<IO>, ClientAuth), String>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let server_name = ServerName::try_from(name.to_owned())
             .map_err(|e| format!("TLS server name `{name}`: {e}"))?;
-        let connector = tokio_rustls::TlsConnector::from(self.current.load_full());
+        // A per-connection copy (a few reference counts) whose client-certificate resolver
+        // records whether the server asked for one: in TLS 1.3 a server that refuses our
+        // identity does so after the client's handshake is done, and often resets the
+        // connection before its alert can be read, so this is what explains the failure.
+        let mut config = ClientConfig::clone(&self.current.load());
+        let asked = Arc::new(AtomicU8::new(NOT_ASKED));
+        config.client_auth_cert_resolver = Arc::new(AskRecorder {
+            inner: config.client_auth_cert_resolver.clone(),
+            asked: asked.clone(),
+        });
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let stream = connector
             .connect(server_name, io)
             .await
-            .map_err(|e| format!("TLS handshake with `{name}`: {}", tls_error(&e)))?;
+            .map_err(|e| format!("TLS handshake with `{name}`: {}", tls_error(&e, name)))?;
         let alpn = stream.get_ref().1.alpn_protocol();
         if alpn != Some(b"h2") && !self.config.assume_http2 {
             return Err(format!(
@@ -430,7 +442,84 @@ impl TlsState {
                 alpn.map_or("none".into(), |p| String::from_utf8_lossy(p).into_owned())
             ));
         }
-        Ok(stream)
+        let auth = match asked.load(Ordering::Relaxed) {
+            NOT_ASKED => ClientAuth::NotAsked,
+            ASKED_NONE => ClientAuth::AskedNone,
+            _ => ClientAuth::AskedSent,
+        };
+        Ok((stream, auth))
+    }
+}
+
+const NOT_ASKED: u8 = 0;
+const ASKED_NONE: u8 = 1;
+const ASKED_SENT: u8 = 2;
+
+/// Whether the server asked for a client certificate during the handshake, and whether we
+/// sent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientAuth {
+    /// No CertificateRequest: the server does not do mTLS.
+    NotAsked,
+    /// The server asked and we have no identity.
+    AskedNone,
+    /// The server asked and we sent our certificate.
+    AskedSent,
+}
+
+impl ClientAuth {
+    /// Why a server closed (or reset) the connection right after the handshake, before its
+    /// HTTP/2 preface, when its client-certificate request explains it.
+    pub(crate) fn explain_early_close(self) -> Option<String> {
+        match self {
+            ClientAuth::NotAsked => None,
+            ClientAuth::AskedNone => Some(
+                "the server requires a client certificate (mTLS) and this channel presents \
+                 none; it closed the connection after the handshake: set \
+                 TlsConfig::identity_files (or identity_pem)"
+                    .to_owned(),
+            ),
+            ClientAuth::AskedSent => Some(
+                "the server asked for our client certificate and closed the connection right \
+                 after the handshake, so it most likely rejected our client certificate: check \
+                 that TlsConfig::identity_files holds a current certificate signed by a CA the \
+                 server trusts"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// A client-certificate resolver that records that the server asked (see
+/// [`TlsState::connect`]).
+#[derive(Debug)]
+struct AskRecorder {
+    inner: Arc<dyn ResolvesClientCert>,
+    asked: Arc<AtomicU8>,
+}
+
+impl ResolvesClientCert for AskRecorder {
+    fn resolve(
+        &self,
+        root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let key = self.inner.resolve(root_hint_subjects, sigschemes);
+        let seen = if key.is_some() {
+            ASKED_SENT
+        } else {
+            ASKED_NONE
+        };
+        self.asked.store(seen, Ordering::Relaxed);
+        key
+    }
+
+    fn only_raw_public_keys(&self) -> bool {
+        self.inner.only_raw_public_keys()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.inner.has_certs()
     }
 }
 
@@ -459,12 +548,120 @@ impl fmt::Debug for TlsState {
     }
 }
 
-/// A handshake error with rustls's own cause, not only "invalid data".
-fn tls_error(e: &std::io::Error) -> String {
-    match e.get_ref() {
-        Some(inner) => inner.to_string(),
-        None => e.to_string(),
+/// A handshake error explained: rustls's cause when there is one, otherwise what the
+/// failure most likely means (a peer that closes or sends garbage does not speak TLS).
+fn tls_error(e: &std::io::Error, name: &str) -> String {
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return describe(tls, Some(name));
     }
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData => {
+            not_tls(Some(name), &e.to_string())
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn not_tls(name: Option<&str>, detail: &str) -> String {
+    let who = name.map_or("the server".to_owned(), |n| format!("`{n}`"));
+    format!(
+        "{who} did not answer TLS ({detail}); it may speak plaintext h2c: drop .tls() from \
+         this channel, or check the port"
+    )
+}
+
+/// What a rustls error means for the person reading it, with what to change.
+pub(crate) fn describe(err: &rustls::Error, name: Option<&str>) -> String {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    let cert = "the server's certificate";
+    match err {
+        E::InvalidCertificate(c) => match c {
+            C::ExpiredContext { time, not_after } => format!(
+                "{cert} expired at {} (clock says {}): renew it, or check this machine's clock",
+                utc(not_after.as_secs()),
+                utc(time.as_secs())
+            ),
+            C::Expired => format!("{cert} has expired: renew it, or check this machine's clock"),
+            C::NotValidYetContext { time, not_before } => format!(
+                "{cert} is not valid until {} (clock says {}): check the clocks here and on \
+                 the issuer",
+                utc(not_before.as_secs()),
+                utc(time.as_secs())
+            ),
+            C::NotValidYet => format!("{cert} is not valid yet: check the clocks"),
+            C::NotValidForNameContext {
+                expected,
+                presented,
+            } => format!(
+                "{cert} is not valid for `{}` (it names {}): set TlsConfig::server_name to a \
+                 name it carries, or reissue it with that name",
+                expected.to_str(),
+                if presented.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    presented.join(", ")
+                }
+            ),
+            C::NotValidForName => format!(
+                "{cert} is not valid for `{}`: set TlsConfig::server_name, or reissue it",
+                name.unwrap_or("the name we asked for")
+            ),
+            C::UnknownIssuer => format!(
+                "{cert} is signed by a CA this channel does not trust (UnknownIssuer): add \
+                 that CA with TlsConfig::ca_file or ca_pem"
+            ),
+            C::BadSignature => format!(
+                "{cert} has a bad signature (BadSignature): it does not chain to the CA it \
+                 names; check the CA bundle"
+            ),
+            C::Revoked => format!("{cert} has been revoked"),
+            other => format!("{cert} was rejected: {other:?}"),
+        },
+        E::AlertReceived(A::CertificateRequired) => "the server requires a client \
+             certificate (mTLS) and this channel presents none: set \
+             TlsConfig::identity_files (or identity_pem)"
+            .to_owned(),
+        E::AlertReceived(
+            a @ (A::BadCertificate
+            | A::UnknownCA
+            | A::CertificateUnknown
+            | A::AccessDenied
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate),
+        ) => format!(
+            "the server rejected our client certificate (alert {a:?}): check that \
+             TlsConfig::identity_files holds a current certificate signed by a CA the server \
+             trusts"
+        ),
+        E::AlertReceived(a) => format!("the server ended the handshake (alert {a:?})"),
+        E::InvalidMessage(m) => not_tls(name, &format!("{m:?}")),
+        E::NoCertificatesPresented => {
+            "the server presented no certificate: it is not set up for TLS".to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// `secs` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, Howard Hinnant).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60
+    )
 }
 
 /// The host part of an authority, as a TLS server name: `[::1]:50051` → `::1`,
@@ -476,5 +673,32 @@ pub(crate) fn host_of(authority: &str) -> String {
     match authority.rsplit_once(':') {
         Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_owned(),
         _ => authority.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_577_923_200), "2020-01-02 00:00:00 UTC");
+        assert_eq!(utc(951_782_400 + 3_661), "2000-02-29 01:01:01 UTC");
+        assert_eq!(utc(4_102_444_799), "2099-12-31 23:59:59 UTC");
+    }
+
+    #[test]
+    fn a_garbled_handshake_says_the_peer_may_be_plaintext() {
+        let err = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        let text = describe(&err, Some("greeter"));
+        assert!(text.contains("`greeter` did not answer TLS"), "{text}");
+        assert!(text.contains("plaintext"), "{text}");
+    }
+
+    #[test]
+    fn a_missing_client_certificate_names_the_setting() {
+        let err = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        assert!(describe(&err, None).contains("identity_files"));
     }
 }
