@@ -88,8 +88,9 @@ clippy() {
     cargo clippy --workspace --all-targets --all-features -- -D warnings
 }
 
+# --no-fail-fast: a failing test binary does not hide the failures of the ones after it.
 tests() {
-    cargo test --workspace --all-features
+    cargo test --workspace --all-features --no-fail-fast
 }
 
 # The transport crate alone: in a workspace build other crates turn on tonic's `server`

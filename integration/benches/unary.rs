@@ -1,5 +1,6 @@
 //! Unary RPC throughput to one loopback server: plain tonic `Channel` against a
-//! `meshless::Channel` with one endpoint, measured in the same run.
+//! `meshless::Channel` with one endpoint, measured in the same run; then the same over TLS
+//! (tonic's own TLS `Channel` against a meshless channel with `.tls(..)`).
 //!
 //! ```text
 //! cargo bench -p meshless-integration --bench unary
@@ -12,9 +13,12 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use meshless::transport::TlsConfig;
 use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
 use meshless_integration::server::TestServer;
+use meshless_integration::tls::{ServerTls, TestCa};
+use tokio::runtime::Runtime;
 
 /// Calls in flight at once in every measurement.
 const CONCURRENCY: usize = 16;
@@ -52,14 +56,22 @@ where
     }
 }
 
-fn unary(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let server = TestServer::new("bench").spawn().expect("server");
-    let (plain, mesh) = rt.block_on(async {
+async fn ready(mesh: &meshless::Channel) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while mesh.status().ready_count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(mesh.status().ready_count(), 1, "{:?}", mesh.status());
+}
+
+/// The two channels of one comparison.
+struct Pair {
+    plain: Client<tonic::transport::Channel>,
+    mesh: Client<meshless::Channel>,
+}
+
+fn plaintext_pair(rt: &Runtime, server: &meshless_integration::server::ServerHandle) -> Pair {
+    rt.block_on(async {
         let plain = tonic::transport::Channel::from_shared(server.uri())
             .expect("uri")
             .connect()
@@ -68,33 +80,70 @@ fn unary(c: &mut Criterion) {
         let mesh = meshless::Channel::builder(format!("static:///{}", server.addr()))
             .build()
             .expect("meshless channel");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while mesh.status().ready_count() == 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        ready(&mesh).await;
+        Pair {
+            plain: GreeterClient::new(plain),
+            mesh: GreeterClient::new(mesh),
         }
-        (GreeterClient::new(plain), GreeterClient::new(mesh))
-    });
+    })
+}
 
-    let mut group = c.benchmark_group("unary_rpc");
+fn tls_pair(
+    rt: &Runtime,
+    ca: &TestCa,
+    server: &meshless_integration::server::ServerHandle,
+) -> Pair {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    rt.block_on(async {
+        let plain = tonic::transport::Channel::from_shared(format!(
+            "https://127.0.0.1:{}",
+            server.addr().port()
+        ))
+        .expect("uri")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca.cert_pem()))
+                .domain_name("127.0.0.1"),
+        )
+        .expect("tonic tls config")
+        .connect()
+        .await
+        .expect("tonic tls connect");
+        let mesh = meshless::Channel::builder(format!("static:///{}", server.addr()))
+            .tls(TlsConfig::new().ca_pem(ca.cert_pem()))
+            .build()
+            .expect("meshless channel");
+        ready(&mesh).await;
+        Pair {
+            plain: GreeterClient::new(plain),
+            mesh: GreeterClient::new(mesh),
+        }
+    })
+}
+
+fn criterion_group_for(c: &mut Criterion, rt: &Runtime, group: &str, pair: &Pair) {
+    let mut group = c.benchmark_group(group);
     group.throughput(Throughput::Elements(BATCH));
     group.measurement_time(Duration::from_secs(5));
     group.bench_function("tonic_channel", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
-            rt.block_on(batch(&plain, iters * BATCH));
+            rt.block_on(batch(&pair.plain, iters * BATCH));
             start.elapsed()
         })
     });
     group.bench_function("meshless_channel", |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
-            rt.block_on(batch(&mesh, iters * BATCH));
+            rt.block_on(batch(&pair.mesh, iters * BATCH));
             start.elapsed()
         })
     });
     group.finish();
+}
 
-    // A/B: alternate the channels, round after round, in the same process.
+/// A/B: alternate the channels, round after round, in the same process; prints the medians.
+fn ab(rt: &Runtime, title: &str, pair: &Pair) {
     let mut ratios = Vec::with_capacity(AB_ROUNDS);
     let (mut tonic_rps, mut mesh_rps) = (Vec::new(), Vec::new());
     for round in 0..AB_ROUNDS {
@@ -105,12 +154,12 @@ fn unary(c: &mut Criterion) {
         };
         // Swap the order every round so neither always runs second.
         let (t, m) = if round % 2 == 0 {
-            let t = time(&|| rt.block_on(batch(&plain, AB_CALLS)));
-            let m = time(&|| rt.block_on(batch(&mesh, AB_CALLS)));
+            let t = time(&|| rt.block_on(batch(&pair.plain, AB_CALLS)));
+            let m = time(&|| rt.block_on(batch(&pair.mesh, AB_CALLS)));
             (t, m)
         } else {
-            let m = time(&|| rt.block_on(batch(&mesh, AB_CALLS)));
-            let t = time(&|| rt.block_on(batch(&plain, AB_CALLS)));
+            let m = time(&|| rt.block_on(batch(&pair.mesh, AB_CALLS)));
+            let t = time(&|| rt.block_on(batch(&pair.plain, AB_CALLS)));
             (t, m)
         };
         tonic_rps.push(t);
@@ -127,7 +176,7 @@ fn unary(c: &mut Criterion) {
     );
     println!();
     println!(
-        "unary RPC throughput, 1 loopback server, concurrency {CONCURRENCY}, {AB_ROUNDS} alternating rounds of {AB_CALLS} calls"
+        "{title}, 1 loopback server, concurrency {CONCURRENCY}, {AB_ROUNDS} alternating rounds of {AB_CALLS} calls"
     );
     println!("  channel            median rps");
     println!("  tonic Channel      {:>10.0}", median(&mut tonic_rps));
@@ -135,6 +184,32 @@ fn unary(c: &mut Criterion) {
     println!(
         "  meshless / tonic   {:>10.3}  (median of per-round ratios; min {min:.3}, max {max:.3})",
         median(&mut ratios)
+    );
+}
+
+fn unary(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = TestServer::new("bench").spawn().expect("server");
+    let ca = TestCa::new("bench-ca");
+    let (cert, key) = ca.issue(&["127.0.0.1"]);
+    let tls_server = TestServer::new("bench-tls")
+        .tls(ServerTls::new(cert, key))
+        .spawn()
+        .expect("tls server");
+
+    let plain = plaintext_pair(&rt, &server);
+    let tls = tls_pair(&rt, &ca, &tls_server);
+    criterion_group_for(c, &rt, "unary_rpc", &plain);
+    criterion_group_for(c, &rt, "unary_rpc_tls", &tls);
+    ab(&rt, "unary RPC throughput (h2c)", &plain);
+    ab(
+        &rt,
+        "unary RPC throughput over TLS (rustls/ring both)",
+        &tls,
     );
 }
 

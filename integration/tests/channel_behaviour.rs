@@ -329,7 +329,7 @@ async fn a_port_that_does_not_speak_http2_is_never_ready() {
         (&b""[..], "HTTP/2 preface"),
         (
             &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"[..],
-            "does not speak HTTP/2",
+            "answered with HTTP/1, not HTTP/2",
         ),
     ] {
         let addr = not_http2_port(reply).await;
