@@ -41,11 +41,13 @@ pub use meshless_discovery::backoff::BackoffConfig;
 pub use meshless_discovery::{
     Address, Endpoint, ManualDiscovery, ManualHandle, Registry, Target, TargetError,
 };
-pub use meshless_middleware::{DefaultDeadline, DefaultDeadlineLayer};
+pub use meshless_middleware::{
+    DefaultDeadline, DefaultDeadlineLayer, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle,
+};
 #[cfg(feature = "tls")]
 pub use meshless_transport::TlsConfig;
 pub use meshless_transport::{
-    BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
+    BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout, TriedEndpoints,
 };
 
 /// The README's examples, compiled as doc tests so they stay true.

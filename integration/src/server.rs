@@ -110,6 +110,7 @@ pub struct TestServer {
     name: String,
     latency: Option<LatencyFn>,
     fail: Option<Code>,
+    stream_fail: Option<Code>,
     hook: Option<Hook>,
     addr: SocketAddr,
     tls: Option<crate::tls::ServerTls>,
@@ -121,6 +122,7 @@ impl fmt::Debug for TestServer {
             .field("name", &self.name)
             .field("latency", &self.latency.as_ref().map(|_| ".."))
             .field("fail", &self.fail)
+            .field("stream_fail", &self.stream_fail)
             .field("hook", &self.hook.as_ref().map(|_| ".."))
             .field("addr", &self.addr)
             .field("tls", &self.tls)
@@ -135,6 +137,7 @@ impl TestServer {
             name: name.into(),
             latency: None,
             fail: None,
+            stream_fail: None,
             hook: None,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tls: None,
@@ -176,6 +179,14 @@ impl TestServer {
     /// [`ServerHandle::set_fail`] changes this while the server runs.
     pub fn fail_with(mut self, code: Code) -> Self {
         self.fail = Some(code);
+        self
+    }
+
+    /// Ends every `StreamReplies` stream with `code` after its replies: the response headers
+    /// go out first, so the client sees a committed call that then fails (unlike
+    /// [`fail_with`](Self::fail_with), which answers Trailers-Only).
+    pub fn fail_streams_with(mut self, code: Code) -> Self {
+        self.stream_fail = Some(code);
         self
     }
 
@@ -423,6 +434,7 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
         name: config.name.clone(),
         latency: config.latency.clone(),
         hook: config.hook.clone(),
+        stream_fail: config.stream_fail,
         shared: Arc::clone(shared),
     };
     let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
@@ -526,6 +538,7 @@ struct GreeterService {
     name: String,
     latency: Option<LatencyFn>,
     hook: Option<Hook>,
+    stream_fail: Option<Code>,
     shared: Arc<Shared>,
 }
 
@@ -616,10 +629,18 @@ impl Greeter for GreeterService {
         } = request.into_inner();
         let interval = Duration::from_millis(u64::from(interval_ms));
         let this = self.clone();
+        let stream_fail = self.stream_fail;
         let replies = stream::unfold((0u32, guard), move |(i, guard)| {
             let this = this.clone();
             let name = name.clone();
             async move {
+                if i == count
+                    && let Some(code) = stream_fail
+                {
+                    let status =
+                        Status::new(code, format!("server {} fails its streams", this.name));
+                    return Some((Err(status), (i + 1, guard)));
+                }
                 if i >= count {
                     return None;
                 }

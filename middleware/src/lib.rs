@@ -1,6 +1,10 @@
 //! tower layers that sit above a meshless [`Channel`](https://docs.rs/meshless-transport),
 //! composed with `tower::ServiceBuilder` like any other layer.
 //!
+//! - [`RetryLayer`]: gRPC A6 retries (`retryPolicy`), bounded by a retry budget and,
+//!   optionally, A6 `retryThrottling`; retries avoid the endpoints already tried.
+//! - [`AdaptiveThrottleLayer`]: the Google SRE client-side throttle, which rejects calls
+//!   locally while the backend refuses most of them.
 //! - [`DefaultDeadlineLayer`]: gives every call that has no deadline a default one, so no
 //!   call can wait forever on a slow server.
 //!
@@ -20,5 +24,11 @@
 #![warn(missing_docs)]
 
 mod deadline;
+mod rejected;
+pub mod retry;
+mod throttle;
 
 pub use deadline::{DefaultDeadline, DefaultDeadlineLayer};
+pub use rejected::LocallyRejected;
+pub use retry::{PolicyError, Retry, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle};
+pub use throttle::{AdaptiveThrottle, AdaptiveThrottleLayer, ThrottleConfig, ThrottleFuture};

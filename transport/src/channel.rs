@@ -23,6 +23,7 @@ use crate::settings::Http2Settings;
 use crate::status::ChannelStatus;
 use crate::subchannel::{Conn, ConnectConfig, Subchannel};
 use crate::tracked::{CallGuard, StreamSlot, TrackedBody};
+use crate::tried::TriedEndpoints;
 use meshless_discovery::backoff::BackoffConfig;
 
 /// Default bound on how long a call waits in the channel's queue for a ready endpoint (see
@@ -519,6 +520,11 @@ enum Picked {
 /// stream limit, before it waits for a stream to free up.
 const BUSY_REPICKS: usize = 4;
 
+/// How many times a call that carries [`TriedEndpoints`] asks the picker again when it
+/// picked an endpoint that an earlier attempt of the call went to. Against 1 tried endpoint
+/// of 3 a uniform policy then lands on a fresh one with probability 1 − (1/3)²¹.
+const AVOID_REPICKS: usize = 20;
+
 fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
     let snapshot = shared.snapshot.load();
     match &snapshot.picker {
@@ -528,11 +534,24 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
                 headers: &parts.headers,
                 extensions: &parts.extensions,
             };
+            let tried = parts.extensions.get::<TriedEndpoints>();
+            // Asking again for an endpoint this call has not tried is worth it only while
+            // one is left.
+            let mut avoid = tried
+                .filter(|t| !t.is_empty() && t.distinct() < snapshot.subchannels.len())
+                .map_or(0, |_| AVOID_REPICKS);
             let mut busy = false;
-            for _ in 0..BUSY_REPICKS {
+            let mut repicks = 0;
+            while repicks < BUSY_REPICKS {
                 match picker.pick(&req) {
                     Pick::Ready(i) => match snapshot.subchannels.get(i) {
                         Some(sub) => match sub.connection() {
+                            Some(_)
+                                if avoid > 0 && tried.is_some_and(|t| t.contains(&sub.addr)) =>
+                            {
+                                avoid -= 1;
+                                continue;
+                            }
                             Some(conn) if sub.at_stream_limit(&conn) => busy = true,
                             Some(conn) => return Picked::Send(sub.clone(), conn),
                             // Its connection just closed; the control task will publish a
@@ -551,6 +570,7 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
                     Pick::Queue => return Picked::Wait,
                     Pick::Fail(status) => return Picked::Fail(status),
                 }
+                repicks += 1;
             }
             if busy { Picked::Busy } else { Picked::Wait }
         }
@@ -728,6 +748,9 @@ async fn attempts(
             }
             Picked::Fail(status) => return Err(status),
         };
+        if let Some(tried) = parts.extensions.get::<TriedEndpoints>() {
+            tried.record(&sub.addr);
+        }
         let Some(body) = replay.attempt() else {
             return Err(Status::unavailable(format!(
                 "{}: {}",

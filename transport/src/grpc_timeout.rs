@@ -63,6 +63,17 @@ impl GrpcTimeout {
         GrpcTimeout(encode(timeout))
     }
 
+    /// The deadline a request's `headers` carry in `grpc-timeout`, if well formed (1 to 8
+    /// digits and a unit, as gRPC over HTTP/2 defines it).
+    pub fn parse(headers: &http::HeaderMap) -> Option<Duration> {
+        parse(headers)
+    }
+
+    /// Sets this deadline on a request's `headers`, replacing any it had.
+    pub fn set(&self, headers: &mut http::HeaderMap) {
+        headers.insert(HEADER, self.0.clone());
+    }
+
     /// Sets this deadline on a request's `headers` unless the call has one already (a
     /// caller's own deadline wins). Returns whether it was set.
     pub fn set_if_absent(&self, headers: &mut http::HeaderMap) -> bool {

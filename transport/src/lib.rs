@@ -26,13 +26,14 @@ mod subchannel;
 #[cfg(feature = "tls")]
 mod tls;
 mod tracked;
+mod tried;
 
 pub use channel::{
     BuildError, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_QUEUE_TIMEOUT, DEFAULT_TCP_KEEPALIVE, ResponseFuture,
 };
 pub use grpc_timeout::GrpcTimeout;
-pub use meshless_discovery::backoff::BackoffConfig;
+pub use meshless_discovery::backoff::{Backoff, BackoffConfig};
 /// The rustls this crate's TLS is built on, for [`TlsConfig::verifier`] and
 /// [`TlsConfig::client_config`].
 #[cfg(feature = "tls")]
@@ -44,3 +45,4 @@ pub use settings::{
 pub use status::{ChannelStatus, EndpointStatus};
 #[cfg(feature = "tls")]
 pub use tls::{DEFAULT_TLS_RELOAD, TlsConfig};
+pub use tried::TriedEndpoints;
