@@ -47,7 +47,8 @@ pub use meshless_middleware::{
 #[cfg(feature = "tls")]
 pub use meshless_transport::TlsConfig;
 pub use meshless_transport::{
-    BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout, TriedEndpoints,
+    BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
+    LocallyRejected, OutlierDetection, TriedEndpoints,
 };
 
 /// The README's examples, compiled as doc tests so they stay true.

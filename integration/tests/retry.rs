@@ -462,3 +462,81 @@ async fn throttled_calls_fail_locally_and_are_not_retried() {
     );
     assert!(throttle.reject_probability() > 0.9);
 }
+
+/// A server whose calls wait until the test lets them go.
+fn gated(
+    name: &str,
+    gate: &Arc<tokio::sync::Semaphore>,
+) -> meshless_integration::server::ServerHandle {
+    let gate = gate.clone();
+    TestServer::new(name)
+        .on_call(move |_| {
+            let gate = gate.clone();
+            async move {
+                let _ = gate.acquire().await.map(|p| p.forget());
+                Ok(())
+            }
+        })
+        .spawn()
+        .unwrap()
+}
+
+/// Caps on calls in flight (A32 `max_requests`): a call over the per-endpoint or the
+/// per-channel cap fails at once with `AtCapacity`, and a retry layer does not retry it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_the_caps_fail_at_once_and_are_not_retried() {
+    use meshless::middleware::LocallyRejected;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let servers = [gated("a", &gate), gated("b", &gate)];
+    let list = servers
+        .iter()
+        .map(|s| s.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for (per_endpoint, per_channel, fill) in [(Some(1), None, 2), (None, Some(3), 3)] {
+        let mut b = Channel::builder(format!("static:///{list}")).policy("round_robin");
+        if let Some(n) = per_endpoint {
+            b = b.max_requests_per_endpoint(n);
+        }
+        if let Some(n) = per_channel {
+            b = b.max_requests(n);
+        }
+        let channel = b.build().unwrap();
+        wait_ready(&channel, 2).await;
+        let layer = RetryLayer::new(fast(5));
+        let before: u64 = servers.iter().map(|s| s.calls()).sum();
+        let held: Vec<_> = (0..fill)
+            .map(|_| {
+                let mut c = client(&channel, &layer);
+                tokio::spawn(async move { say(&mut c, "held").await })
+            })
+            .collect();
+        wait_until("the held calls reach the servers", || {
+            servers.iter().map(|s| s.in_flight()).sum::<u64>() == fill
+        })
+        .await;
+        let mut c = client(&channel, &layer);
+        let err = say(&mut c, "over").await.unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err}");
+        assert_eq!(
+            LocallyRejected::of(&err),
+            Some(LocallyRejected::AtCapacity),
+            "{err}"
+        );
+        let want = if per_channel.is_some() {
+            "(max_requests)"
+        } else {
+            "(max_requests_per_endpoint)"
+        };
+        assert!(err.message().contains(want), "{err}");
+        let after: u64 = servers.iter().map(|s| s.calls()).sum();
+        assert_eq!(after - before, fill, "the rejected call reached no server");
+        gate.add_permits(fill as usize);
+        for h in held {
+            h.await.unwrap().unwrap();
+        }
+        // Below the cap again: calls go through.
+        gate.add_permits(1);
+        say(&mut c, "after").await.unwrap();
+    }
+}

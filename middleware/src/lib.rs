@@ -24,11 +24,10 @@
 #![warn(missing_docs)]
 
 mod deadline;
-mod rejected;
 pub mod retry;
 mod throttle;
 
 pub use deadline::{DefaultDeadline, DefaultDeadlineLayer};
-pub use rejected::LocallyRejected;
+pub use meshless_transport::LocallyRejected;
 pub use retry::{PolicyError, Retry, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle};
 pub use throttle::{AdaptiveThrottle, AdaptiveThrottleLayer, ThrottleConfig, ThrottleFuture};

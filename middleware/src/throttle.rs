@@ -14,8 +14,8 @@ use tonic::{Code, Status};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::rejected::LocallyRejected;
 use crate::retry::PolicyError;
+use meshless_transport::LocallyRejected;
 
 /// The settings of [`AdaptiveThrottleLayer`].
 ///
@@ -327,12 +327,11 @@ where
                 rejected: None,
             },
             Err(p) => {
-                let mut status = Status::unavailable(format!(
+                let status = LocallyRejected::Throttled.status(format!(
                     "throttled locally: the backend refused most recent calls, so this client \
                      rejects {:.0} % of calls until it recovers (adaptive throttling)",
                     p * 100.0
                 ));
-                status.set_source(Arc::new(LocallyRejected::Throttled));
                 ThrottleFuture {
                     inner: None,
                     state: None,

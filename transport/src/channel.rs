@@ -15,9 +15,10 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
-use crate::control::{Control, PickerState, Shared};
+use crate::control::{Control, Limits, PickerState, Shared};
 use crate::errors::{chain, code_of, is_remote_go_away, never_processed, sanitize_status_details};
 use crate::grpc_timeout;
+use crate::rejected::LocallyRejected;
 use crate::replay::Replay;
 use crate::settings::Http2Settings;
 use crate::status::ChannelStatus;
@@ -37,6 +38,9 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default TCP keepalive idle time and probe interval: 15 s, what grpc-go's dialer (Go's
 /// `net.Dialer`) uses, so a peer that vanished is found even with HTTP/2 keepalive off.
 pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// The per-endpoint cap of calls in flight that Envoy's circuit breaker (and gRPC A32's
+/// `max_requests`) defaults to, for [`ChannelBuilder::max_requests_per_endpoint`].
+pub const DEFAULT_MAX_REQUESTS_PER_ENDPOINT: u32 = 1024;
 /// How many times a call that was never sent (its connection closed first) is sent again.
 const MAX_UNSENT_ATTEMPTS: usize = 3;
 
@@ -108,6 +112,8 @@ pub struct ChannelBuilder {
     #[cfg(feature = "tls")]
     tls: Option<crate::TlsConfig>,
     idle_timeout: Option<Duration>,
+    limits: Limits,
+    outlier: Option<crate::outlier::OutlierDetection>,
 }
 
 impl Channel {
@@ -213,6 +219,8 @@ impl ChannelBuilder {
             #[cfg(feature = "tls")]
             tls: None,
             idle_timeout: None,
+            limits: Limits::default(),
+            outlier: None,
         }
     }
 
@@ -286,6 +294,36 @@ impl ChannelBuilder {
     /// channel enforces always count; a call its caller drops never does.
     pub fn failure_codes(mut self, codes: FailureCodes) -> Self {
         self.failure_codes = codes;
+        self
+    }
+
+    /// Turns on outlier detection (gRPC A50 success-rate and failure-percentage ejection,
+    /// and consecutive failures): endpoints that fail more than their peers leave the picker
+    /// for a while, keeping their connections. Failures are what
+    /// [`failure_codes`](Self::failure_codes) says count against an endpoint. Its state is
+    /// kept per endpoint address, so it survives endpoint set changes. Off by default;
+    /// [`OutlierDetection::default()`](crate::OutlierDetection) has A50's, Envoy's and
+    /// Linkerd's defaults. Ejections show in [`EndpointStatus::ejected`](crate::EndpointStatus).
+    pub fn outlier_detection(mut self, config: crate::outlier::OutlierDetection) -> Self {
+        self.outlier = Some(config);
+        self
+    }
+
+    /// Caps the calls in flight on each endpoint at `n` (Envoy's and gRPC A32's
+    /// `max_requests`; [`DEFAULT_MAX_REQUESTS_PER_ENDPOINT`] is the usual value). A pick that
+    /// lands on an endpoint at its cap asks the policy again; a call for which every pick was
+    /// at its cap fails `UNAVAILABLE` at once, with [`LocallyRejected::AtCapacity`] as the
+    /// status's source, and a retry layer does not retry it. Off by default.
+    pub fn max_requests_per_endpoint(mut self, n: u32) -> Self {
+        self.limits.per_endpoint = Some(u64::from(n));
+        self
+    }
+
+    /// Caps the calls in flight on the whole channel at `n`; a call over it fails
+    /// `UNAVAILABLE` at once, as with [`max_requests_per_endpoint`](Self::max_requests_per_endpoint).
+    /// Off by default (a channel with it counts its calls on one shared atomic).
+    pub fn max_requests(mut self, n: u32) -> Self {
+        self.limits.per_channel = Some(u64::from(n));
         self
     }
 
@@ -395,7 +433,6 @@ impl ChannelBuilder {
             (None, None) => self.policies.get("pick_first")?,
         };
         let balancer = policy.new_balancer();
-        #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
         let mut shared = Shared::new(
             // Status and logs show the target without its secrets (a Consul token, a
             // password in the authority).
@@ -408,6 +445,7 @@ impl ChannelBuilder {
         {
             shared.tls = connect.tls.clone();
         }
+        shared.limits = self.limits;
         let shared = Arc::new(shared);
         let (alive, closed) = oneshot::channel();
         let discovery_trusted = discovery.trusted_names();
@@ -422,6 +460,7 @@ impl ChannelBuilder {
             forced_authority: self.authority,
             default_authority,
             idle_timeout: self.idle_timeout,
+            outlier: self.outlier,
             closed,
         };
         runtime.spawn(control.run());
@@ -540,7 +579,9 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
             let mut avoid = tried
                 .filter(|t| !t.is_empty() && t.distinct() < snapshot.subchannels.len())
                 .map_or(0, |_| AVOID_REPICKS);
+            let cap = shared.limits.per_endpoint;
             let mut busy = false;
+            let mut capped = false;
             let mut repicks = 0;
             while repicks < BUSY_REPICKS {
                 match picker.pick(&req) {
@@ -551,6 +592,9 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
                             {
                                 avoid -= 1;
                                 continue;
+                            }
+                            Some(_) if cap.is_some_and(|c| sub.stats.in_flight() >= c) => {
+                                capped = true;
                             }
                             Some(conn) if sub.at_stream_limit(&conn) => busy = true,
                             Some(conn) => return Picked::Send(sub.clone(), conn),
@@ -572,7 +616,13 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
                 }
                 repicks += 1;
             }
-            if busy { Picked::Busy } else { Picked::Wait }
+            if busy {
+                Picked::Busy
+            } else if capped {
+                Picked::Fail(at_endpoint_cap(shared))
+            } else {
+                Picked::Wait
+            }
         }
         PickerState::Queue => Picked::Wait,
         PickerState::Idle => {
@@ -580,6 +630,48 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
             Picked::Wait
         }
         PickerState::Fail(status) => Picked::Fail(status.clone()),
+    }
+}
+
+fn at_endpoint_cap(shared: &Shared) -> Status {
+    LocallyRejected::AtCapacity.status(format!(
+        "{}: every endpoint picked is at its limit of {} calls in flight \
+         (max_requests_per_endpoint); the call was not sent",
+        shared.target,
+        shared.limits.per_endpoint.unwrap_or_default()
+    ))
+}
+
+/// A call's place under the channel's cap of calls in flight; given back on drop.
+pub(crate) struct ChannelPermit(Arc<Shared>);
+
+impl ChannelPermit {
+    /// `Ok(None)` when the channel has no cap.
+    fn acquire(shared: &Arc<Shared>) -> Result<Option<ChannelPermit>, Status> {
+        let Some(cap) = shared.limits.per_channel else {
+            return Ok(None);
+        };
+        let before = shared
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let permit = ChannelPermit(shared.clone());
+        if before >= cap {
+            drop(permit);
+            return Err(LocallyRejected::AtCapacity.status(format!(
+                "{}: the channel is at its limit of {cap} calls in flight (max_requests); the \
+                 call was not sent",
+                shared.target
+            )));
+        }
+        Ok(Some(permit))
+    }
+}
+
+impl Drop for ChannelPermit {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 
@@ -691,18 +783,19 @@ async fn call(
             .active
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    let permit = ChannelPermit::acquire(&shared)?;
     let (parts, body) = req.into_parts();
     // A body that failed to encode (a message over the size limit) fails the call here, as
     // tonic's own channel does, instead of reaching the server cut short.
     let replay = Replay::new(body)?;
     let Some(timeout) = grpc_timeout::parse(&parts.headers) else {
-        return attempts(&shared, parts, replay, None).await;
+        return attempts(&shared, parts, replay, None, permit).await;
     };
     // The call's deadline bounds everything up to the response headers, as tonic's own
     // channel does: the wait for an endpoint, connecting, and a server that never answers.
     let deadline = later(Instant::now(), timeout);
-    match tokio::time::timeout_at(deadline, attempts(&shared, parts, replay, Some(deadline))).await
-    {
+    let attempt = attempts(&shared, parts, replay, Some(deadline), permit);
+    match tokio::time::timeout_at(deadline, attempt).await {
         Ok(result) => result,
         Err(_) => Err(Status::deadline_exceeded(format!(
             "{}: deadline of {timeout:?} exceeded",
@@ -725,6 +818,7 @@ async fn attempts(
     parts: http::request::Parts,
     replay: Replay,
     deadline: Option<Instant>,
+    mut permit: Option<ChannelPermit>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
     let mut waiter = Waiter {
         rx: None,
@@ -770,6 +864,14 @@ async fn attempts(
         let Some(mut guard) =
             CallGuard::start(sub.stats.clone(), shared.failure_codes, deadline, slot)
         else {
+            if shared
+                .limits
+                .per_endpoint
+                .is_some_and(|c| sub.stats.in_flight() >= c)
+            {
+                // Other calls filled the endpoint to its cap since the pick.
+                return Err(at_endpoint_cap(shared));
+            }
             // Another call took the connection's last stream since the pick.
             let busy = || sub.at_stream_limit(&conn);
             waiter.wait_busy(shared, &last_error, busy).await?;
@@ -781,6 +883,7 @@ async fn attempts(
                 let (mut rparts, incoming) = resp.into_parts();
                 sanitize_status_details(&mut rparts.headers);
                 guard.responded(rparts.status, &rparts.headers);
+                guard.hold(permit.take());
                 let body = tonic::body::Body::new(TrackedBody::new(incoming, guard));
                 return Ok(http::Response::from_parts(rparts, body));
             }

@@ -81,10 +81,22 @@ pub(crate) struct Shared {
     pub capacity: Notify,
     /// How many endpoints discovery reports (for error messages without a status lock).
     pub endpoint_count: AtomicUsize,
+    /// Caps on calls in flight.
+    pub limits: Limits,
+    /// Calls in flight on the whole channel; counted only when `limits.per_channel` is set.
+    pub in_flight: std::sync::atomic::AtomicU64,
     /// The channel's TLS state, for `status()`'s reload error.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<crate::tls::TlsState>>,
     status: Mutex<StatusBase>,
+}
+
+/// Caps on calls in flight (Envoy's circuit-breaker `max_requests`, gRPC A32): a call over
+/// one fails `UNAVAILABLE` at once and is not retried.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Limits {
+    pub per_endpoint: Option<u64>,
+    pub per_channel: Option<u64>,
 }
 
 #[derive(Default)]
@@ -101,6 +113,7 @@ struct StatusRow {
     endpoint: Endpoint,
     sub: Arc<Subchannel>,
     state: ConnectivityState,
+    ejected: bool,
     last_error: Option<String>,
 }
 
@@ -127,6 +140,8 @@ impl Shared {
             wake: Notify::new(),
             capacity: Notify::new(),
             endpoint_count: AtomicUsize::new(0),
+            limits: Limits::default(),
+            in_flight: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "tls")]
             tls: None,
             status: Mutex::new(StatusBase::default()),
@@ -164,6 +179,7 @@ impl Shared {
                     weight: r.endpoint.weight,
                     zone: r.endpoint.zone.clone(),
                     state: r.state,
+                    ejected: r.ejected,
                     in_flight: r.sub.stats.in_flight(),
                     successes: r.sub.stats.successes(),
                     failures: r.sub.stats.failures(),
@@ -188,6 +204,11 @@ struct Entry {
     last_error: Option<(u64, String)>,
     /// When its current connection attempt started (for one-at-a-time connecting).
     connecting_since: Option<Instant>,
+    /// The state its connection reports. The view the balancer sees says
+    /// `TransientFailure` instead while outlier detection has it ejected.
+    conn_state: ConnectivityState,
+    /// Taken out of the picker by outlier detection (its connection stays).
+    ejected: bool,
 }
 
 pub(crate) struct Control {
@@ -200,6 +221,8 @@ pub(crate) struct Control {
     /// `:authority` from the target's host, for endpoints that give none of their own.
     pub default_authority: Option<http::uri::Authority>,
     pub idle_timeout: Option<Duration>,
+    /// Outlier detection, when configured.
+    pub outlier: Option<crate::outlier::OutlierDetection>,
     pub closed: oneshot::Receiver<()>,
     /// The discovery's TLS server names may be used (`Discovery::trusted_names`).
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
@@ -243,6 +266,25 @@ struct Run {
     idle: bool,
     /// When one-at-a-time connecting should start its next attempt.
     next_attempt: Option<Instant>,
+    /// Outlier detection, when configured.
+    outliers: Option<Outliers>,
+}
+
+/// Outlier detection's state on the control task.
+struct Outliers {
+    detector: crate::outlier::Detector,
+    /// By address, so an endpoint that leaves and comes back keeps its ejection.
+    hosts: HashMap<Address, crate::outlier::Host>,
+}
+
+/// What the balancer sees of an endpoint: its connection's state, except that an ejected
+/// endpoint with a live connection reads as failing.
+fn effective_state(conn: ConnectivityState, ejected: bool) -> ConnectivityState {
+    if ejected && conn == ConnectivityState::Ready {
+        ConnectivityState::TransientFailure
+    } else {
+        conn
+    }
 }
 
 impl Control {
@@ -273,8 +315,19 @@ impl Control {
             spare_slots: Vec::new(),
             idle: false,
             next_attempt: None,
+            outliers: None,
         };
+        run.outliers = run.c.outlier.clone().map(|config| Outliers {
+            detector: crate::outlier::Detector::new(config, Instant::now(), rand::random()),
+            hosts: HashMap::default(),
+        });
         let shared = run.c.shared.clone();
+        let mut outlier_tick = run.c.outlier.as_ref().map(|o| {
+            let every = o.tick_every();
+            let mut t = tokio::time::interval_at(Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         let mut idle_tick = idle_every.map(|d| {
             let mut t = tokio::time::interval_at(Instant::now() + d, d);
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -308,6 +361,7 @@ impl Control {
                 }
                 _ = sleep_until(run.next_attempt) => run.next_attempt = None,
                 _ = tick(&mut idle_tick) => run.on_idle_tick(),
+                _ = tick(&mut outlier_tick) => run.on_outlier_tick(),
                 _ = shared.wake.notified(), if run.idle => {
                     tracing::debug!(target = %shared.target, "a call woke the idle channel");
                     run.idle = false;
@@ -499,7 +553,7 @@ impl Run {
                 .retired
                 .remove(&ep.addr)
                 .map(|(s, _)| s)
-                .unwrap_or_else(|| Arc::new(self.c.balancer.new_stats()));
+                .unwrap_or_else(|| Arc::new(self.new_stats()));
             self.next_generation += 1;
             let authority = self.authority_for(&ep);
             let tls_name = self.tls_name_for(&ep, &authority);
@@ -515,11 +569,18 @@ impl Run {
             if connect_now {
                 handle.want(true);
             }
+            let ejected = self
+                .outliers
+                .as_ref()
+                .and_then(|o| o.hosts.get(&ep.addr))
+                .is_some_and(crate::outlier::Host::is_ejected);
             entries.push(Entry {
                 handle,
                 failed_since_ready: false,
                 last_error: None,
                 connecting_since: None,
+                conn_state: ConnectivityState::Idle,
+                ejected,
             });
             views.push(SubchannelView {
                 endpoint: ep,
@@ -562,7 +623,8 @@ impl Run {
         }
         let view = &mut self.views[i];
         let was_ready = view.state == ConnectivityState::Ready;
-        view.state = ev.state;
+        entry.conn_state = ev.state;
+        view.state = effective_state(ev.state, entry.ejected);
         self.changed_rows.push(i);
         entry.connecting_since = (ev.state == ConnectivityState::Connecting).then(Instant::now);
         match ev.state {
@@ -570,7 +632,7 @@ impl Run {
             ConnectivityState::TransientFailure => entry.failed_since_ready = true,
             _ => {}
         }
-        let is_ready = ev.state == ConnectivityState::Ready;
+        let is_ready = view.state == ConnectivityState::Ready;
         // Only readiness changes what a balancer's picker holds; while nothing is ready the
         // queue-or-fail decision depends on every state.
         self.dirty |= was_ready != is_ready || !self.any_ready();
@@ -582,6 +644,73 @@ impl Run {
             if failed {
                 // Fresher addresses may help (DNS re-resolution on failure).
                 self.c.discovery.resolve_now();
+            }
+        }
+    }
+
+    fn new_stats(&self) -> EndpointStats {
+        let stats = self.c.balancer.new_stats();
+        if self
+            .c
+            .outlier
+            .as_ref()
+            .is_some_and(|o| o.consecutive_failures.is_some())
+        {
+            stats.with_consecutive_failures()
+        } else {
+            stats
+        }
+    }
+
+    /// Runs outlier detection over the current endpoints and applies what it decided.
+    fn on_outlier_tick(&mut self) {
+        let Some(o) = self.outliers.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut hosts: Vec<crate::outlier::Host> = self
+            .views
+            .iter()
+            .map(|v| o.hosts.remove(&v.endpoint.addr).unwrap_or_default())
+            .collect();
+        // What is left belongs to endpoints gone from the set: kept while their stats are.
+        o.hosts.retain(|addr, _| self.retired.contains_key(addr));
+        let samples: Vec<crate::outlier::Sample<'_>> = self
+            .views
+            .iter()
+            .zip(&self.entries)
+            .map(|(v, e)| crate::outlier::Sample {
+                addr: &v.endpoint.addr,
+                stats: &v.stats,
+                ready: e.conn_state == ConnectivityState::Ready,
+            })
+            .collect();
+        let changes = o.detector.tick(now, &samples, &mut hosts);
+        drop(samples);
+        for (v, h) in self.views.iter().zip(hosts) {
+            o.hosts.insert(v.endpoint.addr.clone(), h);
+        }
+        if changes.unenforced > 0 {
+            tracing::debug!(target = %self.c.shared.target, unenforced = changes.unenforced, "outliers left in (ejection limit or enforcement percentage)");
+        }
+        for (addrs, eject) in [(&changes.ejected, true), (&changes.returned, false)] {
+            for addr in addrs {
+                let Some(&i) = self.index.get(addr) else {
+                    continue;
+                };
+                if eject {
+                    tracing::info!(target = %self.c.shared.target, %addr, "outlier detection ejected the endpoint (it keeps its connection)");
+                } else {
+                    tracing::info!(target = %self.c.shared.target, %addr, "outlier detection returned the endpoint to the picker");
+                }
+                let entry = &mut self.entries[i];
+                entry.ejected = eject;
+                let state = effective_state(entry.conn_state, eject);
+                if self.views[i].state != state {
+                    self.views[i].state = state;
+                    self.dirty = true;
+                }
+                self.changed_rows.push(i);
             }
         }
     }
@@ -688,7 +817,8 @@ impl Run {
         let row = |(e, v): (&Entry, &SubchannelView)| StatusRow {
             endpoint: v.endpoint.clone(),
             sub: e.handle.sub.clone(),
-            state: v.state,
+            state: e.conn_state,
+            ejected: e.ejected,
             last_error: e.last_error.as_ref().map(|(_, m)| m.clone()),
         };
         if std::mem::take(&mut self.set_changed) {

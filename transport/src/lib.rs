@@ -18,7 +18,9 @@ mod channel;
 mod control;
 mod errors;
 mod grpc_timeout;
+mod outlier;
 mod preface;
+mod rejected;
 mod replay;
 mod settings;
 mod status;
@@ -30,10 +32,15 @@ mod tried;
 
 pub use channel::{
     BuildError, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_QUEUE_TIMEOUT, DEFAULT_TCP_KEEPALIVE, ResponseFuture,
+    DEFAULT_MAX_REQUESTS_PER_ENDPOINT, DEFAULT_QUEUE_TIMEOUT, DEFAULT_TCP_KEEPALIVE,
+    ResponseFuture,
 };
 pub use grpc_timeout::GrpcTimeout;
 pub use meshless_discovery::backoff::{Backoff, BackoffConfig};
+pub use outlier::{
+    CONSECUTIVE_CHECK, FailurePercentageEjection, OutlierDetection, SuccessRateEjection,
+};
+pub use rejected::LocallyRejected;
 /// The rustls this crate's TLS is built on, for [`TlsConfig::verifier`] and
 /// [`TlsConfig::client_config`].
 #[cfg(feature = "tls")]

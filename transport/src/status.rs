@@ -53,8 +53,11 @@ pub struct EndpointStatus {
     pub weight: u32,
     /// Its zone, if known.
     pub zone: Option<String>,
-    /// Its connectivity state.
+    /// Its connection's state.
     pub state: ConnectivityState,
+    /// Taken out of the picker by outlier detection, while its connection stays up (the
+    /// connection's `state` can still be `Ready`).
+    pub ejected: bool,
     /// Calls in flight.
     pub in_flight: u64,
     /// Calls completed successfully.

@@ -14,6 +14,7 @@ use meshless_balancer::{CallStart, EndpointStats, FailureCodes, Outcome};
 use tokio::time::Instant;
 use tonic::Status;
 
+use crate::channel::ChannelPermit;
 use crate::control::Shared;
 use crate::errors::{chain, code_of, grpc_status, sanitize_status_details};
 use crate::subchannel::{Conn, Subchannel};
@@ -26,10 +27,17 @@ pub(crate) struct StreamSlot {
 }
 
 impl StreamSlot {
+    /// The slot for a call on `conn`, bounded by the server's stream limit and the channel's
+    /// per-endpoint cap; `None` when neither applies.
     pub(crate) fn of(shared: &Arc<Shared>, _sub: &Subchannel, conn: &Conn) -> Option<Self> {
-        (conn.max_streams != u32::MAX).then(|| StreamSlot {
+        let streams = (conn.max_streams != u32::MAX).then_some(u64::from(conn.max_streams));
+        let max = match (streams, shared.limits.per_endpoint) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(StreamSlot {
             shared: shared.clone(),
-            max: u64::from(conn.max_streams),
+            max,
         })
     }
 }
@@ -49,6 +57,8 @@ pub(crate) struct CallGuard {
     deadline: Option<Instant>,
     abandoned: bool,
     slot: Option<StreamSlot>,
+    /// The call's place under the channel's cap, held until the call ends.
+    _permit: Option<ChannelPermit>,
 }
 
 impl CallGuard {
@@ -72,6 +82,7 @@ impl CallGuard {
             deadline,
             abandoned: false,
             slot,
+            _permit: None,
         })
     }
 
@@ -93,6 +104,11 @@ impl CallGuard {
         if let Some(o) = outcome {
             self.set_outcome(o);
         }
+    }
+
+    /// Keeps the call's place under the channel's cap until the call ends.
+    pub(crate) fn hold(&mut self, permit: Option<ChannelPermit>) {
+        self._permit = permit;
     }
 
     pub(crate) fn set_outcome(&mut self, outcome: Outcome) {

@@ -65,6 +65,8 @@ pub enum Outcome {
 
 pub(super) const SIGNAL_LATENCY: u8 = 1;
 pub(super) const SIGNAL_FAILURE_RATIO: u8 = 2;
+/// Failures since the last success (outlier detection), kept only when asked for.
+pub(super) const SIGNAL_CONSECUTIVE: u8 = 4;
 
 impl EndpointStats {
     /// The response headers of `call` arrived: its latency is sampled now, as tower's
@@ -113,6 +115,11 @@ impl EndpointStats {
         let ok = match outcome {
             Outcome::Success => {
                 self.successes.fetch_add(1, Ordering::Relaxed);
+                if self.tracks(SIGNAL_CONSECUTIVE) {
+                    let failures = self.failures.load(Ordering::Relaxed);
+                    self.last_success_failures
+                        .store(failures, Ordering::Relaxed);
+                }
                 true
             }
             Outcome::Failure => {

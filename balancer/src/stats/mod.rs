@@ -32,7 +32,7 @@ pub use failure_codes::FailureCodes;
 pub use failure_ratio::FAILURE_RATIO_WEIGHT;
 pub use peak_ewma::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, DEFAULT_SAMPLE_WINDOW};
 
-use call::{SIGNAL_FAILURE_RATIO, SIGNAL_LATENCY};
+use call::{SIGNAL_CONSECUTIVE, SIGNAL_FAILURE_RATIO, SIGNAL_LATENCY};
 #[cfg(doc)]
 use in_flight::PENDING_ONE;
 use peak_ewma::{UNPROBED, is_unsampled, pack_base, unpack_base};
@@ -98,6 +98,8 @@ pub struct EndpointStats {
     // What only completions touch.
     successes: AtomicU64,
     failures: AtomicU64,
+    /// `failures` at the last success, with [`with_consecutive_failures`](Self::with_consecutive_failures).
+    last_success_failures: AtomicU64,
     /// When the failure ratio was last updated, in nanoseconds of `clock`.
     failure_stamp_nanos: AtomicU64,
     failure_penalty: Duration,
@@ -135,6 +137,7 @@ impl EndpointStats {
             base_and_calls: AtomicU64::new(UNPROBED),
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            last_success_failures: AtomicU64::new(0),
             failure_stamp_nanos: AtomicU64::new(0),
             failure_penalty: DEFAULT_FAILURE_PENALTY,
             signals: Signals::ALL.bits(),
@@ -154,6 +157,30 @@ impl EndpointStats {
     pub fn with_signals(mut self, signals: Signals) -> Self {
         self.signals = signals.bits();
         self
+    }
+
+    /// Also keeps how many calls failed since the last success
+    /// ([`consecutive_failures`](Self::consecutive_failures)), for outlier detection: one
+    /// more load and store per successful call.
+    #[must_use]
+    pub fn with_consecutive_failures(mut self) -> Self {
+        self.signals |= SIGNAL_CONSECUTIVE;
+        self
+    }
+
+    /// Calls that failed since the last success (0 unless
+    /// [`with_consecutive_failures`](Self::with_consecutive_failures) is on). Calls that end
+    /// at the same moment may be counted in either order.
+    pub fn consecutive_failures(&self) -> u64 {
+        if !self.tracks(SIGNAL_CONSECUTIVE) {
+            return 0;
+        }
+        self.failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(
+                self.last_success_failures
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
     }
 
     /// The signals these statistics keep.
