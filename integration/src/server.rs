@@ -217,6 +217,7 @@ impl TestServer {
             connections: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             fail: AtomicI32::new(self.fail.map_or(NO_FAIL, |c| c as i32)),
+            health: std::sync::Mutex::new(None),
         });
         let running = start(&self, self.addr, &shared)?;
         Ok(ServerHandle {
@@ -258,6 +259,8 @@ struct Shared {
     connections: AtomicU64,
     in_flight: AtomicU64,
     fail: AtomicI32,
+    /// The running server's health reporter, for [`ServerHandle::set_health`].
+    health: std::sync::Mutex<Option<tonic_health::server::HealthReporter>>,
 }
 
 #[derive(Debug)]
@@ -315,6 +318,34 @@ impl ServerHandle {
             .as_ref()
             .and_then(|r| r.thread.as_ref())
             .is_some_and(|t| !t.is_finished())
+    }
+
+    /// Sets what the server's `grpc.health.v1.Health` reports for `service` (`""` is the
+    /// whole server; `greeter.v1.Greeter` the greeter). Watch streams hear it at once.
+    ///
+    /// # Panics
+    ///
+    /// If the server's health service is not up within 10 s of its start.
+    pub async fn set_health(&self, service: &str, status: tonic_health::ServingStatus) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let reporter = loop {
+            let r = self
+                .shared
+                .health
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if let Some(r) = r {
+                break r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server {}: its health service did not start",
+                self.config.name
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        reporter.set_service_status(service, status).await;
     }
 
     /// Stops gracefully, as tonic does on a shutdown signal: reports `NOT_SERVING` on the health
@@ -447,6 +478,7 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
             runtime.block_on(async move {
                 let (health, health_service) = tonic_health::server::health_reporter();
                 health.set_serving::<GreeterServer<GreeterService>>().await;
+                *counted.health.lock().unwrap_or_else(|p| p.into_inner()) = Some(health.clone());
                 let signal = async move {
                     // A dropped sender means the handle is gone: stop as well.
                     let _ = graceful_rx.await;

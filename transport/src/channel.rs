@@ -209,6 +209,7 @@ impl ChannelBuilder {
                 keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
                 keepalive_while_idle: false,
                 tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
+                health_service: None,
                 http2: Http2Settings::default(),
                 #[cfg(feature = "tls")]
                 tls: None,
@@ -294,6 +295,21 @@ impl ChannelBuilder {
     /// channel enforces always count; a call its caller drops never does.
     pub fn failure_codes(mut self, codes: FailureCodes) -> Self {
         self.failure_codes = codes;
+        self
+    }
+
+    /// Turns on client health checking (gRPC A17) for `service` (`""` asks about the whole
+    /// server): each connection runs a `grpc.health.v1.Health/Watch` call, and its endpoint
+    /// takes calls only while the answer is SERVING. Until the first answer it is
+    /// connecting; NOT_SERVING or SERVICE_UNKNOWN takes it out of the picker with the next
+    /// message (the connection stays); a server without the health service (UNIMPLEMENTED)
+    /// counts as healthy, is logged once, and is not asked again on that connection; other
+    /// failures retry the Watch with the channel's [`backoff`](Self::backoff), which starts
+    /// over whenever a message arrives. The Watch call is no load for any policy. This one
+    /// switch is all it takes (grpc-go needs a service config entry, an import and a
+    /// policy that supports it). Off by default.
+    pub fn health_check(mut self, service: impl Into<String>) -> Self {
+        self.connect.health_service = Some(service.into());
         self
     }
 
@@ -919,7 +935,7 @@ async fn attempts(
 }
 
 /// Points the request at `authority` over plain HTTP/2.
-fn set_origin(uri: &mut Uri, authority: &http::uri::Authority) {
+pub(crate) fn set_origin(uri: &mut Uri, authority: &http::uri::Authority) {
     let mut parts = std::mem::take(uri).into_parts();
     parts.scheme = Some(Scheme::HTTP);
     parts.authority = Some(authority.clone());

@@ -18,6 +18,7 @@ mod channel;
 mod control;
 mod errors;
 mod grpc_timeout;
+mod health;
 mod outlier;
 mod preface;
 mod rejected;

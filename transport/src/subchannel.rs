@@ -29,6 +29,8 @@ pub(crate) struct ConnectConfig {
     pub keepalive_while_idle: bool,
     /// TCP keepalive idle time and probe interval; `None` turns it off.
     pub tcp_keepalive: Option<Duration>,
+    /// The service whose health (gRPC A17) decides readiness; `None`: no health checking.
+    pub health_service: Option<String>,
     pub http2: Http2Settings,
     /// TLS for every connection; `None` speaks h2c.
     #[cfg(feature = "tls")]
@@ -214,6 +216,21 @@ async fn connection_loop(
         };
         match outcome {
             Ok(Ok((tx, conn, max_streams))) => {
+                let health = config.health_service.as_deref().map(|service| {
+                    crate::health::watch(
+                        tx.clone(),
+                        sub.authority.clone(),
+                        service,
+                        &config.backoff,
+                        &sub.addr,
+                        &report,
+                    )
+                });
+                // The Watch stream takes one of the server's streams.
+                let max_streams = match (&health, max_streams) {
+                    (Some(_), m) if m != u32::MAX => m.saturating_sub(1).max(1),
+                    (_, m) => m,
+                };
                 let c = Arc::new(Conn {
                     tx,
                     max_streams,
@@ -222,9 +239,20 @@ async fn connection_loop(
                 });
                 sub.conn.store(Some(c.clone()));
                 let ready_at = tokio::time::Instant::now();
-                report(ConnectivityState::Ready, None);
+                // With health checking the Watch stream says when it is ready.
+                if health.is_none() {
+                    report(ConnectivityState::Ready, None);
+                }
+                let health = async move {
+                    match health {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                };
                 let end = tokio::select! {
                     r = conn => r,
+                    // It never ends: UNIMPLEMENTED leaves it pending.
+                    () = health => Ok(()),
                     // In-flight streams carry on in hyper's connection task.
                     _ = c.drained.notified() => Ok(()),
                     // Let go: calls in flight finish on the connection, then it closes.
