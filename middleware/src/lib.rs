@@ -3,6 +3,8 @@
 //!
 //! - [`RetryLayer`]: gRPC A6 retries (`retryPolicy`), bounded by a retry budget and,
 //!   optionally, A6 `retryThrottling`; retries avoid the endpoints already tried.
+//! - [`HedgeLayer`]: gRPC A6 hedging (`hedgingPolicy`), with a fixed delay or the observed
+//!   p95, within the same retry budget; hedges go to endpoints not tried yet.
 //! - [`AdaptiveThrottleLayer`]: the Google SRE client-side throttle, which rejects calls
 //!   locally while the backend refuses most of them.
 //! - [`DefaultDeadlineLayer`]: gives every call that has no deadline a default one, so no
@@ -24,10 +26,12 @@
 #![warn(missing_docs)]
 
 mod deadline;
+pub mod hedge;
 pub mod retry;
 mod throttle;
 
 pub use deadline::{DefaultDeadline, DefaultDeadlineLayer};
+pub use hedge::{Hedge, HedgeDelay, HedgeLayer, HedgingPolicy};
 pub use meshless_transport::LocallyRejected;
 pub use retry::{PolicyError, Retry, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle};
 pub use throttle::{AdaptiveThrottle, AdaptiveThrottleLayer, ThrottleConfig, ThrottleFuture};

@@ -122,6 +122,11 @@ impl RetryThrottle {
         after > self.max_milli / 2
     }
 
+    /// Whether retries and hedges are allowed now, without recording anything.
+    pub(crate) fn allows(&self) -> bool {
+        self.milli.load(Ordering::Acquire) > self.max_milli / 2
+    }
+
     /// Records a call that succeeded.
     pub(crate) fn success(&self) {
         let _ = self

@@ -14,8 +14,8 @@
 //!   ([`TriedEndpoints`]).
 
 mod budget;
-mod buffer;
-mod policy;
+pub(crate) mod buffer;
+pub(crate) mod policy;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +35,7 @@ pub use budget::{RetryBudget, RetryThrottle};
 pub use buffer::{DEFAULT_PER_CALL_BUFFER, DEFAULT_PER_CHANNEL_BUFFER};
 pub use policy::{MAX_ATTEMPTS_CAP, PolicyError, RetryPolicy};
 
-use buffer::{Buffered, Pool};
+pub(crate) use buffer::{Buffered, Pool};
 
 /// The header that tells the server how many attempts of this call came before (A6).
 pub const PREVIOUS_ATTEMPTS_HEADER: &str = "grpc-previous-rpc-attempts";
@@ -178,7 +178,7 @@ where
 }
 
 /// What one attempt ended with, as far as retrying is concerned.
-enum Ended<B> {
+pub(crate) enum Ended<B> {
     /// Response headers arrived: the call is committed.
     Committed(http::Response<B>),
     /// A failure before any response headers: a Trailers-Only response or a local error.
@@ -190,7 +190,7 @@ enum Ended<B> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Pushback {
+pub(crate) enum Pushback {
     None,
     Wait(Duration),
     Stop,
@@ -207,7 +207,7 @@ fn pushback_of(headers: &http::HeaderMap) -> Pushback {
     }
 }
 
-fn classify<B>(result: Result<http::Response<B>, Status>) -> Ended<B> {
+pub(crate) fn classify<B>(result: Result<http::Response<B>, Status>) -> Ended<B> {
     match result {
         Ok(resp) => match Status::from_header_map(resp.headers()) {
             // Trailers-Only: the status came in the headers; nothing else will follow.

@@ -70,7 +70,7 @@ impl PolicyError {
     }
 }
 
-const fn bit(code: Code) -> u32 {
+pub(crate) const fn bit(code: Code) -> u32 {
     1 << (code as i32 as u32)
 }
 

@@ -1,0 +1,451 @@
+//! gRPC A6 hedging, with an adaptive delay, as a tower layer above a meshless `Channel`.
+//!
+//! A hedged call is sent once at once and again after each hedging delay with no answer, up
+//! to `maxAttempts` in flight, each to an endpoint the call has not tried while one is ready
+//! ([`TriedEndpoints`]). The first attempt that is committed (its response headers arrive
+//! without a status, or it ends `OK`) wins, and the others are dropped: the channel resets
+//! their streams (RST_STREAM CANCEL), so their servers see them cancelled. An attempt that
+//! fails with a fatal code (one not in `nonFatalStatusCodes`) ends the call with that status
+//! and cancels the rest; a non-fatal failure sends the next hedge at once. Every hedge after
+//! the first attempt needs the [`RetryBudget`] (and the [`RetryThrottle`], when configured)
+//! to allow it.
+//!
+//! Beyond A6 (which grpc-go does not implement at all): the delay may be "the channel's
+//! observed p95" ([`HedgeDelay::Percentile`]), so only calls slower than most are hedged.
+
+mod sketch;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::HeaderValue;
+use meshless_transport::{GrpcTimeout, TriedEndpoints};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+use tower::ServiceExt as _;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::retry::policy::bit;
+use crate::retry::{
+    Buffered, DEFAULT_PER_CALL_BUFFER, DEFAULT_PER_CHANNEL_BUFFER, Ended, MAX_ATTEMPTS_CAP,
+    PREVIOUS_ATTEMPTS_HEADER, PolicyError, Pool, Pushback, RetryBudget, RetryThrottle, classify,
+};
+use sketch::Sketch;
+
+/// When the next hedge of a call goes out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HedgeDelay {
+    /// A6's `hedgingDelay`: a fixed time after the previous attempt.
+    Fixed(Duration),
+    /// The `quantile` (0.95: the p95) of the response-header latency of this layer's recent
+    /// calls, measured over a rolling `window`; `fallback` while fewer than `min_samples`
+    /// calls were seen. So hedging adds about `1 − quantile` of the load: 5 % for the p95.
+    Percentile {
+        /// The share of calls that are not hedged, such as 0.95.
+        quantile: f64,
+        /// The delay while the layer has seen too few calls.
+        fallback: Duration,
+        /// How many calls in the window it takes to trust the quantile.
+        min_samples: u32,
+        /// How far back the latencies count (the current and the previous window).
+        window: Duration,
+    },
+}
+
+impl HedgeDelay {
+    /// The p95 over a 10 s window, after 100 calls; `fallback` before.
+    pub fn p95(fallback: Duration) -> Self {
+        HedgeDelay::Percentile {
+            quantile: 0.95,
+            fallback,
+            min_samples: 100,
+            window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// gRPC A6's `hedgingPolicy`: `maxAttempts` (2 to 5; above 5 is taken as 5), `hedgingDelay`
+/// and `nonFatalStatusCodes` (which may be empty: then any failure ends the call).
+///
+/// ```
+/// use std::time::Duration;
+/// use meshless_middleware::{HedgeDelay, HedgingPolicy};
+/// use tonic::Code;
+///
+/// let adaptive = HedgingPolicy::new(3, HedgeDelay::p95(Duration::from_millis(50)), [Code::Unavailable])?;
+/// let fixed = HedgingPolicy::new(2, HedgeDelay::Fixed(Duration::from_millis(20)), [])?;
+/// assert!(HedgingPolicy::new(1, HedgeDelay::Fixed(Duration::ZERO), []).is_err());
+/// # drop((adaptive, fixed));
+/// # Ok::<(), meshless_middleware::PolicyError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct HedgingPolicy {
+    max_attempts: u32,
+    delay: HedgeDelay,
+    non_fatal: u32,
+}
+
+impl HedgingPolicy {
+    /// A policy of `max_attempts` in flight at most, hedged after `delay`, carrying on past
+    /// failures with the `non_fatal` codes.
+    pub fn new(
+        max_attempts: u32,
+        delay: HedgeDelay,
+        non_fatal: impl IntoIterator<Item = Code>,
+    ) -> Result<Self, PolicyError> {
+        if max_attempts < 2 {
+            return Err(PolicyError::new(
+                "hedgingPolicy.maxAttempts",
+                format!("must be 2 or more (it counts the original call), got {max_attempts}"),
+            ));
+        }
+        if let HedgeDelay::Percentile {
+            quantile, window, ..
+        } = &delay
+            && !(quantile.is_finite() && *quantile > 0.0 && *quantile < 1.0 && !window.is_zero())
+        {
+            return Err(PolicyError::new(
+                "hedgingPolicy.hedgingDelay",
+                format!(
+                    "a percentile delay needs a quantile between 0 and 1 (0.95 for the p95) and a window above zero, got {quantile} over {window:?}"
+                ),
+            ));
+        }
+        let mut bits = 0;
+        for code in non_fatal {
+            if code == Code::Ok {
+                return Err(PolicyError::new(
+                    "hedgingPolicy.nonFatalStatusCodes",
+                    "OK is not a failure; list failure codes such as UNAVAILABLE",
+                ));
+            }
+            bits |= bit(code);
+        }
+        Ok(HedgingPolicy {
+            max_attempts: max_attempts.min(MAX_ATTEMPTS_CAP),
+            delay,
+            non_fatal: bits,
+        })
+    }
+
+    /// How many attempts a call may have in all.
+    pub fn attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    fn is_non_fatal(&self, code: Code) -> bool {
+        code != Code::Ok && self.non_fatal & bit(code) != 0
+    }
+}
+
+/// Hedges calls by a [`HedgingPolicy`], within a [`RetryBudget`]; see the [module
+/// docs](self). Every service made from one layer shares its budget, throttle, latency
+/// sketch and buffer bound: make one layer per channel.
+///
+/// Only requests that are complete when the call starts (unary and server-streaming calls)
+/// are hedged; a client-streaming request is sent once.
+#[derive(Clone, Debug)]
+pub struct HedgeLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    policy: HedgingPolicy,
+    budget: RetryBudget,
+    throttle: Option<RetryThrottle>,
+    per_call: usize,
+    pool: Arc<Pool>,
+    sketch: Option<Sketch>,
+}
+
+impl HedgeLayer {
+    /// Hedges by `policy` within the default [`RetryBudget`] (20 % of calls plus 10 per
+    /// second), keeping up to 256 KiB per request and 16 MiB in all.
+    pub fn new(policy: HedgingPolicy) -> Self {
+        let sketch = match &policy.delay {
+            HedgeDelay::Percentile { window, .. } => Some(Sketch::new(*window)),
+            HedgeDelay::Fixed(_) => None,
+        };
+        HedgeLayer {
+            shared: Arc::new(Shared {
+                policy,
+                budget: RetryBudget::default(),
+                throttle: None,
+                per_call: DEFAULT_PER_CALL_BUFFER,
+                pool: Pool::new(DEFAULT_PER_CHANNEL_BUFFER),
+                sketch,
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            f(shared);
+            return self;
+        }
+        // A clone of this layer exists: start from a fresh copy.
+        let mut fresh = HedgeLayer::new(self.shared.policy.clone());
+        if let Some(shared) = Arc::get_mut(&mut fresh.shared) {
+            shared.per_call = self.shared.per_call;
+            f(shared);
+        }
+        fresh
+    }
+
+    /// Replaces the budget that every hedge after the first attempt draws from.
+    #[must_use]
+    pub fn budget(self, budget: RetryBudget) -> Self {
+        self.edit(|s| s.budget = budget)
+    }
+
+    /// Adds A6 `retryThrottling`; hedges then need both it and the budget.
+    #[must_use]
+    pub fn throttle(self, throttle: RetryThrottle) -> Self {
+        self.edit(|s| s.throttle = Some(throttle))
+    }
+
+    /// Bounds the request bytes kept for hedges, per call and for all calls of the layer.
+    #[must_use]
+    pub fn buffer_limits(self, per_call: usize, per_channel: usize) -> Self {
+        self.edit(|s| {
+            s.per_call = per_call;
+            s.pool = Pool::new(per_channel);
+        })
+    }
+
+    /// The delay a call starting now would wait before its first hedge.
+    pub fn current_delay(&self) -> Duration {
+        self.shared.delay()
+    }
+}
+
+impl Shared {
+    fn delay(&self) -> Duration {
+        match &self.policy.delay {
+            HedgeDelay::Fixed(d) => *d,
+            HedgeDelay::Percentile {
+                quantile,
+                fallback,
+                min_samples,
+                ..
+            } => self
+                .sketch
+                .as_ref()
+                .and_then(|s| s.quantile(*quantile, *min_samples))
+                .unwrap_or(*fallback),
+        }
+    }
+}
+
+impl<S> Layer<S> for HedgeLayer {
+    type Service = Hedge<S>;
+    fn layer(&self, inner: S) -> Hedge<S> {
+        Hedge {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service made by [`HedgeLayer`].
+#[derive(Clone, Debug)]
+pub struct Hedge<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+/// The future of one call through [`Hedge`].
+pub type HedgeFuture<B> = Pin<Box<dyn Future<Output = Result<http::Response<B>, Status>> + Send>>;
+
+impl<S, B> Service<http::Request<tonic::body::Body>> for Hedge<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Status>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = Status;
+    type Future = HedgeFuture<B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> HedgeFuture<B> {
+        let clone = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, clone);
+        Box::pin(call(ready, self.inner.clone(), self.shared.clone(), req))
+    }
+}
+
+type Attempt<B> =
+    Pin<Box<dyn Future<Output = (Instant, Result<http::Response<B>, Status>)> + Send>>;
+
+async fn call<S, B>(
+    first: S,
+    template: S,
+    shared: Arc<Shared>,
+    req: http::Request<tonic::body::Body>,
+) -> Result<http::Response<B>, Status>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Status>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+{
+    let (mut parts, body) = req.into_parts();
+    let deadline = GrpcTimeout::parse(&parts.headers).map(|t| Instant::now() + t);
+    let mut buffered = Buffered::new(body, shared.per_call, &shared.pool)?;
+    if !matches!(buffered, Buffered::Kept(_)) {
+        // Not complete at once (client streaming) or over a bound: sent once.
+        let body = buffered
+            .attempt(0)
+            .ok_or_else(|| Status::internal("request body missing"))?;
+        let mut first = first;
+        return first
+            .call(http::Request::from_parts(
+                parts,
+                tonic::body::Body::new(body),
+            ))
+            .await;
+    }
+    let tried = parts
+        .extensions
+        .get::<TriedEndpoints>()
+        .cloned()
+        .unwrap_or_default();
+    parts.extensions.insert(tried);
+    shared.budget.deposit();
+    let policy = &shared.policy;
+    let delay = shared.delay();
+    let mut first = Some(first);
+    let mut pending: FuturesUnordered<Attempt<B>> = FuturesUnordered::new();
+    let mut sent = 0u32;
+    let mut next_at = Some(Instant::now());
+    let mut last_failure: Option<Result<http::Response<B>, Status>> = None;
+    loop {
+        if next_at.is_some_and(|at| at <= Instant::now()) {
+            next_at = None;
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) && pending.is_empty() {
+                return Err(Status::deadline_exceeded(format!(
+                    "deadline exceeded after {sent} hedged attempts"
+                )));
+            }
+            let allowed = sent == 0
+                || (shared.throttle.as_ref().is_none_or(RetryThrottle::allows)
+                    && shared.budget.withdraw());
+            if allowed && left != Some(Duration::ZERO) {
+                let body = buffered.attempt(sent).map(tonic::body::Body::new);
+                let Some(body) = body else {
+                    return Err(Status::internal("request body missing"));
+                };
+                let mut req = http::Request::from_parts(parts.clone(), body);
+                if sent > 0 {
+                    req.headers_mut()
+                        .insert(PREVIOUS_ATTEMPTS_HEADER, HeaderValue::from(sent));
+                }
+                if let Some(left) = left {
+                    GrpcTimeout::new(left).set(req.headers_mut());
+                }
+                let svc = first.take();
+                let template = template.clone();
+                pending.push(Box::pin(async move {
+                    let start = Instant::now();
+                    let result = match svc {
+                        Some(mut ready) => ready.call(req).await,
+                        None => match template.ready_oneshot().await {
+                            Ok(mut ready) => ready.call(req).await,
+                            Err(status) => Err(status),
+                        },
+                    };
+                    (start, result)
+                }));
+                sent += 1;
+                if sent < policy.max_attempts {
+                    next_at = Some(Instant::now() + delay);
+                }
+            }
+        }
+        if pending.is_empty() && next_at.is_none() {
+            // Every attempt failed non-fatally, and no more may go.
+            return last_failure
+                .unwrap_or_else(|| Err(Status::internal("hedged call sent no attempt")));
+        }
+        let wake = next_at;
+        let done = tokio::select! {
+            done = pending.next(), if !pending.is_empty() => done,
+            () = sleep_until(wake) => continue,
+        };
+        let Some((start, result)) = done else {
+            continue;
+        };
+        let (code, pushback, result) = match classify(result) {
+            Ended::Committed(resp) => {
+                shared.record(start);
+                buffered.commit();
+                if let Some(t) = &shared.throttle {
+                    t.success();
+                }
+                // Dropping `pending` cancels the other attempts at their servers.
+                return Ok(resp);
+            }
+            Ended::Failed {
+                code,
+                pushback,
+                result,
+            } => (code, pushback, result),
+        };
+        if code == Code::Ok {
+            shared.record(start);
+            if let Some(t) = &shared.throttle {
+                t.success();
+            }
+            return result;
+        }
+        let local =
+            matches!(&result, Err(s) if meshless_transport::LocallyRejected::of(s).is_some());
+        if !policy.is_non_fatal(code) || local {
+            return result;
+        }
+        if let Some(t) = &shared.throttle {
+            t.failure_allows_retry();
+        }
+        last_failure = Some(result);
+        if sent < policy.max_attempts {
+            next_at = match pushback {
+                Pushback::Stop => None,
+                Pushback::Wait(d) => Some(Instant::now() + d),
+                // A non-fatal failure sends the next hedge at once (A6).
+                Pushback::None => Some(Instant::now()),
+            };
+        }
+    }
+}
+
+impl Shared {
+    fn record(&self, start: Instant) {
+        if let Some(s) = &self.sketch {
+            s.record(start.elapsed());
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
