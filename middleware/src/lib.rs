@@ -1,6 +1,9 @@
 //! tower layers that sit above a meshless [`Channel`](https://docs.rs/meshless-transport),
 //! composed with `tower::ServiceBuilder` like any other layer.
 //!
+//! - [`Resilience`]: the usual stack in the right order, with per-method policy
+//!   ([`MethodPolicies`], gRPC service config's `methodConfig`): deadline, then retries or
+//!   hedging, then adaptive throttling. The layers below are its parts, usable alone.
 //! - [`RetryLayer`]: gRPC A6 retries (`retryPolicy`), bounded by a retry budget and,
 //!   optionally, A6 `retryThrottling`; retries avoid the endpoints already tried.
 //! - [`HedgeLayer`]: gRPC A6 hedging (`hedgingPolicy`), with a fixed delay or the observed
@@ -27,11 +30,14 @@
 
 mod deadline;
 pub mod hedge;
+mod limits;
 pub mod retry;
+mod stack;
 mod throttle;
 
 pub use deadline::{DefaultDeadline, DefaultDeadlineLayer};
 pub use hedge::{Hedge, HedgeDelay, HedgeLayer, HedgingPolicy};
 pub use meshless_transport::LocallyRejected;
 pub use retry::{PolicyError, Retry, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle};
+pub use stack::{MethodPolicies, MethodPolicy, Resilience, Resilient, ResilientFuture};
 pub use throttle::{AdaptiveThrottle, AdaptiveThrottleLayer, ThrottleConfig, ThrottleFuture};

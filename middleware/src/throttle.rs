@@ -295,16 +295,27 @@ impl<S> Layer<S> for AdaptiveThrottleLayer {
     fn layer(&self, inner: S) -> AdaptiveThrottle<S> {
         AdaptiveThrottle {
             inner,
-            state: self.state.clone(),
+            state: Some(self.state.clone()),
         }
     }
 }
 
-/// The service made by [`AdaptiveThrottleLayer`].
+/// The service made by [`AdaptiveThrottleLayer`] (or by a
+/// [`Resilience`](crate::Resilience) stack, where it may be switched off).
 #[derive(Debug, Clone)]
 pub struct AdaptiveThrottle<S> {
     inner: S,
-    state: Arc<State>,
+    state: Option<Arc<State>>,
+}
+
+impl<S> AdaptiveThrottle<S> {
+    /// `inner` throttled by `layer`, or passed through when `None`.
+    pub(crate) fn maybe(inner: S, layer: Option<&AdaptiveThrottleLayer>) -> Self {
+        AdaptiveThrottle {
+            inner,
+            state: layer.map(|l| l.state.clone()),
+        }
+    }
 }
 
 impl<S, Req, B> Service<http::Request<Req>> for AdaptiveThrottle<S>
@@ -320,10 +331,17 @@ where
     }
 
     fn call(&mut self, req: http::Request<Req>) -> Self::Future {
-        match self.state.admit() {
+        let Some(state) = &self.state else {
+            return ThrottleFuture {
+                inner: Some(self.inner.call(req)),
+                state: None,
+                rejected: None,
+            };
+        };
+        match state.admit() {
             Ok(()) => ThrottleFuture {
                 inner: Some(self.inner.call(req)),
-                state: Some(self.state.clone()),
+                state: Some(state.clone()),
                 rejected: None,
             },
             Err(p) => {

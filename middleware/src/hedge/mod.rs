@@ -7,13 +7,13 @@
 //! their streams (RST_STREAM CANCEL), so their servers see them cancelled. An attempt that
 //! fails with a fatal code (one not in `nonFatalStatusCodes`) ends the call with that status
 //! and cancels the rest; a non-fatal failure sends the next hedge at once. Every hedge after
-//! the first attempt needs the [`RetryBudget`] (and the [`RetryThrottle`], when configured)
+//! the first attempt needs the [`RetryBudget`](crate::RetryBudget) (and the [`RetryThrottle`], when configured)
 //! to allow it.
 //!
 //! Beyond A6 (which grpc-go does not implement at all): the delay may be "the channel's
 //! observed p95" ([`HedgeDelay::Percentile`]), so only calls slower than most are hedged.
 
-mod sketch;
+pub(crate) mod sketch;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -31,12 +31,13 @@ use tower::ServiceExt as _;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::limits::Limits;
 use crate::retry::policy::bit;
 use crate::retry::{
-    Buffered, DEFAULT_PER_CALL_BUFFER, DEFAULT_PER_CHANNEL_BUFFER, Ended, MAX_ATTEMPTS_CAP,
-    PREVIOUS_ATTEMPTS_HEADER, PolicyError, Pool, Pushback, RetryBudget, RetryThrottle, classify,
+    Buffered, Ended, MAX_ATTEMPTS_CAP, PREVIOUS_ATTEMPTS_HEADER, PolicyError, Pushback,
+    RetryThrottle, classify,
 };
-use sketch::Sketch;
+pub(crate) use sketch::Sketch;
 
 /// When the next hedge of a call goes out.
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +145,7 @@ impl HedgingPolicy {
     }
 }
 
-/// Hedges calls by a [`HedgingPolicy`], within a [`RetryBudget`]; see the [module
+/// Hedges calls by a [`HedgingPolicy`], within a [`RetryBudget`](crate::RetryBudget); see the [module
 /// docs](self). Every service made from one layer shares its budget, throttle, latency
 /// sketch and buffer bound: make one layer per channel.
 ///
@@ -152,92 +153,49 @@ impl HedgingPolicy {
 /// are hedged; a client-streaming request is sent once.
 #[derive(Clone, Debug)]
 pub struct HedgeLayer {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
     policy: HedgingPolicy,
-    budget: RetryBudget,
-    throttle: Option<RetryThrottle>,
-    per_call: usize,
-    pool: Arc<Pool>,
-    sketch: Option<Sketch>,
+    limits: Arc<Limits>,
+    sketch: Option<Arc<Sketch>>,
 }
 
 impl HedgeLayer {
-    /// Hedges by `policy` within the default [`RetryBudget`] (20 % of calls plus 10 per
+    /// Hedges by `policy` within the default [`RetryBudget`](crate::RetryBudget) (20 % of calls plus 10 per
     /// second), keeping up to 256 KiB per request and 16 MiB in all.
     pub fn new(policy: HedgingPolicy) -> Self {
-        let sketch = match &policy.delay {
-            HedgeDelay::Percentile { window, .. } => Some(Sketch::new(*window)),
-            HedgeDelay::Fixed(_) => None,
-        };
+        let sketch = policy.new_sketch();
         HedgeLayer {
-            shared: Arc::new(Shared {
-                policy,
-                budget: RetryBudget::default(),
-                throttle: None,
-                per_call: DEFAULT_PER_CALL_BUFFER,
-                pool: Pool::new(DEFAULT_PER_CHANNEL_BUFFER),
-                sketch,
-            }),
+            policy,
+            limits: Arc::default(),
+            sketch,
         }
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            f(shared);
-            return self;
-        }
-        // A clone of this layer exists: start from a fresh copy.
-        let mut fresh = HedgeLayer::new(self.shared.policy.clone());
-        if let Some(shared) = Arc::get_mut(&mut fresh.shared) {
-            shared.per_call = self.shared.per_call;
-            f(shared);
-        }
-        fresh
-    }
-
-    /// Replaces the budget that every hedge after the first attempt draws from.
-    #[must_use]
-    pub fn budget(self, budget: RetryBudget) -> Self {
-        self.edit(|s| s.budget = budget)
-    }
-
-    /// Adds A6 `retryThrottling`; hedges then need both it and the budget.
-    #[must_use]
-    pub fn throttle(self, throttle: RetryThrottle) -> Self {
-        self.edit(|s| s.throttle = Some(throttle))
-    }
-
-    /// Bounds the request bytes kept for hedges, per call and for all calls of the layer.
-    #[must_use]
-    pub fn buffer_limits(self, per_call: usize, per_channel: usize) -> Self {
-        self.edit(|s| {
-            s.per_call = per_call;
-            s.pool = Pool::new(per_channel);
-        })
-    }
+    crate::limits::limits_builder!();
 
     /// The delay a call starting now would wait before its first hedge.
     pub fn current_delay(&self) -> Duration {
-        self.shared.delay()
+        self.policy.delay_now(self.sketch.as_deref())
     }
 }
 
-impl Shared {
-    fn delay(&self) -> Duration {
-        match &self.policy.delay {
+impl HedgingPolicy {
+    /// A latency sketch for the adaptive delay, if the policy has one.
+    pub(crate) fn new_sketch(&self) -> Option<Arc<Sketch>> {
+        match &self.delay {
+            HedgeDelay::Percentile { window, .. } => Some(Arc::new(Sketch::new(*window))),
+            HedgeDelay::Fixed(_) => None,
+        }
+    }
+
+    fn delay_now(&self, sketch: Option<&Sketch>) -> Duration {
+        match &self.delay {
             HedgeDelay::Fixed(d) => *d,
             HedgeDelay::Percentile {
                 quantile,
                 fallback,
                 min_samples,
                 ..
-            } => self
-                .sketch
-                .as_ref()
+            } => sketch
                 .and_then(|s| s.quantile(*quantile, *min_samples))
                 .unwrap_or(*fallback),
         }
@@ -249,7 +207,9 @@ impl<S> Layer<S> for HedgeLayer {
     fn layer(&self, inner: S) -> Hedge<S> {
         Hedge {
             inner,
-            shared: self.shared.clone(),
+            policy: self.policy.clone(),
+            limits: self.limits.clone(),
+            sketch: self.sketch.clone(),
         }
     }
 }
@@ -258,7 +218,9 @@ impl<S> Layer<S> for HedgeLayer {
 #[derive(Clone, Debug)]
 pub struct Hedge<S> {
     inner: S,
-    shared: Arc<Shared>,
+    policy: HedgingPolicy,
+    limits: Arc<Limits>,
+    sketch: Option<Arc<Sketch>>,
 }
 
 /// The future of one call through [`Hedge`].
@@ -284,17 +246,27 @@ where
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> HedgeFuture<B> {
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(call(ready, self.inner.clone(), self.shared.clone(), req))
+        Box::pin(call(
+            ready,
+            self.inner.clone(),
+            self.policy.clone(),
+            self.sketch.clone(),
+            self.limits.clone(),
+            req,
+        ))
     }
 }
 
 type Attempt<B> =
     Pin<Box<dyn Future<Output = (Instant, Result<http::Response<B>, Status>)> + Send>>;
 
-async fn call<S, B>(
+/// One call by `policy`: its hedged attempts, until one wins or a fatal failure ends it.
+pub(crate) async fn call<S, B>(
     first: S,
     template: S,
-    shared: Arc<Shared>,
+    policy: HedgingPolicy,
+    sketch: Option<Arc<Sketch>>,
+    shared: Arc<Limits>,
     req: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<B>, Status>
 where
@@ -328,8 +300,12 @@ where
         .unwrap_or_default();
     parts.extensions.insert(tried);
     shared.budget.deposit();
-    let policy = &shared.policy;
-    let delay = shared.delay();
+    let delay = policy.delay_now(sketch.as_deref());
+    let record = |start: Instant| {
+        if let Some(s) = &sketch {
+            s.record(start.elapsed());
+        }
+    };
     let mut first = Some(first);
     let mut pending: FuturesUnordered<Attempt<B>> = FuturesUnordered::new();
     let mut sent = 0u32;
@@ -394,7 +370,7 @@ where
         };
         let (code, pushback, result) = match classify(result) {
             Ended::Committed(resp) => {
-                shared.record(start);
+                record(start);
                 buffered.commit();
                 if let Some(t) = &shared.throttle {
                     t.success();
@@ -409,7 +385,7 @@ where
             } => (code, pushback, result),
         };
         if code == Code::Ok {
-            shared.record(start);
+            record(start);
             if let Some(t) = &shared.throttle {
                 t.success();
             }
@@ -431,14 +407,6 @@ where
                 // A non-fatal failure sends the next hedge at once (A6).
                 Pushback::None => Some(Instant::now()),
             };
-        }
-    }
-}
-
-impl Shared {
-    fn record(&self, start: Instant) {
-        if let Some(s) = &self.sketch {
-            s.record(start.elapsed());
         }
     }
 }

@@ -35,6 +35,7 @@ pub use budget::{RetryBudget, RetryThrottle};
 pub use buffer::{DEFAULT_PER_CALL_BUFFER, DEFAULT_PER_CHANNEL_BUFFER};
 pub use policy::{MAX_ATTEMPTS_CAP, PolicyError, RetryPolicy};
 
+use crate::limits::Limits;
 pub(crate) use buffer::{Buffered, Pool};
 
 /// The header that tells the server how many attempts of this call came before (A6).
@@ -57,16 +58,8 @@ pub const PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
 /// ```
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
     policy: RetryPolicy,
-    budget: RetryBudget,
-    throttle: Option<RetryThrottle>,
-    per_call: usize,
-    pool: Arc<Pool>,
+    limits: Arc<Limits>,
 }
 
 impl RetryLayer {
@@ -74,61 +67,16 @@ impl RetryLayer {
     /// [`DEFAULT_PER_CALL_BUFFER`] of each request and [`DEFAULT_PER_CHANNEL_BUFFER`] in all.
     pub fn new(policy: RetryPolicy) -> Self {
         RetryLayer {
-            shared: Arc::new(Shared {
-                policy,
-                budget: RetryBudget::default(),
-                throttle: None,
-                per_call: DEFAULT_PER_CALL_BUFFER,
-                pool: Pool::new(DEFAULT_PER_CHANNEL_BUFFER),
-            }),
+            policy,
+            limits: Arc::default(),
         }
     }
 
-    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
-        match Arc::get_mut(&mut self.shared) {
-            Some(shared) => f(shared),
-            None => {
-                // Shared already (a clone of this layer exists): make a fresh copy.
-                let old = &self.shared;
-                let mut fresh = Shared {
-                    policy: old.policy.clone(),
-                    budget: RetryBudget::default(),
-                    throttle: None,
-                    per_call: old.per_call,
-                    pool: Pool::new(DEFAULT_PER_CHANNEL_BUFFER),
-                };
-                f(&mut fresh);
-                self.shared = Arc::new(fresh);
-            }
-        }
-        self
-    }
-
-    /// Replaces the retry budget.
-    #[must_use]
-    pub fn budget(self, budget: RetryBudget) -> Self {
-        self.edit(|s| s.budget = budget)
-    }
-
-    /// Adds A6 `retryThrottling`; retries then need both it and the budget.
-    #[must_use]
-    pub fn throttle(self, throttle: RetryThrottle) -> Self {
-        self.edit(|s| s.throttle = Some(throttle))
-    }
-
-    /// Bounds the request bytes kept for retries: `per_call` per call, `per_channel` for all
-    /// calls through this layer. A request over either is sent once, without retries.
-    #[must_use]
-    pub fn buffer_limits(self, per_call: usize, per_channel: usize) -> Self {
-        self.edit(|s| {
-            s.per_call = per_call;
-            s.pool = Pool::new(per_channel);
-        })
-    }
+    crate::limits::limits_builder!();
 
     /// The policy this layer retries by.
     pub fn policy(&self) -> &RetryPolicy {
-        &self.shared.policy
+        &self.policy
     }
 }
 
@@ -137,7 +85,8 @@ impl<S> Layer<S> for RetryLayer {
     fn layer(&self, inner: S) -> Retry<S> {
         Retry {
             inner,
-            shared: self.shared.clone(),
+            policy: self.policy.clone(),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -146,7 +95,8 @@ impl<S> Layer<S> for RetryLayer {
 #[derive(Clone, Debug)]
 pub struct Retry<S> {
     inner: S,
-    shared: Arc<Shared>,
+    policy: RetryPolicy,
+    limits: Arc<Limits>,
 }
 
 /// The future of one call through [`Retry`].
@@ -173,7 +123,13 @@ where
         // The service that was made ready goes to the first attempt; later ones use clones.
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
-        Box::pin(call(ready, self.inner.clone(), self.shared.clone(), req))
+        Box::pin(call(
+            ready,
+            self.inner.clone(),
+            self.policy.clone(),
+            self.limits.clone(),
+            req,
+        ))
     }
 }
 
@@ -226,10 +182,12 @@ pub(crate) fn classify<B>(result: Result<http::Response<B>, Status>) -> Ended<B>
     }
 }
 
-async fn call<S, B>(
+/// One call by `policy`: its attempts, until one is committed or a rule stops them.
+pub(crate) async fn call<S, B>(
     first: S,
     template: S,
-    shared: Arc<Shared>,
+    policy: RetryPolicy,
+    shared: Arc<Limits>,
     req: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<B>, Status>
 where
@@ -246,7 +204,6 @@ where
         .unwrap_or_default();
     parts.extensions.insert(tried);
     shared.budget.deposit();
-    let policy = &shared.policy;
     let mut backoff = Backoff::new(policy.backoff_config());
     let mut svc = Some(first);
     let mut attempt = 0u32;
