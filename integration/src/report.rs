@@ -53,6 +53,11 @@ impl Latencies {
         self.samples.len()
     }
 
+    /// Adds every sample of `other`.
+    pub fn merge(&mut self, other: &Latencies) {
+        self.samples.extend_from_slice(&other.samples);
+    }
+
     /// Whether there are no samples.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()

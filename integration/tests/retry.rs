@@ -540,3 +540,52 @@ async fn calls_over_the_caps_fail_at_once_and_are_not_retried() {
         say(&mut c, "after").await.unwrap();
     }
 }
+
+/// A policy that keeps choosing the endpoint a call already tried (ring_hash, by the
+/// call's hash key) still gets its retry sent elsewhere: the channel takes a ready untried
+/// endpoint itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_leaves_an_endpoint_that_the_policy_keeps_choosing() {
+    use meshless::balancer::{HashKeyConfig, RingHashConfig};
+    let servers: Vec<_> = (0..3)
+        .map(|i| TestServer::new(format!("s{i}")).spawn().unwrap())
+        .collect();
+    let list = servers
+        .iter()
+        .map(|s| s.addr().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let channel = Channel::builder(format!("static:///{list}"))
+        .balancer(RingHashConfig::default().key(
+            HashKeyConfig::default().request_hash_header(http::HeaderName::from_static("x-user")),
+        ))
+        .build()
+        .unwrap();
+    wait_ready(&channel, 3).await;
+    let mut c = client(&channel, &RetryLayer::new(fast(2)));
+    let call = |c: &mut Client| {
+        let mut req = tonic::Request::new(HelloRequest::default());
+        req.metadata_mut()
+            .insert("x-user", "alice".parse().unwrap());
+        let mut c = c.clone();
+        async move { c.say_hello(req).await.map(|r| r.into_inner().server) }
+    };
+    let home = call(&mut c).await.unwrap();
+    let home = servers.iter().find(|s| s.name() == home).unwrap();
+    assert_eq!(
+        call(&mut c).await.unwrap(),
+        home.name(),
+        "the key sticks to one endpoint"
+    );
+    home.set_fail(Some(Code::Unavailable));
+    for _ in 0..20 {
+        let before = home.calls();
+        let got = call(&mut c).await.unwrap();
+        assert_ne!(got, home.name());
+        assert_eq!(
+            home.calls() - before,
+            1,
+            "the first attempt went home, the retry elsewhere"
+        );
+    }
+}

@@ -576,9 +576,9 @@ enum Picked {
 const BUSY_REPICKS: usize = 4;
 
 /// How many times a call that carries [`TriedEndpoints`] asks the picker again when it
-/// picked an endpoint that an earlier attempt of the call went to. Against 1 tried endpoint
-/// of 3 a uniform policy then lands on a fresh one with probability 1 − (1/3)²¹.
-const AVOID_REPICKS: usize = 20;
+/// picked an endpoint that an earlier attempt of the call went to, before the channel looks
+/// for an untried ready endpoint itself.
+const AVOID_REPICKS: usize = 4;
 
 fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
     let snapshot = shared.snapshot.load();
@@ -607,6 +607,12 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
                                 if avoid > 0 && tried.is_some_and(|t| t.contains(&sub.addr)) =>
                             {
                                 avoid -= 1;
+                                if avoid == 0
+                                    && let Some(t) = tried
+                                    && let Some(found) = untried(shared, &snapshot.subchannels, t)
+                                {
+                                    return found;
+                                }
                                 continue;
                             }
                             Some(_) if cap.is_some_and(|c| sub.stats.in_flight() >= c) => {
@@ -647,6 +653,29 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
         }
         PickerState::Fail(status) => Picked::Fail(status.clone()),
     }
+}
+
+/// A ready endpoint that `tried` does not hold, looked for from a random place in the list:
+/// where the policy keeps choosing endpoints this call already tried (one that chooses by
+/// the request, or a p2c whose remembered choice looks best), a retry or hedge still goes
+/// somewhere else.
+fn untried(shared: &Shared, subs: &[Arc<Subchannel>], tried: &TriedEndpoints) -> Option<Picked> {
+    let n = subs.len();
+    if n == 0 {
+        return None;
+    }
+    let start = rand::random_range(0..n);
+    let cap = shared.limits.per_endpoint;
+    (0..n).map(|k| &subs[(start + k) % n]).find_map(|sub| {
+        if !sub.pickable.load(std::sync::atomic::Ordering::Relaxed)
+            || tried.contains(&sub.addr)
+            || cap.is_some_and(|c| sub.stats.in_flight() >= c)
+        {
+            return None;
+        }
+        let conn = sub.connection()?;
+        (!sub.at_stream_limit(&conn)).then(|| Picked::Send(sub.clone(), conn))
+    })
 }
 
 fn at_endpoint_cap(shared: &Shared) -> Status {

@@ -625,6 +625,11 @@ impl Run {
         let was_ready = view.state == ConnectivityState::Ready;
         entry.conn_state = ev.state;
         view.state = effective_state(ev.state, entry.ejected);
+        entry
+            .handle
+            .sub
+            .pickable
+            .store(view.state == ConnectivityState::Ready, Ordering::Relaxed);
         self.changed_rows.push(i);
         entry.connecting_since = (ev.state == ConnectivityState::Connecting).then(Instant::now);
         match ev.state {
@@ -706,6 +711,11 @@ impl Run {
                 let entry = &mut self.entries[i];
                 entry.ejected = eject;
                 let state = effective_state(entry.conn_state, eject);
+                entry
+                    .handle
+                    .sub
+                    .pickable
+                    .store(state == ConnectivityState::Ready, Ordering::Relaxed);
                 if self.views[i].state != state {
                     self.views[i].state = state;
                     self.dirty = true;

@@ -70,6 +70,10 @@ pub(crate) struct Subchannel {
     pub tls_name: Option<Arc<str>>,
     pub stats: Arc<EndpointStats>,
     conn: ArcSwapOption<Conn>,
+    /// Whether the policy may pick it: ready, healthy and not ejected, as the control task
+    /// last saw it. Read only where the channel picks without the policy (a retry's
+    /// fallback to an endpoint not tried yet).
+    pub pickable: AtomicBool,
 }
 
 impl Subchannel {
@@ -154,6 +158,7 @@ pub(crate) fn spawn(
         tls_name,
         stats,
         conn: ArcSwapOption::empty(),
+        pickable: AtomicBool::new(false),
     });
     let (stop, stop_rx) = watch::channel(false);
     let (wanted, wanted_rx) = watch::channel(false);

@@ -10,9 +10,9 @@ use meshless_discovery::Address;
 /// A retry or hedging layer puts one in the request's extensions; the [`Channel`] then
 /// records in it the endpoint each attempt goes to, and its pick avoids the recorded ones
 /// while another endpoint is ready: it asks the policy again, a few times, for an endpoint
-/// not tried yet. Randomised and rotating policies (round_robin, p2c_ewma, least_request,
-/// random, weighted_round_robin) then land elsewhere; policies that choose by the request
-/// (ring_hash, maglev) or by order (pick_first) keep their choice, on purpose.
+/// not tried yet, and if the policy keeps choosing tried ones (ring_hash and maglev choose
+/// by the request, pick_first by order, p2c_ewma may remember the tried one as best) it
+/// takes a ready untried endpoint itself, looked for from a random place in the list.
 ///
 /// Cloning shares the record. A request without one costs the channel one extension lookup.
 ///
