@@ -21,6 +21,7 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::error::{CliError, one_line};
 use crate::output::{self, Align, Counts};
 use crate::percentiles::{self, LatencyMs};
+use crate::resilience::ResilienceArgs;
 use crate::target::TargetArgs;
 use crate::tls::TlsArgs;
 
@@ -43,6 +44,8 @@ pub struct BenchArgs {
     pub target: TargetArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub resilience: ResilienceArgs,
     /// Load-balancing policy: pick_first, round_robin, weighted_round_robin, random,
     /// least_request, p2c_ewma, ring_hash or maglev.
     #[arg(long, value_name = "NAME", default_value = "round_robin")]
@@ -91,6 +94,11 @@ struct BenchJson {
     endpoints: Vec<EndpointCount>,
     /// Percentiles of the successful calls; `null` when none succeeded.
     latency_ms: Option<LatencyMs>,
+    /// The resilience settings of the run (retries, hedging, throttling, outlier detection,
+    /// health checking, caps); empty when none.
+    resilience: Vec<String>,
+    /// Attempts the endpoints served per call (above 1 with retries or hedging).
+    attempts_per_call: f64,
 }
 
 /// Calls an endpoint served during the run, from the channel's per-endpoint counters.
@@ -152,7 +160,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let builder = Channel::builder(target.clone())
         .registry(args.target.registry()?)
         .policy(args.policy.clone());
-    let channel = args.tls.apply(builder)?.build().map_err(build_error)?;
+    let builder = args.resilience.apply(args.tls.apply(builder)?);
+    let channel = builder.build().map_err(build_error)?;
+    let stack = args.resilience.stack()?;
     wait_until_settled(&channel, &target, args.timeout).await?;
 
     let mut tracker = Tracker::default();
@@ -170,12 +180,23 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let started = Instant::now();
     let mut workers = JoinSet::new();
     for _ in 0..args.concurrency {
-        workers.spawn(worker(
-            HealthClient::new(channel.clone()),
-            plan.clone(),
-            args.service.clone(),
-            args.call_timeout,
-        ));
+        let (plan, service) = (plan.clone(), args.service.clone());
+        match &stack {
+            // Without resilience options the calls go straight to the channel, so the
+            // figures are the channel's own.
+            None => workers.spawn(worker(
+                HealthClient::new(channel.clone()),
+                plan,
+                service,
+                args.call_timeout,
+            )),
+            Some((stack, _)) => workers.spawn(worker(
+                HealthClient::new(tower_layer::Layer::layer(stack, channel.clone())),
+                plan,
+                service,
+                args.call_timeout,
+            )),
+        };
     }
 
     let mut results = Vec::new();
@@ -212,7 +233,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     tracker.observe(&channel.status());
 
     let policy = channel.status().policy;
-    let report = summarize(&target, policy, &args, results, &tracker);
+    let mut settings: Vec<String> = stack.map(|(_, d)| d).into_iter().collect();
+    settings.extend(args.resilience.endpoint_settings());
+    let report = summarize(&target, policy, &args, results, &tracker, settings);
     if args.json {
         output::json_line(&report.json)?;
     } else {
@@ -238,12 +261,19 @@ pub fn build_error(e: BuildError) -> CliError {
 }
 
 /// Sends calls while the plan allows.
-async fn worker(
-    mut client: HealthClient<Channel>,
+async fn worker<T>(
+    mut client: HealthClient<T>,
     plan: Arc<Plan>,
     service: String,
     call_timeout: Duration,
-) -> WorkerResult {
+) -> WorkerResult
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     let mut r = WorkerResult::default();
     while plan.next() {
         let mut req = tonic::Request::new(HealthCheckRequest {
@@ -454,6 +484,7 @@ fn summarize(
     args: &BenchArgs,
     results: Vec<WorkerResult>,
     tracker: &Tracker,
+    resilience: Vec<String>,
 ) -> Report {
     let mut latencies = Vec::new();
     let mut errors: BTreeMap<&'static str, (u64, String)> = BTreeMap::new();
@@ -498,6 +529,13 @@ fn summarize(
             },
             endpoints: tracker.counts(),
             latency_ms: percentiles::latency_ms(&mut latencies),
+            attempts_per_call: if calls == 0 {
+                0.0
+            } else {
+                let attempts: u64 = tracker.counts().iter().map(|e| e.count).sum();
+                (attempts as f64 / calls as f64 * 1000.0).round() / 1000.0
+            },
+            resilience,
         },
         first_error,
     }
@@ -548,11 +586,19 @@ fn print_table(r: &BenchJson) -> Result<(), CliError> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    output::line(&format!("  errors   {errors}"))
+    output::line(&format!("  errors   {errors}"))?;
+    if !r.resilience.is_empty() {
+        output::line(&format!(
+            "  resilience  {}; {:.3} attempts per call",
+            r.resilience.join(", "),
+            r.attempts_per_call
+        ))?;
+    }
+    Ok(())
 }
 
 /// The canonical name of a gRPC status code, as in the gRPC spec (`UNAVAILABLE`).
-fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

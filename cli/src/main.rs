@@ -8,6 +8,7 @@ mod error;
 mod output;
 mod percentiles;
 mod register;
+mod resilience;
 mod resolve;
 mod target;
 mod tls;
@@ -46,7 +47,7 @@ enum Command {
     /// Send grpc.health.v1.Health/Check calls through a meshless Channel; print each
     /// endpoint's share, latency percentiles and errors by status code.
     #[command(after_help = EXIT_CODES_HELP)]
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Keep a server registered (Consul or etcd: go-zero or kratos format) until Ctrl-C or
     /// --duration, printing each change of the registration's state; then deregister.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Resolve(args) => resolve::run(args).await,
             Command::Watch(args) => watch::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
             Command::Register(args) => register::run(args).await,
         }
     });
