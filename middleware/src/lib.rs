@@ -32,6 +32,7 @@ mod deadline;
 pub mod hedge;
 mod limits;
 pub mod retry;
+mod service;
 mod stack;
 mod throttle;
 
@@ -39,5 +40,6 @@ pub use deadline::{DefaultDeadline, DefaultDeadlineLayer};
 pub use hedge::{Hedge, HedgeDelay, HedgeLayer, HedgingPolicy};
 pub use meshless_transport::LocallyRejected;
 pub use retry::{PolicyError, Retry, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle};
+pub use service::ChannelService;
 pub use stack::{MethodPolicies, MethodPolicy, Resilience, Resilient, ResilientFuture};
 pub use throttle::{AdaptiveThrottle, AdaptiveThrottleLayer, ThrottleConfig, ThrottleFuture};

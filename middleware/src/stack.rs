@@ -17,6 +17,8 @@ use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::service::{ChannelService, take_ready};
+
 use crate::hedge::Sketch;
 use crate::limits::Limits;
 use crate::{AdaptiveThrottle, AdaptiveThrottleLayer, HedgingPolicy, RetryPolicy, ThrottleConfig};
@@ -239,11 +241,8 @@ pub type ResilientFuture<B> =
 
 impl<S, B> Service<http::Request<tonic::body::Body>> for Resilient<S>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Status>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    // The first bound names `B`; the second says what the layer needs of the service.
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>> + ChannelService<B>,
     B: Send + 'static,
 {
     type Response = http::Response<B>;
@@ -255,8 +254,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> ResilientFuture<B> {
-        let clone = self.inner.clone();
-        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let (mut ready, template) = take_ready(&mut self.inner);
         let Some(entry) = self.methods.lookup(req.uri().path()).cloned() else {
             return Box::pin(ready.call(req));
         };
@@ -265,7 +263,6 @@ where
         {
             header.set(req.headers_mut());
         }
-        let template = self.inner.clone();
         match &entry.policy.attempts {
             Attempts::Once => Box::pin(ready.call(req)),
             Attempts::Retry(p) => Box::pin(crate::retry::call(

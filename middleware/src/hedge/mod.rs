@@ -31,11 +31,12 @@ use tower::ServiceExt as _;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::service::{ChannelService, take_ready};
+
 use crate::limits::Limits;
-use crate::retry::policy::bit;
+use crate::retry::policy::{bit, code_bits, max_attempts as policy_max_attempts};
 use crate::retry::{
-    Buffered, Ended, MAX_ATTEMPTS_CAP, PREVIOUS_ATTEMPTS_HEADER, PolicyError, Pushback,
-    RetryThrottle, classify,
+    Buffered, Ended, PREVIOUS_ATTEMPTS_HEADER, PolicyError, Pushback, RetryThrottle, classify,
 };
 pub(crate) use sketch::Sketch;
 
@@ -100,12 +101,7 @@ impl HedgingPolicy {
         delay: HedgeDelay,
         non_fatal: impl IntoIterator<Item = Code>,
     ) -> Result<Self, PolicyError> {
-        if max_attempts < 2 {
-            return Err(PolicyError::new(
-                "hedgingPolicy.maxAttempts",
-                format!("must be 2 or more (it counts the original call), got {max_attempts}"),
-            ));
-        }
+        let max_attempts = policy_max_attempts("hedgingPolicy.maxAttempts", max_attempts)?;
         if let HedgeDelay::Percentile {
             quantile, window, ..
         } = &delay
@@ -118,18 +114,9 @@ impl HedgingPolicy {
                 ),
             ));
         }
-        let mut bits = 0;
-        for code in non_fatal {
-            if code == Code::Ok {
-                return Err(PolicyError::new(
-                    "hedgingPolicy.nonFatalStatusCodes",
-                    "OK is not a failure; list failure codes such as UNAVAILABLE",
-                ));
-            }
-            bits |= bit(code);
-        }
+        let bits = code_bits("hedgingPolicy.nonFatalStatusCodes", non_fatal)?;
         Ok(HedgingPolicy {
-            max_attempts: max_attempts.min(MAX_ATTEMPTS_CAP),
+            max_attempts,
             delay,
             non_fatal: bits,
         })
@@ -228,11 +215,8 @@ pub type HedgeFuture<B> = Pin<Box<dyn Future<Output = Result<http::Response<B>, 
 
 impl<S, B> Service<http::Request<tonic::body::Body>> for Hedge<S>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Status>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    // The first bound names `B`; the second says what the layer needs of the service.
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>> + ChannelService<B>,
     B: Send + 'static,
 {
     type Response = http::Response<B>;
@@ -244,11 +228,10 @@ where
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> HedgeFuture<B> {
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        let (ready, template) = take_ready(&mut self.inner);
         Box::pin(call(
             ready,
-            self.inner.clone(),
+            template,
             self.policy.clone(),
             self.sketch.clone(),
             self.limits.clone(),
@@ -270,11 +253,7 @@ pub(crate) async fn call<S, B>(
     req: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<B>, Status>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Status>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    S: ChannelService<B>,
     B: Send + 'static,
 {
     let (mut parts, body) = req.into_parts();

@@ -31,6 +31,8 @@ use tower::ServiceExt as _;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::service::{ChannelService, take_ready};
+
 pub use budget::{RetryBudget, RetryThrottle};
 pub use buffer::{DEFAULT_PER_CALL_BUFFER, DEFAULT_PER_CHANNEL_BUFFER};
 pub use policy::{MAX_ATTEMPTS_CAP, PolicyError, RetryPolicy};
@@ -104,11 +106,8 @@ pub type RetryFuture<B> = Pin<Box<dyn Future<Output = Result<http::Response<B>, 
 
 impl<S, B> Service<http::Request<tonic::body::Body>> for Retry<S>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Status>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send,
+    // The first bound names `B`; the second says what the layer needs of the service.
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>> + ChannelService<B>,
     B: Send + 'static,
 {
     type Response = http::Response<B>;
@@ -121,11 +120,10 @@ where
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> RetryFuture<B> {
         // The service that was made ready goes to the first attempt; later ones use clones.
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
+        let (ready, template) = take_ready(&mut self.inner);
         Box::pin(call(
             ready,
-            self.inner.clone(),
+            template,
             self.policy.clone(),
             self.limits.clone(),
             req,
@@ -191,8 +189,7 @@ pub(crate) async fn call<S, B>(
     req: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<B>, Status>
 where
-    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>, Error = Status>
-        + Clone,
+    S: ChannelService<B>,
 {
     let (mut parts, body) = req.into_parts();
     let deadline = GrpcTimeout::parse(&parts.headers).map(|t| Instant::now() + t);

@@ -74,6 +74,35 @@ pub(crate) const fn bit(code: Code) -> u32 {
     1 << (code as i32 as u32)
 }
 
+/// The status codes of a policy's list `field` as bits; `OK` in it is an error.
+pub(crate) fn code_bits(
+    field: &'static str,
+    codes: impl IntoIterator<Item = Code>,
+) -> Result<u32, PolicyError> {
+    let mut bits = 0;
+    for code in codes {
+        if code == Code::Ok {
+            return Err(PolicyError::new(
+                field,
+                "OK is not a failure; list failure codes such as UNAVAILABLE",
+            ));
+        }
+        bits |= bit(code);
+    }
+    Ok(bits)
+}
+
+/// `attempts` as A6's `maxAttempts` of `field`: 2 or more, and above 5 taken as 5.
+pub(crate) fn max_attempts(field: &'static str, attempts: u32) -> Result<u32, PolicyError> {
+    if attempts < 2 {
+        return Err(PolicyError::new(
+            field,
+            format!("must be 2 or more (it counts the original call), got {attempts}"),
+        ));
+    }
+    Ok(attempts.min(MAX_ATTEMPTS_CAP))
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
@@ -90,16 +119,7 @@ impl RetryPolicy {
     /// The default policy retrying on `codes` instead of `UNAVAILABLE` alone. The list must
     /// be non-empty and must not hold `OK`.
     pub fn new(codes: impl IntoIterator<Item = Code>) -> Result<Self, PolicyError> {
-        let mut retryable = 0;
-        for code in codes {
-            if code == Code::Ok {
-                return Err(PolicyError::new(
-                    "retryPolicy.retryableStatusCodes",
-                    "OK is not a failure and cannot be retried; list failure codes such as UNAVAILABLE",
-                ));
-            }
-            retryable |= bit(code);
-        }
+        let retryable = code_bits("retryPolicy.retryableStatusCodes", codes)?;
         if retryable == 0 {
             return Err(PolicyError::new(
                 "retryPolicy.retryableStatusCodes",
@@ -114,13 +134,7 @@ impl RetryPolicy {
 
     /// Sets `maxAttempts`, the original call included: 2 or more; above 5 is taken as 5.
     pub fn max_attempts(mut self, n: u32) -> Result<Self, PolicyError> {
-        if n < 2 {
-            return Err(PolicyError::new(
-                "retryPolicy.maxAttempts",
-                format!("must be 2 or more (it counts the original call), got {n}"),
-            ));
-        }
-        self.max_attempts = n.min(MAX_ATTEMPTS_CAP);
+        self.max_attempts = max_attempts("retryPolicy.maxAttempts", n)?;
         Ok(self)
     }
 
