@@ -30,6 +30,14 @@ async fn not_serving_leaves_the_picker_and_serving_brings_it_back() {
         .build()
         .unwrap();
     wait_ready(&channel, 2).await;
+    // Both Watch streams are open now, and they are no load for the policy.
+    let st = channel.status();
+    assert!(
+        st.endpoints
+            .iter()
+            .all(|e| e.in_flight == 0 && e.successes == 0),
+        "{st:?}"
+    );
     servers[0]
         .set_health(GREETER, ServingStatus::NotServing)
         .await;
