@@ -31,6 +31,9 @@
 #![warn(missing_docs)]
 
 pub use meshless_balancer as balancer;
+/// Clients from config files (feature `config`).
+#[cfg(feature = "config")]
+pub use meshless_config as config;
 pub use meshless_discovery as discovery;
 pub use meshless_middleware as middleware;
 pub use meshless_transport as transport;

@@ -4,6 +4,7 @@
 //! server registered in a registry (`register`).
 
 mod bench;
+mod check_config;
 mod error;
 mod output;
 mod percentiles;
@@ -52,6 +53,10 @@ enum Command {
     /// --duration, printing each change of the registration's state; then deregister.
     #[command(after_help = EXIT_CODES_HELP)]
     Register(register::RegisterArgs),
+    /// Validate a config file (.yaml, .toml, .json) and print every problem with its line,
+    /// column and key path.
+    #[command(after_help = EXIT_CODES_HELP)]
+    CheckConfig(check_config::CheckConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
             Command::Resolve(args) => resolve::run(args).await,
             Command::Watch(args) => watch::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
+            Command::CheckConfig(args) => check_config::run(args),
             Command::Register(args) => register::run(args).await,
         }
     });
