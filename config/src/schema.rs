@@ -394,11 +394,7 @@ pub(crate) const POLICY_NAMES: &[&str] = &[
 /// `loadBalancingConfig`: a list of `{policy: config}`; the first policy meshless knows
 /// wins, as in gRPC. A name that looks like a typo of a known one is an error rather than
 /// skipped.
-fn load_balancing_config(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    path: &str,
-) -> Balancing {
+fn load_balancing_config(cx: &mut Cx<'_>, node: &Node, path: &str) -> Balancing {
     let items = decode::list(cx, node, path);
     if matches!(node.kind, Kind::Seq(_)) && items.is_empty() {
         cx.err(
@@ -457,13 +453,7 @@ fn load_balancing_config(
 }
 
 /// One policy and its config, by gRPC's (or meshless's) names.
-fn policy(
-    cx: &mut Cx<'_>,
-    name: &str,
-    config: &Node,
-    path: &str,
-    pos: Pos,
-) -> Option<NamedPolicy> {
+fn policy(cx: &mut Cx<'_>, name: &str, config: &Node, path: &str, pos: Pos) -> Option<NamedPolicy> {
     let built: Arc<dyn Policy> = match name {
         "pick_first" => {
             let o = Obj::new(cx, config, path, &["shuffleAddressList"])?;
@@ -599,11 +589,7 @@ fn policy(
 
 /// `outlier_detection_experimental`: A50's fields, meshless's `consecutiveFailures`, and
 /// the `childPolicy` it wraps.
-fn outlier_detection(
-    cx: &mut Cx<'_>,
-    node: &Node,
-    path: &str,
-) -> Balancing {
+fn outlier_detection(cx: &mut Cx<'_>, node: &Node, path: &str) -> Balancing {
     let Some(o) = Obj::new(
         cx,
         node,
