@@ -46,6 +46,8 @@
 #![warn(missing_docs)]
 
 mod decode;
+#[cfg(feature = "watch")]
+mod reload;
 mod schema;
 mod tree;
 
@@ -59,6 +61,8 @@ use meshless_transport::{BuildError, Channel, ChannelBuilder, OutlierDetection};
 use tonic::Status;
 
 pub use decode::parse_duration;
+#[cfg(feature = "watch")]
+pub use reload::{ConfigWatch, DEFAULT_DEBOUNCE, ReloadingClient};
 pub use tree::Pos;
 
 /// A file format.
@@ -291,11 +295,17 @@ impl Config {
                 name: name.to_owned(),
                 source,
             })?;
-        let stack = build::stack(s);
-        Ok(Client {
+        Ok(self.client_on(name, channel))
+    }
+
+    /// Client `name`'s per-method policies over an existing `channel`.
+    #[cfg_attr(not(feature = "watch"), allow(dead_code))]
+    pub(crate) fn client_on(&self, name: &str, channel: Channel) -> Client {
+        let stack = self.clients.get(name).map(build::stack).unwrap_or_default();
+        Client {
             service: tower_layer::Layer::layer(&stack, channel.clone()),
             channel,
-        })
+        }
     }
 
     /// Client `name`'s target.
@@ -342,6 +352,28 @@ impl Config {
             .service_config
             .as_ref()?
             .retry_throttling
+    }
+
+    /// What decides client `name`'s channel (everything but its per-method policies and
+    /// retry throttling), rendered: equal renderings build equal channels.
+    #[cfg_attr(not(feature = "watch"), allow(dead_code))]
+    pub(crate) fn channel_key(&self, name: &str) -> Option<String> {
+        let s = self.clients.get(name)?;
+        let sc = s.service_config.as_ref();
+        Some(format!(
+            "{:?}",
+            (
+                &s.target,
+                &s.authority,
+                (s.connect_timeout, s.queue_timeout, s.idle_timeout),
+                &s.keepalive,
+                &s.backoff,
+                &s.http2,
+                &s.tls,
+                (s.max_requests_per_endpoint, s.max_requests),
+                sc.map(|c| (&c.balancing_source, &c.outlier_detection, &c.health_check)),
+            )
+        ))
     }
 
     fn settings(&self, name: &str) -> Result<&schema::Settings, ClientError> {

@@ -57,6 +57,9 @@ pub(crate) struct Tls {
 #[derive(Clone, Default)]
 pub(crate) struct ServiceConfig {
     pub policy: Option<NamedPolicy>,
+    /// What the file said about the policy and outlier detection, rendered: two configs
+    /// with the same rendering balance the same way.
+    pub balancing_source: String,
     pub outlier_detection: Option<OutlierDetection>,
     pub methods: MethodPolicies,
     pub retry_throttling: Option<(u32, f64)>,
@@ -322,6 +325,11 @@ pub(crate) fn service_config(cx: &mut Cx<'_>, node: &Node, path: &str) -> Servic
                 pos: n.pos,
             };
             sc.policy = policy(cx, &name.to_ascii_lowercase(), &synthetic, &p, n.pos);
+        }
+    }
+    for key in ["loadBalancingPolicy", "loadBalancingConfig"] {
+        if let Some((n, _)) = o.get(key) {
+            sc.balancing_source.push_str(&n.render());
         }
     }
     if let Some((n, p)) = o.get("loadBalancingConfig") {

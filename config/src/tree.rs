@@ -35,6 +35,31 @@ pub(crate) enum Kind {
     Map(Vec<(String, Pos, Node)>),
 }
 
+impl Node {
+    /// A canonical rendering of the value (positions left out), so that two documents can
+    /// be compared for what they say rather than how they are laid out.
+    pub fn render(&self) -> String {
+        match &self.kind {
+            Kind::Null => "null".into(),
+            Kind::Bool(b) => b.to_string(),
+            Kind::Int(i) => i.to_string(),
+            Kind::Float(f) => format!("{f:?}"),
+            Kind::Str(s) => format!("{s:?}"),
+            Kind::Seq(v) => format!(
+                "[{}]",
+                v.iter().map(Node::render).collect::<Vec<_>>().join(",")
+            ),
+            Kind::Map(m) => format!(
+                "{{{}}}",
+                m.iter()
+                    .map(|(k, _, v)| format!("{k:?}:{}", v.render()))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
+}
+
 impl Kind {
     /// What the value is, for "expected X, found Y" messages.
     pub fn describe(&self) -> &'static str {
