@@ -744,9 +744,9 @@ fn method_config(cx: &mut Cx<'_>, node: &Node, path: &str) -> MethodPolicies {
             policy = policy.timeout(d);
         }
         if let Some((n, p)) = o.get("waitForReady")
-            && decode::boolean(cx, n, &p) == Some(true)
+            && let Some(on) = decode::boolean(cx, n, &p)
         {
-            cx.err(&p, n.pos, "waitForReady: true is not supported yet: calls wait for a ready endpoint only while the channel is connecting, bounded by queueTimeout");
+            policy = policy.wait_for_ready(on);
         }
         for key in ["maxRequestMessageBytes", "maxResponseMessageBytes"] {
             if let Some((n, p)) = o.get(key) {

@@ -137,3 +137,14 @@ fn a50_outlier_detection_wraps_its_child() {
         "only the algorithms whose blocks are present are on (A50)"
     );
 }
+
+#[test]
+fn wait_for_ready_per_method() {
+    let c = with(
+        r#"{"methodConfig": [{"name": [{"service": "a.A"}], "waitForReady": true, "timeout": "2s"}]}"#,
+    );
+    let want = MethodPolicy::new()
+        .wait_for_ready(true)
+        .timeout(Duration::from_secs(2));
+    assert_eq!(c.methods("c").unwrap().policy_for("/a.A/M"), Some(&want));
+}

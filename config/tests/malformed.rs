@@ -293,10 +293,10 @@ fn every_malformed_file_gets_its_error_and_position() {
             "retryThrottling.tokenRatio: retryThrottling.tokenRatio: must be a number of at least 0.001",
         ),
         (
-            "waitForReady not supported",
+            "waitForReady not a boolean",
             Y,
-            sc("methodConfig:\n  - name: [{}]\n    waitForReady: true"),
-            "waitForReady: waitForReady: true is not supported yet",
+            sc("methodConfig:\n  - name: [{}]\n    waitForReady: yes please"),
+            "waitForReady: expected true or false, found `yes please`",
         ),
         (
             "hedging attempts below 2",

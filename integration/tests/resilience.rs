@@ -174,3 +174,40 @@ fn expired(err: &Status) -> bool {
     err.code() == Code::DeadlineExceeded
         || (err.code() == Code::Cancelled && err.message().contains("Timeout expired"))
 }
+
+/// gRPC's waitForReady: against a channel whose only endpoint is down (TRANSIENT_FAILURE),
+/// a call without it fails at once, and a call with it waits until the endpoint comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_ready_waits_through_transient_failure() {
+    let addr = dead_addr();
+    let channel = Channel::builder(format!("static:///{addr}"))
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    wait_until("the channel fails", || {
+        *channel.state_watch().borrow() == meshless::ConnectivityState::TransientFailure
+    })
+    .await;
+    let plain = Resilience::new();
+    let mut fail_fast: GreeterClient<Resilient<Channel>> =
+        GreeterClient::new(tower::Layer::layer(&plain, channel.clone()));
+    let err = fail_fast
+        .say_hello(HelloRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+
+    let wfr = Resilience::new().default_policy(
+        MethodPolicy::new()
+            .wait_for_ready(true)
+            .timeout(Duration::from_secs(20)),
+    );
+    let mut waits: GreeterClient<Resilient<Channel>> =
+        GreeterClient::new(tower::Layer::layer(&wfr, channel.clone()));
+    let call = tokio::spawn(async move { waits.say_hello(HelloRequest::default()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!call.is_finished(), "it waits");
+    let _server = TestServer::new("late").bind(addr).spawn().unwrap();
+    let reply = call.await.unwrap().expect("served once the endpoint is up");
+    assert_eq!(reply.into_inner().server, "late");
+}

@@ -28,6 +28,7 @@ use crate::{AdaptiveThrottle, AdaptiveThrottleLayer, HedgingPolicy, RetryPolicy,
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MethodPolicy {
     timeout: Option<Duration>,
+    wait_for_ready: bool,
     attempts: Attempts,
 }
 
@@ -50,6 +51,15 @@ impl MethodPolicy {
     #[must_use]
     pub fn timeout(mut self, d: Duration) -> Self {
         self.timeout = Some(d);
+        self
+    }
+
+    /// gRPC's `waitForReady`: calls wait through TRANSIENT_FAILURE for a ready endpoint,
+    /// until their deadline, instead of failing at once
+    /// ([`WaitForReady`](meshless_transport::WaitForReady)).
+    #[must_use]
+    pub fn wait_for_ready(mut self, on: bool) -> Self {
+        self.wait_for_ready = on;
         self
     }
 
@@ -262,6 +272,10 @@ where
             && GrpcTimeout::parse(req.headers()).is_none_or(|own| own > *d)
         {
             header.set(req.headers_mut());
+        }
+        if entry.policy.wait_for_ready {
+            req.extensions_mut()
+                .insert(meshless_transport::WaitForReady);
         }
         match &entry.policy.attempts {
             Attempts::Once => Box::pin(ready.call(req)),

@@ -178,6 +178,7 @@ impl Channel {
             rx: None,
             deadline: None,
             call_deadline: None,
+            wait_for_ready: false,
         };
         loop {
             let snapshot = self.shared.snapshot.load();
@@ -569,6 +570,8 @@ enum Picked {
     /// Every endpoint the picker tried is at its server's stream limit.
     Busy,
     Fail(Status),
+    /// The channel is in TRANSIENT_FAILURE: fail, unless the call waits for ready.
+    Failing(Status),
 }
 
 /// How many times a call asks the picker again when the endpoint it picked is at its
@@ -651,7 +654,7 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
             shared.wake.notify_one();
             Picked::Wait
         }
-        PickerState::Fail(status) => Picked::Fail(status.clone()),
+        PickerState::Fail(status) => Picked::Failing(status.clone()),
     }
 }
 
@@ -686,6 +689,15 @@ fn at_endpoint_cap(shared: &Shared) -> Status {
         shared.limits.per_endpoint.unwrap_or_default()
     ))
 }
+
+/// gRPC's per-call *waitForReady*, as a request extension: a call that carries it waits for
+/// a ready endpoint while the channel is in TRANSIENT_FAILURE (every endpoint failing, or
+/// discovery failing before its first answer) instead of failing at once, until its deadline
+/// (`grpc-timeout`, even past the queue timeout) or, without one, the channel's
+/// [`queue_timeout`](ChannelBuilder::queue_timeout).
+/// Config files set it per method (`methodConfig.waitForReady`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WaitForReady;
 
 /// A call's place under the channel's cap of calls in flight; given back on drop.
 pub(crate) struct ChannelPermit(Arc<Shared>);
@@ -726,15 +738,19 @@ struct Waiter {
     deadline: Option<(Instant, bool)>,
     /// The call's own deadline, from its `grpc-timeout`.
     call_deadline: Option<Instant>,
+    /// The call waits for ready ([`WaitForReady`]): its own deadline is its bound, even past
+    /// the queue timeout.
+    wait_for_ready: bool,
 }
 
 impl Waiter {
-    /// Sets the bound on the first wait: the channel's, or the call's deadline if sooner.
+    /// Sets the bound on the first wait: the channel's, or the call's deadline if sooner (or
+    /// the call's deadline whatever it is, for a call that waits for ready).
     fn arm(&mut self, shared: &Shared) -> (Instant, bool) {
         *self.deadline.get_or_insert_with(|| {
             let bound = later(Instant::now(), shared.queue_timeout);
             match self.call_deadline {
-                Some(own) if own < bound => (own, true),
+                Some(own) if own < bound || self.wait_for_ready => (own, true),
                 _ => (bound, false),
             }
         })
@@ -869,6 +885,7 @@ async fn attempts(
         rx: None,
         deadline: None,
         call_deadline: deadline,
+        wait_for_ready: parts.extensions.get::<WaitForReady>().is_some(),
     };
     let mut transparent_retries = 1usize;
     let mut unsent = 0usize;
@@ -886,6 +903,16 @@ async fn attempts(
                 continue;
             }
             Picked::Fail(status) => return Err(status),
+            Picked::Failing(status) => {
+                if !waiter.wait_for_ready {
+                    return Err(status);
+                }
+                // gRPC's waitForReady: wait through TRANSIENT_FAILURE for a ready
+                // endpoint, bounded by the call's deadline (or the queue timeout).
+                last_error.get_or_insert_with(|| status.message().to_owned());
+                waiter.wait(shared, &last_error).await?;
+                continue;
+            }
         };
         if let Some(tried) = parts.extensions.get::<TriedEndpoints>() {
             tried.record(&sub.addr);
