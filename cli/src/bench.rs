@@ -47,9 +47,10 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub resilience: ResilienceArgs,
     /// Load-balancing policy: pick_first, round_robin, weighted_round_robin, random,
-    /// least_request, p2c_ewma, ring_hash or maglev.
-    #[arg(long, value_name = "NAME", default_value = "round_robin")]
-    pub policy: String,
+    /// least_request, p2c_ewma, ring_hash or maglev. Default: round_robin, or the policy of
+    /// the --config client.
+    #[arg(long, value_name = "NAME")]
+    pub policy: Option<String>,
     /// Number of calls to send.
     #[arg(long, value_name = "N", default_value_t = 1000, conflicts_with = "duration",
           value_parser = at_least_one)]
@@ -157,12 +158,34 @@ fn at_least_one(s: &str) -> Result<u64, String> {
 /// Runs the command.
 pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let target = args.target.target()?;
-    let builder = Channel::builder(target.clone())
-        .registry(args.target.registry()?)
-        .policy(args.policy.clone());
+    let configured = args.target.configured()?;
+    let builder = match &configured {
+        // The client's own settings; flags given on top win.
+        Some((config, name)) => {
+            let b = config
+                .builder(name)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            match &args.policy {
+                Some(p) => b.policy(p.clone()),
+                None => b,
+            }
+        }
+        None => Channel::builder(target.clone())
+            .policy(args.policy.clone().unwrap_or_else(|| "round_robin".into())),
+    }
+    .registry(args.target.registry()?);
     let builder = args.resilience.apply(args.tls.apply(builder)?);
     let channel = builder.build().map_err(build_error)?;
-    let stack = args.resilience.stack()?;
+    let stack = match (args.resilience.stack()?, &configured) {
+        (Some(s), _) => Some(s),
+        (None, Some((config, name))) => Some((
+            config
+                .stack(name)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+            format!("the service config of client {name}"),
+        )),
+        (None, None) => None,
+    };
     wait_until_settled(&channel, &target, args.timeout).await?;
 
     let mut tracker = Tracker::default();

@@ -12,7 +12,22 @@ use crate::error::CliError;
 pub struct TargetArgs {
     /// The target: `static:///10.0.0.1:50051,10.0.0.2:50051`, `ipv4:...`, `ipv6:...`,
     /// `unix:/path`, and the schemes of the backends compiled in.
-    pub target: String,
+    #[arg(required_unless_present = "config")]
+    pub target: Option<String>,
+
+    /// Take the target (and, for `bench`, the client's settings and per-method policies)
+    /// from this config file's client `--client`.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "client",
+        conflicts_with = "target"
+    )]
+    pub config: Option<std::path::PathBuf>,
+
+    /// The client of `--config` to use.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub client: Option<String>,
 
     /// Kubernetes: the kubeconfig file to use instead of `KUBECONFIG` or the in-cluster
     /// service account.
@@ -38,12 +53,36 @@ impl TargetArgs {
     /// namespace in the target, so messages show the namespace actually used).
     pub fn target(&self) -> Result<String, CliError> {
         #[allow(unused_mut)] // changed only by backend options of enabled features
-        let mut target = self.target.trim().to_owned();
+        let mut target = match (&self.target, self.configured()?) {
+            (_, Some((config, name))) => config
+                .target(&name)
+                .map(str::to_owned)
+                .ok_or_else(|| CliError::Usage(no_client(&config, &name)))?,
+            (Some(t), None) => t.trim().to_owned(),
+            (None, None) => {
+                return Err(CliError::Usage(
+                    "give a target, or --config FILE --client NAME".into(),
+                ));
+            }
+        };
         #[cfg(feature = "k8s")]
         if let Some(namespace) = &self.namespace {
             target = with_namespace(&target, namespace)?;
         }
         Ok(target)
+    }
+
+    /// The config file of `--config` and the client name of `--client`, when given.
+    pub fn configured(&self) -> Result<Option<(meshless::config::Config, String)>, CliError> {
+        let (Some(path), Some(name)) = (&self.config, &self.client) else {
+            return Ok(None);
+        };
+        let config = meshless::config::Config::from_file(path)
+            .map_err(|e| CliError::Usage(crate::error::one_line(&format!("--config: {e}"))))?;
+        if config.target(name).is_none() {
+            return Err(CliError::Usage(no_client(&config, name)));
+        }
+        Ok(Some((config, name.clone())))
     }
 
     /// The scheme registry: every backend of this build, configured by the options.
@@ -172,6 +211,13 @@ fn with_namespace(target: &str, ns: &str) -> Result<String, CliError> {
             "--namespace applies to `kubernetes:` and `k8s:` targets, not `{target}`"
         ))),
     }
+}
+
+fn no_client(config: &meshless::config::Config, name: &str) -> String {
+    format!(
+        "--client {name}: the config file has no such client (it has: {})",
+        config.client_names().collect::<Vec<_>>().join(", ")
+    )
 }
 
 #[cfg(test)]

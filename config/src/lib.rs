@@ -298,6 +298,12 @@ impl Config {
         Ok(self.client_on(name, channel))
     }
 
+    /// Client `name`'s resilience stack (its `methodConfig` and `retryThrottling`), to put
+    /// above a channel built from [`builder`](Self::builder).
+    pub fn stack(&self, name: &str) -> Result<Resilience, ClientError> {
+        Ok(build::stack(self.settings(name)?))
+    }
+
     /// Client `name`'s per-method policies over an existing `channel`.
     #[cfg_attr(not(feature = "watch"), allow(dead_code))]
     pub(crate) fn client_on(&self, name: &str, channel: Channel) -> Client {
