@@ -80,6 +80,7 @@ impl std::fmt::Debug for ServiceConfig {
 
 const CLIENT_KEYS: &[&str] = &[
     "target",
+    "discovery",
     "authority",
     "connectTimeout",
     "queueTimeout",
@@ -108,6 +109,19 @@ pub(crate) fn settings(cx: &mut Cx<'_>, node: &Node, path: &str, is_default: boo
             );
         } else {
             out.target = decode::string(cx, n, &p);
+        }
+    }
+    if let Some((n, p)) = o.get("discovery") {
+        if is_default {
+            cx.err(
+                &p,
+                n.pos,
+                "discovery belongs to a client, not to the defaults",
+            );
+        } else if o.get("target").is_some() {
+            cx.err(&p, n.pos, "give `target` or `discovery`, not both");
+        } else {
+            out.target = discovery(cx, n, &p);
         }
     }
     if let Some((n, p)) = o.get("authority") {
@@ -1004,3 +1018,234 @@ const CODE_NAMES: &[&str] = &[
     "DATA_LOSS",
     "UNAUTHENTICATED",
 ];
+
+// ===== discovery blocks =====
+
+/// A `discovery:` block: one backend's settings, turned into the target it stands for.
+/// etcd takes go-zero's `EtcdConf` field names, so a go-zero `RpcClientConf.Etcd` block can
+/// be pasted in.
+fn discovery(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<String> {
+    const BACKENDS: &[&str] = &["etcd", "kubernetes", "dns", "consul", "static"];
+    let o = Obj::new(cx, node, path, BACKENDS)?;
+    let given: Vec<&str> = BACKENDS
+        .iter()
+        .copied()
+        .filter(|b| o.get(b).is_some())
+        .collect();
+    if given.len() != 1 {
+        cx.err(
+            path,
+            o.pos,
+            format!(
+                "give exactly one backend ({}), found {}",
+                BACKENDS.join(", "),
+                given.len()
+            ),
+        );
+        return None;
+    }
+    let (n, p) = o.get(given[0])?;
+    match given[0] {
+        "etcd" => etcd(cx, n, &p),
+        "kubernetes" => {
+            let k = Obj::new(cx, n, &p, &["service", "namespace", "port"])?;
+            let service = required_string(cx, &k, &p, "service")?;
+            let port = port_or_name(cx, &k, &p)?;
+            Some(
+                match k
+                    .get("namespace")
+                    .and_then(|(n, p)| decode::string(cx, n, &p))
+                {
+                    Some(ns) => format!("kubernetes:///{service}.{ns}:{port}"),
+                    None => format!("kubernetes:///{service}:{port}"),
+                },
+            )
+        }
+        "dns" => {
+            let d = Obj::new(cx, n, &p, &["host", "port", "server", "srv"])?;
+            let host = required_string(cx, &d, &p, "host")?;
+            let srv = match d.get("srv") {
+                Some((n, p)) => decode::boolean(cx, n, &p)?,
+                None => false,
+            };
+            let server = d.get("server").and_then(|(n, p)| decode::string(cx, n, &p));
+            if srv {
+                if d.get("port").is_some() {
+                    cx.err(
+                        &p,
+                        n.pos,
+                        "an SRV lookup takes its ports from the records: drop `port`",
+                    );
+                    return None;
+                }
+                return Some(format!("dns+srv://{}/{host}", server.unwrap_or_default()));
+            }
+            let port = d
+                .get("port")
+                .and_then(|(n, p)| decode::int(cx, n, &p, 1, 65_535));
+            let port = match port {
+                Some(p) => format!(":{p}"),
+                None => String::new(),
+            };
+            Some(format!("dns://{}/{host}{port}", server.unwrap_or_default()))
+        }
+        "consul" => {
+            let c = Obj::new(
+                cx,
+                n,
+                &p,
+                &[
+                    "address",
+                    "service",
+                    "tags",
+                    "token",
+                    "datacenter",
+                    "health",
+                    "format",
+                ],
+            )?;
+            let address = required_string(cx, &c, &p, "address")?;
+            let service = required_string(cx, &c, &p, "service")?;
+            let mut query = Vec::new();
+            if let Some((n, p)) = c.get("tags") {
+                for (i, t) in decode::list(cx, n, &p).iter().enumerate() {
+                    if let Some(t) = decode::string(cx, t, &format!("{p}[{i}]")) {
+                        query.push(("tag", t));
+                    }
+                }
+            }
+            for (key, param) in [
+                ("token", "token"),
+                ("datacenter", "dc"),
+                ("health", "health"),
+                ("format", "format"),
+            ] {
+                if let Some((n, p)) = c.get(key)
+                    && let Some(v) = decode::string(cx, n, &p)
+                {
+                    query.push((param, v));
+                }
+            }
+            let address = address.trim_start_matches("http://");
+            Some(with_query(format!("consul://{address}/{service}"), &query))
+        }
+        "static" => {
+            let mut addrs = Vec::new();
+            for (i, a) in decode::list(cx, n, &p).iter().enumerate() {
+                addrs.extend(decode::string(cx, a, &format!("{p}[{i}]")));
+            }
+            if addrs.is_empty() {
+                cx.err(&p, n.pos, "a static list needs at least one host:port");
+                return None;
+            }
+            Some(format!("static:///{}", addrs.join(",")))
+        }
+        _ => None,
+    }
+}
+
+/// go-zero's `EtcdConf`: `Hosts`, `Key`, `ID`, `User`, `Pass`, `CertFile`, `CertKeyFile`,
+/// `CACertFile`, `InsecureSkipVerify`; and meshless's `Format` (`go-zero` or `kratos`).
+fn etcd(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<String> {
+    let e = Obj::new(
+        cx,
+        node,
+        path,
+        &[
+            "Hosts",
+            "Key",
+            "ID",
+            "User",
+            "Pass",
+            "CertFile",
+            "CertKeyFile",
+            "CACertFile",
+            "InsecureSkipVerify",
+            "Format",
+        ],
+    )?;
+    let hosts = match e.get("Hosts") {
+        Some((n, p)) => decode::list(cx, n, &p)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| decode::string(cx, h, &format!("{p}[{i}]")))
+            .collect::<Vec<_>>(),
+        None => Vec::new(),
+    };
+    if hosts.is_empty() {
+        cx.err(path, e.pos, "etcd needs Hosts, such as [etcd-0:2379]");
+        return None;
+    }
+    let key = required_string(cx, &e, path, "Key")?;
+    if e.get("ID").is_some() {
+        let (n, p) = e.get("ID")?;
+        cx.err(&p, n.pos, "ID selects one instance of a go-zero server (direct call to an ID); meshless balances over all of them: drop it");
+        return None;
+    }
+    let mut query = vec![("key", key)];
+    for (field, param) in [
+        ("User", "user"),
+        ("Pass", "password"),
+        ("CACertFile", "ca-file"),
+        ("CertFile", "cert-file"),
+        ("CertKeyFile", "key-file"),
+        ("Format", "format"),
+    ] {
+        if let Some((n, p)) = e.get(field)
+            && let Some(v) = decode::string(cx, n, &p)
+        {
+            query.push((param, v));
+        }
+    }
+    if let Some((n, p)) = e.get("InsecureSkipVerify")
+        && decode::boolean(cx, n, &p)?
+    {
+        query.push(("insecure-skip-verify", "true".into()));
+    }
+    Some(with_query(format!("etcd:///{}", hosts.join(",")), &query))
+}
+
+fn required_string(cx: &mut Cx<'_>, o: &Obj<'_>, path: &str, key: &str) -> Option<String> {
+    match o.get(key) {
+        Some((n, p)) => decode::string(cx, n, &p),
+        None => {
+            cx.err(path, o.pos, format!("needs `{key}`"));
+            None
+        }
+    }
+}
+
+/// A Kubernetes port: a number or the port's name.
+fn port_or_name(cx: &mut Cx<'_>, o: &Obj<'_>, path: &str) -> Option<String> {
+    match o.get("port") {
+        Some((n, p)) => match &n.kind {
+            Kind::Int(_) => decode::int(cx, n, &p, 1, 65_535).map(|v| v.to_string()),
+            _ => decode::string(cx, n, &p),
+        },
+        None => {
+            cx.err(
+                path,
+                o.pos,
+                "needs `port`: the Service port's number or name",
+            );
+            None
+        }
+    }
+}
+
+/// `base?k=v&...`, each value percent-encoded.
+fn with_query(base: String, query: &[(&str, String)]) -> String {
+    if query.is_empty() {
+        return base;
+    }
+    let q: Vec<String> = query
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{k}={}",
+                percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .collect();
+    format!("{base}?{}", q.join("&"))
+}

@@ -309,3 +309,18 @@ async fn reload_under_load_fails_no_call() {
     );
     assert!(calls.load(Ordering::Relaxed) > 500);
 }
+
+/// A go-zero `EtcdConf` block gives an etcd target that the etcd scheme reads back as the
+/// same cluster, key and credentials (values percent-encoded on the way).
+#[test]
+fn a_go_zero_etcd_block_reads_back_as_the_same_cluster() {
+    use meshless::discovery::etcd::EtcdTarget;
+    let text = "clients:\n  user:\n    discovery:\n      etcd:\n        Hosts: [etcd-0:2379, etcd-1:2379]\n        Key: user.rpc\n        User: root\n        Pass: \"a&b=c d\"\n";
+    let config = Config::from_str(text, Format::Yaml).unwrap();
+    let target = meshless::Target::parse(config.target("user").unwrap()).unwrap();
+    let etcd = EtcdTarget::parse(&target).unwrap();
+    assert_eq!(etcd.cluster.hosts, ["etcd-0:2379", "etcd-1:2379"]);
+    assert_eq!(etcd.key, "user.rpc");
+    assert_eq!(etcd.cluster.user.as_deref(), Some("root"));
+    assert_eq!(etcd.cluster.password.as_deref(), Some("a&b=c d"));
+}
