@@ -114,6 +114,8 @@ pub struct ChannelBuilder {
     idle_timeout: Option<Duration>,
     limits: Limits,
     outlier: Option<crate::outlier::OutlierDetection>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<crate::metrics::MetricsConfig>,
 }
 
 impl Channel {
@@ -211,6 +213,7 @@ impl ChannelBuilder {
                 keepalive_while_idle: false,
                 tcp_keepalive: Some(DEFAULT_TCP_KEEPALIVE),
                 health_service: None,
+                metrics: None,
                 http2: Http2Settings::default(),
                 #[cfg(feature = "tls")]
                 tls: None,
@@ -223,6 +226,8 @@ impl ChannelBuilder {
             idle_timeout: None,
             limits: Limits::default(),
             outlier: None,
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 
@@ -296,6 +301,17 @@ impl ChannelBuilder {
     /// channel enforces always count; a call its caller drops never does.
     pub fn failure_codes(mut self, codes: FailureCodes) -> Self {
         self.failure_codes = codes;
+        self
+    }
+
+    /// Records gRPC's standard client instruments (A66 per attempt, A94 subchannels, A91
+    /// outlier detection) through the `metrics` facade, into whatever recorder the
+    /// application installed (feature `metrics`; see [`metrics`](crate::metrics) for the
+    /// names and the recommended buckets). Off by default: a channel without it records
+    /// nothing.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(mut self, config: crate::metrics::MetricsConfig) -> Self {
+        self.metrics = Some(config);
         self
     }
 
@@ -463,6 +479,12 @@ impl ChannelBuilder {
             shared.tls = connect.tls.clone();
         }
         shared.limits = self.limits;
+        #[cfg(feature = "metrics")]
+        if let Some(config) = self.metrics {
+            let m = crate::metrics::Metrics::new(config, &shared.target);
+            connect.metrics = Some(m.clone());
+            shared.metrics = Some(m);
+        }
         let shared = Arc::new(shared);
         let (alive, closed) = oneshot::channel();
         let discovery_trusted = discovery.trusted_names();
@@ -949,6 +971,9 @@ async fn attempts(
             waiter.wait_busy(shared, &last_error, busy).await?;
             continue;
         };
+        if let Some(m) = &shared.metrics {
+            guard.observe(m.clone(), m.method(parts.uri.path()), replay.known_len());
+        }
         let mut sender = conn.tx.clone();
         match sender.try_send_request(req).await {
             Ok(resp) => {
@@ -980,6 +1005,7 @@ async fn attempts(
                     continue;
                 } else {
                     guard.set_outcome(meshless_balancer::Outcome::Failure);
+                    guard.set_code(code_of(&error, never_sent));
                 }
                 return Err(Status::new(
                     code_of(&error, never_sent),

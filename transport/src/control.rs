@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// Calls in flight on the whole channel; counted only when `limits.per_channel` is set.
     pub in_flight: std::sync::atomic::AtomicU64,
+    /// The instruments, when metrics are on.
+    pub metrics: Option<Arc<crate::Recorder>>,
     /// The channel's TLS state, for `status()`'s reload error.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<crate::tls::TlsState>>,
@@ -142,6 +144,7 @@ impl Shared {
             endpoint_count: AtomicUsize::new(0),
             limits: Limits::default(),
             in_flight: std::sync::atomic::AtomicU64::new(0),
+            metrics: None,
             #[cfg(feature = "tls")]
             tls: None,
             status: Mutex::new(StatusBase::default()),
@@ -694,6 +697,9 @@ impl Run {
         drop(samples);
         for (v, h) in self.views.iter().zip(hosts) {
             o.hosts.insert(v.endpoint.addr.clone(), h);
+        }
+        if let Some(m) = &self.c.shared.metrics {
+            m.ejections(changes.ejected.len() as u64, changes.unenforced as u64);
         }
         if changes.unenforced > 0 {
             tracing::debug!(target = %self.c.shared.target, unenforced = changes.unenforced, "outliers left in (ejection limit or enforcement percentage)");

@@ -19,6 +19,17 @@ mod control;
 mod errors;
 mod grpc_timeout;
 mod health;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics_off;
+/// The channel's recorder and its method labels, real or (without the feature) never made.
+#[cfg(feature = "metrics")]
+pub(crate) use crate::metrics::Metrics as Recorder;
+#[cfg(feature = "metrics")]
+pub(crate) type Label = ::metrics::SharedString;
+#[cfg(not(feature = "metrics"))]
+pub(crate) use metrics_off::{Metrics as Recorder, SharedString as Label};
 mod outlier;
 mod preface;
 mod rejected;
@@ -38,6 +49,8 @@ pub use channel::{
 };
 pub use grpc_timeout::GrpcTimeout;
 pub use meshless_discovery::backoff::{Backoff, BackoffConfig};
+#[cfg(feature = "metrics")]
+pub use metrics::MetricsConfig;
 pub use outlier::{
     CONSECUTIVE_CHECK, FailurePercentageEjection, OutlierDetection, SuccessRateEjection,
 };

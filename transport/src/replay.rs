@@ -73,6 +73,14 @@ impl Replay {
         })
     }
 
+    /// The request bytes known now: the whole body, or the part read so far of a stream.
+    pub(crate) fn known_len(&self) -> u64 {
+        match self {
+            Replay::Full(b) => b.len() as u64,
+            Replay::Stream { prefix, .. } => prefix.iter().map(|b| b.len() as u64).sum(),
+        }
+    }
+
     /// A body for one attempt, or `None` when the original body was already consumed by an
     /// earlier attempt and cannot be sent again.
     pub(crate) fn attempt(&self) -> Option<ReqBody> {

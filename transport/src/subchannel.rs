@@ -31,6 +31,8 @@ pub(crate) struct ConnectConfig {
     pub tcp_keepalive: Option<Duration>,
     /// The service whose health (gRPC A17) decides readiness; `None`: no health checking.
     pub health_service: Option<String>,
+    /// The instruments, when metrics are on.
+    pub metrics: Option<Arc<crate::Recorder>>,
     pub http2: Http2Settings,
     /// TLS for every connection; `None` speaks h2c.
     #[cfg(feature = "tls")]
@@ -243,6 +245,10 @@ async fn connection_loop(
                     drained_flag: AtomicBool::new(false),
                 });
                 sub.conn.store(Some(c.clone()));
+                if let Some(m) = &config.metrics {
+                    m.connection_attempt(true);
+                    m.connected();
+                }
                 let ready_at = tokio::time::Instant::now();
                 // With health checking the Watch stream says when it is ready.
                 if health.is_none() {
@@ -265,9 +271,20 @@ async fn connection_loop(
                     _ = stopped(&mut stop) => {
                         // Dropping `conn` here ends our side of the dispatch; hyper keeps
                         // the connection until in-flight streams are done, then closes it.
+                        if let Some(m) = &config.metrics {
+                            m.disconnected("subchannel shutdown");
+                        }
                         break;
                     }
                 };
+                if let Some(m) = &config.metrics {
+                    // A94's reasons: a normal close (GOAWAY, EOF, let go) or a failure.
+                    m.disconnected(if end.is_ok() {
+                        "GOAWAY NO_ERROR"
+                    } else {
+                        "unknown"
+                    });
+                }
                 if sub
                     .conn
                     .load()
@@ -300,6 +317,9 @@ async fn connection_loop(
             }
             Ok(Err(e)) => {
                 let msg = format!("connecting to {} failed: {}", sub.addr, chain(&e));
+                if let Some(m) = &config.metrics {
+                    m.connection_attempt(false);
+                }
                 tracing::debug!("{msg}");
                 report(ConnectivityState::TransientFailure, Some(msg));
                 if wait_or_stop(backoff.next_delay(), &mut stop).await {
@@ -307,6 +327,9 @@ async fn connection_loop(
                 }
             }
             Err(_elapsed) => {
+                if let Some(m) = &config.metrics {
+                    m.connection_attempt(false);
+                }
                 let msg = format!(
                     "connecting to {} timed out after {:?} (no TCP connection, or no HTTP/2 preface from the server)",
                     sub.addr, config.connect_timeout

@@ -59,6 +59,18 @@ pub(crate) struct CallGuard {
     slot: Option<StreamSlot>,
     /// The call's place under the channel's cap, held until the call ends.
     _permit: Option<ChannelPermit>,
+    /// What the instruments record of this attempt, when metrics are on.
+    attempt: Option<Box<AttemptMetrics>>,
+}
+
+/// An attempt as the A66 instruments see it.
+struct AttemptMetrics {
+    metrics: Arc<crate::Recorder>,
+    method: crate::Label,
+    start: Instant,
+    sent: u64,
+    rcvd: u64,
+    code: Option<tonic::Code>,
 }
 
 impl CallGuard {
@@ -83,6 +95,7 @@ impl CallGuard {
             abandoned: false,
             slot,
             _permit: None,
+            attempt: None,
         })
     }
 
@@ -95,14 +108,51 @@ impl CallGuard {
     /// makes this a Trailers-Only response whose outcome is known now.
     pub(crate) fn responded(&mut self, status: http::StatusCode, headers: &http::HeaderMap) {
         let outcome = if status != http::StatusCode::OK {
+            self.set_code(tonic::Code::Unknown);
             Some(Outcome::Failure)
         } else {
-            grpc_status(headers).map(|c| self.codes.outcome(c))
+            let code = grpc_status(headers);
+            if let Some(c) = code {
+                self.set_code(c);
+            }
+            code.map(|c| self.codes.outcome(c))
         };
         self.stats
             .respond(&mut self.call, outcome == Some(Outcome::Failure));
         if let Some(o) = outcome {
             self.set_outcome(o);
+        }
+    }
+
+    /// Records this attempt in `metrics` (A66): started now, `sent` request bytes.
+    pub(crate) fn observe(
+        &mut self,
+        metrics: Arc<crate::Recorder>,
+        method: crate::Label,
+        sent: u64,
+    ) {
+        metrics.attempt_started(&method);
+        self.attempt = Some(Box::new(AttemptMetrics {
+            metrics,
+            method,
+            start: Instant::now(),
+            sent,
+            rcvd: 0,
+            code: None,
+        }));
+    }
+
+    /// The attempt's status code, once known (the first one given wins).
+    pub(crate) fn set_code(&mut self, code: tonic::Code) {
+        if let Some(a) = &mut self.attempt {
+            a.code.get_or_insert(code);
+        }
+    }
+
+    /// Response bytes received.
+    fn add_rcvd(&mut self, n: usize) {
+        if let Some(a) = &mut self.attempt {
+            a.rcvd += n as u64;
         }
     }
 
@@ -129,6 +179,15 @@ impl Drop for CallGuard {
                 }
             });
             self.stats.end(self.call, outcome);
+            if let Some(a) = self.attempt.take() {
+                let code = a.code.unwrap_or(match outcome {
+                    Outcome::Cancelled => tonic::Code::Cancelled,
+                    Outcome::Failure => tonic::Code::DeadlineExceeded,
+                    Outcome::Success => tonic::Code::Unknown,
+                });
+                a.metrics
+                    .attempt_ended(&a.method, code, a.start.elapsed(), a.sent, a.rcvd);
+            }
         }
         if let Some(slot) = &self.slot
             && self.stats.in_flight() + 1 >= slot.max
@@ -175,12 +234,16 @@ impl Body for TrackedBody {
                 if let Some(trailers) = frame.trailers_mut() {
                     sanitize_status_details(trailers);
                 }
+                if let (Some(data), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
+                    g.add_rcvd(data.len());
+                }
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(mut g) = this.guard.take()
                 {
                     // A gRPC response that ends with no status at all is broken.
-                    let outcome =
-                        grpc_status(trailers).map_or(Outcome::Failure, |c| g.codes.outcome(c));
+                    let code = grpc_status(trailers);
+                    g.set_code(code.unwrap_or(tonic::Code::Unknown));
+                    let outcome = code.map_or(Outcome::Failure, |c| g.codes.outcome(c));
                     g.set_outcome(outcome);
                 }
                 Some(Ok(frame))
@@ -190,6 +253,7 @@ impl Body for TrackedBody {
                 // does not depend on tonic's cargo features.
                 let code = code_of(&err, false);
                 if let Some(mut g) = this.guard.take() {
+                    g.set_code(code);
                     // A transport failure counts against the endpoint whatever the codes.
                     g.set_outcome(if code == tonic::Code::Cancelled {
                         Outcome::Cancelled
@@ -206,6 +270,7 @@ impl Body for TrackedBody {
             // response that ends with no status at all is broken.
             None => {
                 if let Some(mut g) = this.guard.take() {
+                    g.set_code(tonic::Code::Unknown);
                     g.set_outcome(Outcome::Failure);
                 }
                 None

@@ -1,0 +1,228 @@
+//! gRPC's standard instruments (A66, A94, A91) with the `metrics` crate's debugging
+//! recorder: exact names, units, attributes and counts, against real servers. One test,
+//! because a process has one global recorder.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use meshless::transport::metrics::{self as m, MetricsConfig};
+use meshless::{Channel, OutlierDetection};
+use meshless_integration::greeter::HelloRequest;
+use meshless_integration::greeter::greeter_client::GreeterClient;
+use meshless_integration::server::TestServer;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tonic::Code;
+
+/// Name and sorted `key=value` labels.
+type Series = (String, String);
+
+/// Everything recorded so far. The debugging recorder's snapshots drain what they report
+/// (counters and gauges as changes since the last snapshot, histograms as new samples), so
+/// each snapshot is added to the running totals here.
+#[derive(Default)]
+struct Totals {
+    counters: BTreeMap<Series, u64>,
+    gauges: BTreeMap<Series, f64>,
+    histograms: BTreeMap<Series, Vec<f64>>,
+}
+
+impl Totals {
+    fn update(&mut self, s: &Snapshotter) -> &Self {
+        for (key, _unit, _desc, value) in s.snapshot().into_vec() {
+            let key = key.key();
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            let series = (key.name().to_owned(), labels.join(","));
+            match value {
+                DebugValue::Counter(n) => *self.counters.entry(series).or_default() += n,
+                DebugValue::Gauge(g) => *self.gauges.entry(series).or_default() += g.into_inner(),
+                DebugValue::Histogram(h) => self
+                    .histograms
+                    .entry(series)
+                    .or_default()
+                    .extend(h.into_iter().map(|x| x.into_inner())),
+            }
+        }
+        self
+    }
+
+    fn counter(&self, name: &str, labels: &str) -> u64 {
+        *self
+            .counters
+            .get(&(name.to_owned(), labels.to_owned()))
+            .unwrap_or_else(|| panic!("{name}{{{labels}}}; have: {:?}", self.counters.keys()))
+    }
+
+    fn gauge(&self, name: &str, labels: &str) -> f64 {
+        *self
+            .gauges
+            .get(&(name.to_owned(), labels.to_owned()))
+            .unwrap_or_else(|| panic!("{name}{{{labels}}}; have: {:?}", self.gauges.keys()))
+    }
+
+    fn histogram(&self, name: &str, labels: &str) -> &[f64] {
+        self.histograms
+            .get(&(name.to_owned(), labels.to_owned()))
+            .unwrap_or_else(|| panic!("{name}{{{labels}}}; have: {:?}", self.histograms.keys()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this process");
+
+    // A66: successful and failed calls, a registered method and an unregistered one.
+    let ok = TestServer::new("ok").spawn().unwrap();
+    let bad = TestServer::new("bad")
+        .fail_with(Code::Unavailable)
+        .spawn()
+        .unwrap();
+    let target = format!("static:///{},{}", ok.addr(), bad.addr());
+    let channel = Channel::builder(target.clone())
+        .policy("round_robin")
+        .metrics(
+            MetricsConfig::new()
+                .method("greeter.v1.Greeter/SayHello")
+                .target("greeter"),
+        )
+        .build()
+        .unwrap();
+    wait_ready(&channel, 2).await;
+    let mut client = GreeterClient::new(channel.clone());
+    let (mut oks, mut fails) = (0, 0);
+    for _ in 0..10 {
+        match hello(&mut client).await {
+            Ok(_) => oks += 1,
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable);
+                fails += 1;
+            }
+        }
+    }
+    assert_eq!((oks, fails), (5, 5), "round robin alternates");
+    let req = HelloRequest {
+        name: "s".into(),
+        count: 0,
+        interval_ms: 0,
+    };
+    let mut stream = client.stream_replies(req).await.map(|r| r.into_inner());
+    if let Ok(s) = &mut stream {
+        use futures_util::StreamExt;
+        while s.next().await.is_some() {}
+    }
+    let mut totals = Totals::default();
+    let v = totals.update(&snapshotter);
+    let say = "grpc.method=greeter.v1.Greeter/SayHello,grpc.target=greeter";
+    let ended = |status: &str| {
+        format!("grpc.method=greeter.v1.Greeter/SayHello,grpc.status={status},grpc.target=greeter")
+    };
+    assert_eq!(v.counter(m::ATTEMPT_STARTED, say), 10);
+    assert_eq!(v.histogram(m::ATTEMPT_DURATION, &ended("OK")).len(), 5);
+    assert_eq!(
+        v.histogram(m::ATTEMPT_DURATION, &ended("UNAVAILABLE"))
+            .len(),
+        5
+    );
+    assert_eq!(v.histogram(m::ATTEMPT_SENT_SIZE, &ended("OK")).len(), 5);
+    assert_eq!(v.histogram(m::ATTEMPT_RCVD_SIZE, &ended("OK")).len(), 5);
+    // The unregistered method is `other`.
+    assert_eq!(
+        v.counter(m::ATTEMPT_STARTED, "grpc.method=other,grpc.target=greeter"),
+        1
+    );
+    // A94: two connections opened.
+    assert_eq!(
+        v.counter(m::CONNECTION_ATTEMPTS_SUCCEEDED, "grpc.target=greeter"),
+        2
+    );
+    assert_eq!(v.gauge(m::OPEN_CONNECTIONS, "grpc.target=greeter"), 2.0);
+    let rcvd = v.histogram(m::ATTEMPT_RCVD_SIZE, &ended("OK"));
+    assert!(
+        rcvd.iter().all(|&b| b > 5.0),
+        "a framed reply is more than its 5-byte prefix: {rcvd:?}"
+    );
+
+    // A94: a connection refused, then succeeding.
+    let addr = dead_addr();
+    let late = Channel::builder(format!("static:///{addr}"))
+        .backoff(fast_backoff())
+        .metrics(MetricsConfig::new().target("late"))
+        .build()
+        .unwrap();
+    wait_until("a refused attempt", || {
+        late.status()
+            .endpoints
+            .first()
+            .is_some_and(|e| e.last_error.is_some())
+    })
+    .await;
+    let _server = TestServer::new("late").bind(addr).spawn().unwrap();
+    wait_ready(&late, 1).await;
+    let v = totals.update(&snapshotter);
+    assert!(v.counter(m::CONNECTION_ATTEMPTS_FAILED, "grpc.target=late") >= 1);
+    assert_eq!(
+        v.counter(m::CONNECTION_ATTEMPTS_SUCCEEDED, "grpc.target=late"),
+        1
+    );
+
+    // A91: an ejection.
+    let fleet: Vec<_> = (0..3)
+        .map(|i| TestServer::new(format!("f{i}")).spawn().unwrap())
+        .collect();
+    fleet[0].set_fail(Some(Code::Unavailable));
+    let ejecting = Channel::builder(static_target(&fleet))
+        .policy("round_robin")
+        .outlier_detection(OutlierDetection::default().interval(Duration::from_millis(100)))
+        .metrics(MetricsConfig::new().target("ejecting"))
+        .build()
+        .unwrap();
+    wait_ready(&ejecting, 3).await;
+    let mut c = GreeterClient::new(ejecting.clone());
+    wait_until_async_ejected(&ejecting, &mut c).await;
+    let v = totals.update(&snapshotter);
+    assert_eq!(v.counter(m::EJECTIONS_ENFORCED, "grpc.target=ejecting"), 1);
+
+    // Dropping a channel closes its connections: the gauge comes back down, and each
+    // closing is counted once (the reason depends on whether our side's shutdown or the end
+    // of the connection task is seen first).
+    drop((client, channel));
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    while totals
+        .update(&snapshotter)
+        .gauge(m::OPEN_CONNECTIONS, "grpc.target=greeter")
+        != 0.0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the greeter connections never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let closed: u64 = totals
+        .counters
+        .iter()
+        .filter(|((name, labels), _)| {
+            name == m::DISCONNECTIONS && labels.ends_with("grpc.target=greeter")
+        })
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(closed, 2);
+}
+
+async fn wait_until_async_ejected(channel: &Channel, client: &mut GreeterClient<Channel>) {
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    while !channel.status().endpoints.iter().any(|e| e.ejected) {
+        let _ = hello(client).await;
+        assert!(tokio::time::Instant::now() < deadline, "never ejected");
+    }
+}

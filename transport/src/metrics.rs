@@ -1,0 +1,244 @@
+//! gRPC's standard client instruments, through the `metrics` facade (feature `metrics`):
+//! the application installs the exporter (Prometheus, OTLP, statsd); this crate only
+//! records. Names, units and attributes are those of the gRFCs: A66 (per attempt), A94
+//! (subchannels), A91 (outlier detection). A channel without [`MetricsConfig`] records
+//! nothing and pays nothing.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::metrics::{
+    SharedString, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
+use tonic::Code;
+
+/// A66: attempts started.
+pub const ATTEMPT_STARTED: &str = "grpc.client.attempt.started";
+/// A66: attempt duration, from its start to the end of its response, in seconds.
+pub const ATTEMPT_DURATION: &str = "grpc.client.attempt.duration";
+/// A66: bytes of the request messages an attempt sent (as framed, compressed if so).
+pub const ATTEMPT_SENT_SIZE: &str = "grpc.client.attempt.sent_total_compressed_message_size";
+/// A66: bytes of the response messages an attempt received.
+pub const ATTEMPT_RCVD_SIZE: &str = "grpc.client.attempt.rcvd_total_compressed_message_size";
+/// A94: connection attempts that succeeded.
+pub const CONNECTION_ATTEMPTS_SUCCEEDED: &str = "grpc.subchannel.connection_attempts_succeeded";
+/// A94: connection attempts that failed.
+pub const CONNECTION_ATTEMPTS_FAILED: &str = "grpc.subchannel.connection_attempts_failed";
+/// A94: connections that closed, by reason (`grpc.disconnect_error`).
+pub const DISCONNECTIONS: &str = "grpc.subchannel.disconnections";
+/// A94: connections open now.
+pub const OPEN_CONNECTIONS: &str = "grpc.subchannel.open_connections";
+/// A91: ejections outlier detection made.
+pub const EJECTIONS_ENFORCED: &str = "grpc.lb.outlier_detection.ejections_enforced";
+/// A91: outliers found but left in (enforcement percentage, ejection limit).
+pub const EJECTIONS_UNENFORCED: &str = "grpc.lb.outlier_detection.ejections_unenforced";
+
+/// A66's recommended latency buckets, in seconds, for the exporter's histogram settings
+/// (such as `metrics_exporter_prometheus::PrometheusBuilder::set_buckets_for_metric`).
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0, 0.00001, 0.00005, 0.0001, 0.0003, 0.0006, 0.0008, 0.001, 0.002, 0.003, 0.004, 0.005,
+    0.006, 0.008, 0.01, 0.013, 0.016, 0.02, 0.025, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.13, 0.16,
+    0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+];
+/// A66's recommended size buckets, in bytes.
+pub const SIZE_BUCKETS: &[f64] = &[
+    0.0,
+    1024.0,
+    2048.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262144.0,
+    1048576.0,
+    4194304.0,
+    16777216.0,
+    67108864.0,
+    268435456.0,
+    1073741824.0,
+    4294967296.0,
+];
+
+/// Which instruments a channel records, and the methods it names. Methods the application
+/// has not registered are recorded as `other` (A66), so a client that calls arbitrary
+/// method names cannot blow up the exporter's cardinality.
+#[derive(Debug, Clone, Default)]
+pub struct MetricsConfig {
+    methods: HashSet<String>,
+    target: Option<String>,
+}
+
+impl MetricsConfig {
+    /// Metrics on, every method recorded as `other` until registered.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `method` by name: `package.Service/Method` (a leading `/` is allowed).
+    #[must_use]
+    pub fn method(mut self, method: &str) -> Self {
+        self.methods
+            .insert(method.trim_start_matches('/').to_owned());
+        self
+    }
+
+    /// Records these methods by name.
+    #[must_use]
+    pub fn methods<'a>(mut self, methods: impl IntoIterator<Item = &'a str>) -> Self {
+        for m in methods {
+            self = self.method(m);
+        }
+        self
+    }
+
+    /// The `grpc.target` attribute (default: the channel's target as written, secrets
+    /// redacted).
+    #[must_use]
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(target.into());
+        self
+    }
+}
+
+/// A channel's recorder.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    methods: HashSet<String>,
+    target: SharedString,
+}
+
+const OTHER: &str = "other";
+
+impl Metrics {
+    pub(crate) fn new(config: MetricsConfig, channel_target: &str) -> Arc<Self> {
+        describe();
+        Arc::new(Metrics {
+            methods: config.methods,
+            target: SharedString::from(config.target.unwrap_or_else(|| channel_target.to_owned())),
+        })
+    }
+
+    /// The `grpc.method` attribute of a call to `path`.
+    pub(crate) fn method(&self, path: &str) -> SharedString {
+        let m = path.trim_start_matches('/');
+        if self.methods.contains(m) {
+            SharedString::from(m.to_owned())
+        } else {
+            SharedString::const_str(OTHER)
+        }
+    }
+
+    pub(crate) fn attempt_started(&self, method: &SharedString) {
+        counter!(ATTEMPT_STARTED, "grpc.method" => method.clone(), "grpc.target" => self.target.clone())
+            .increment(1);
+    }
+
+    pub(crate) fn attempt_ended(
+        &self,
+        method: &SharedString,
+        code: Code,
+        duration: Duration,
+        sent: u64,
+        rcvd: u64,
+    ) {
+        let labels = [
+            ("grpc.method", method.clone()),
+            ("grpc.target", self.target.clone()),
+            ("grpc.status", SharedString::const_str(status_name(code))),
+        ];
+        histogram!(ATTEMPT_DURATION, &labels).record(duration.as_secs_f64());
+        histogram!(ATTEMPT_SENT_SIZE, &labels).record(sent as f64);
+        histogram!(ATTEMPT_RCVD_SIZE, &labels).record(rcvd as f64);
+    }
+
+    pub(crate) fn connection_attempt(&self, ok: bool) {
+        let name = if ok {
+            CONNECTION_ATTEMPTS_SUCCEEDED
+        } else {
+            CONNECTION_ATTEMPTS_FAILED
+        };
+        counter!(name, "grpc.target" => self.target.clone()).increment(1);
+    }
+
+    /// A connection closed; `reason` is A94's `grpc.disconnect_error`.
+    pub(crate) fn disconnected(&self, reason: &'static str) {
+        counter!(DISCONNECTIONS, "grpc.target" => self.target.clone(), "grpc.disconnect_error" => reason)
+            .increment(1);
+        gauge!(OPEN_CONNECTIONS, "grpc.target" => self.target.clone()).decrement(1.0);
+    }
+
+    pub(crate) fn connected(&self) {
+        gauge!(OPEN_CONNECTIONS, "grpc.target" => self.target.clone()).increment(1.0);
+    }
+
+    pub(crate) fn ejections(&self, enforced: u64, unenforced: u64) {
+        if enforced > 0 {
+            counter!(EJECTIONS_ENFORCED, "grpc.target" => self.target.clone()).increment(enforced);
+        }
+        if unenforced > 0 {
+            counter!(EJECTIONS_UNENFORCED, "grpc.target" => self.target.clone())
+                .increment(unenforced);
+        }
+    }
+}
+
+/// gRPC's name of a status code, as A66's `grpc.status` takes it.
+pub(crate) fn status_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn describe() {
+    describe_counter!(ATTEMPT_STARTED, "Attempts started (gRPC A66).");
+    describe_histogram!(
+        ATTEMPT_DURATION,
+        Unit::Seconds,
+        "Attempt duration, to the end of its response (gRPC A66)."
+    );
+    describe_histogram!(
+        ATTEMPT_SENT_SIZE,
+        Unit::Bytes,
+        "Request message bytes an attempt sent (gRPC A66)."
+    );
+    describe_histogram!(
+        ATTEMPT_RCVD_SIZE,
+        Unit::Bytes,
+        "Response message bytes an attempt received (gRPC A66)."
+    );
+    describe_counter!(
+        CONNECTION_ATTEMPTS_SUCCEEDED,
+        "Connection attempts that succeeded (gRPC A94)."
+    );
+    describe_counter!(
+        CONNECTION_ATTEMPTS_FAILED,
+        "Connection attempts that failed (gRPC A94)."
+    );
+    describe_counter!(DISCONNECTIONS, "Connections closed, by reason (gRPC A94).");
+    describe_gauge!(OPEN_CONNECTIONS, "Connections open now (gRPC A94).");
+    describe_counter!(
+        EJECTIONS_ENFORCED,
+        "Outlier-detection ejections (gRPC A91)."
+    );
+    describe_counter!(
+        EJECTIONS_UNENFORCED,
+        "Outliers found but not ejected (gRPC A91)."
+    );
+}

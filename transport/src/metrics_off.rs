@@ -1,0 +1,37 @@
+//! Without the `metrics` feature: a recorder that is never made, so the call path's
+//! `if let Some(metrics)` is the whole cost.
+
+use std::time::Duration;
+
+use tonic::Code;
+
+/// Never constructed without the feature.
+#[derive(Debug)]
+pub(crate) enum Metrics {}
+
+/// A method label, never made.
+pub(crate) type SharedString = String;
+
+impl Metrics {
+    pub(crate) fn method(&self, _: &str) -> SharedString {
+        match *self {}
+    }
+    pub(crate) fn attempt_started(&self, _: &SharedString) {
+        match *self {}
+    }
+    pub(crate) fn attempt_ended(&self, _: &SharedString, _: Code, _: Duration, _: u64, _: u64) {
+        match *self {}
+    }
+    pub(crate) fn connection_attempt(&self, _: bool) {
+        match *self {}
+    }
+    pub(crate) fn disconnected(&self, _: &'static str) {
+        match *self {}
+    }
+    pub(crate) fn connected(&self) {
+        match *self {}
+    }
+    pub(crate) fn ejections(&self, _: u64, _: u64) {
+        match *self {}
+    }
+}
