@@ -263,7 +263,25 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> ResilientFuture<B> {
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> ResilientFuture<B> {
+        // gRPC A72's call span, `Sent.<service>.<method>`, around every attempt.
+        let span = tracing::debug_span!("Sent", otel.name = tracing::field::Empty);
+        if !span.is_disabled() {
+            span.record(
+                "otel.name",
+                format!("Sent.{}", meshless_transport::a72_name(req.uri().path())),
+            );
+        }
+        Box::pin(tracing::Instrument::instrument(self.call_inner(req), span))
+    }
+}
+
+impl<S, B> Resilient<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>> + ChannelService<B>,
+    B: Send + 'static,
+{
+    fn call_inner(&mut self, mut req: http::Request<tonic::body::Body>) -> ResilientFuture<B> {
         let (mut ready, template) = take_ready(&mut self.inner);
         let Some(entry) = self.methods.lookup(req.uri().path()).cloned() else {
             return Box::pin(ready.call(req));

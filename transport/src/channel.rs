@@ -580,10 +580,46 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> ResponseFuture {
+        let span = attempt_span(&req);
         ResponseFuture {
-            inner: Box::pin(call(self.shared.clone(), req)),
+            inner: Box::pin(tracing::Instrument::instrument(
+                call(self.shared.clone(), req),
+                span,
+            )),
         }
     }
+}
+
+/// gRPC A72's attempt span, `Attempt.<service>.<method>` (as `otel.name`, the field
+/// tracing-opentelemetry names spans by), with `previous-rpc-attempts` from the request and
+/// `transparent-retry` set when the channel retries it transparently. Nothing is formatted
+/// unless a subscriber wants the span.
+fn attempt_span(req: &http::Request<tonic::body::Body>) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "Attempt",
+        otel.name = tracing::field::Empty,
+        "previous-rpc-attempts" = tracing::field::Empty,
+        "transparent-retry" = false,
+    );
+    if !span.is_disabled() {
+        span.record(
+            "otel.name",
+            format!("Attempt.{}", a72_name(req.uri().path())),
+        );
+        let previous = req
+            .headers()
+            .get("grpc-previous-rpc-attempts")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        span.record("previous-rpc-attempts", previous);
+    }
+    span
+}
+
+/// `/package.Service/Method` as A72 writes it in span names: `package.Service.Method`.
+pub fn a72_name(path: &str) -> String {
+    path.trim_start_matches('/').replacen('/', ".", 1)
 }
 
 enum Picked {
@@ -912,10 +948,28 @@ async fn attempts(
     let mut transparent_retries = 1usize;
     let mut unsent = 0usize;
     let mut last_error: Option<String> = None;
+    // A72's events: the call waited for discovery's first answer, or for a pick.
+    let mut delayed: Option<&'static str> = None;
     loop {
         let (sub, conn) = match pick(shared, &parts) {
-            Picked::Send(sub, conn) => (sub, conn),
+            Picked::Send(sub, conn) => {
+                if let Some(what) = delayed.take() {
+                    tracing::debug!(endpoint = %sub.addr, "{what}");
+                }
+                (sub, conn)
+            }
             Picked::Wait => {
+                if delayed.is_none() {
+                    let unresolved = shared
+                        .endpoint_count
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        == 0;
+                    delayed = Some(if unresolved {
+                        "Delayed name resolution complete"
+                    } else {
+                        "Delayed LB pick complete"
+                    });
+                }
                 waiter.wait(shared, &last_error).await?;
                 continue;
             }
@@ -1001,6 +1055,7 @@ async fn attempts(
                     }
                     guard.abandon();
                     transparent_retries -= 1;
+                    tracing::Span::current().record("transparent-retry", true);
                     tracing::debug!(addr = %sub.addr, "call refused before processing; retrying transparently: {error}");
                     continue;
                 } else {

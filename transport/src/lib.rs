@@ -45,7 +45,7 @@ mod tried;
 pub use channel::{
     BuildError, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
     DEFAULT_MAX_REQUESTS_PER_ENDPOINT, DEFAULT_QUEUE_TIMEOUT, DEFAULT_TCP_KEEPALIVE,
-    ResponseFuture, WaitForReady,
+    ResponseFuture, WaitForReady, a72_name,
 };
 pub use grpc_timeout::GrpcTimeout;
 pub use meshless_discovery::backoff::{Backoff, BackoffConfig};
