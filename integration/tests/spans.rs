@@ -21,10 +21,13 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Metadata, Subscriber};
 
-/// Every span (its name and fields, by id) and every event message.
+/// A span's name and its fields.
+type SpanRecord = (String, HashMap<String, String>);
+
+/// Every span (by id) and every event message.
 #[derive(Default)]
 struct Seen {
-    spans: Mutex<HashMap<u64, (String, HashMap<String, String>)>>,
+    spans: Mutex<HashMap<u64, SpanRecord>>,
     events: Mutex<Vec<String>>,
     next: AtomicU64,
 }
