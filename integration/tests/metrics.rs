@@ -152,6 +152,50 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         "a framed reply is more than its 5-byte prefix: {rcvd:?}"
     );
 
+    // A96: retries per call, through the channel's own recorder.
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let flaky = TestServer::new("flaky")
+        .on_call(move |_| {
+            let n = n.clone();
+            async move {
+                if n.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    .is_multiple_of(2)
+                {
+                    return Err(tonic::Status::unavailable("every other attempt"));
+                }
+                Ok(())
+            }
+        })
+        .spawn()
+        .unwrap();
+    let retrying = Channel::builder(static_target(std::slice::from_ref(&flaky)))
+        .metrics(
+            MetricsConfig::new()
+                .method("greeter.v1.Greeter/SayHello")
+                .target("retrying"),
+        )
+        .build()
+        .unwrap();
+    wait_ready(&retrying, 1).await;
+    let retry = meshless::RetryPolicy::default()
+        .backoff(Duration::from_millis(2), Duration::from_millis(4), 2.0)
+        .unwrap();
+    let stack = meshless::middleware::Resilience::new()
+        .default_policy(meshless::middleware::MethodPolicy::new().retry(retry))
+        .metrics(retrying.metrics().expect("built with metrics"));
+    let mut rc = GreeterClient::new(tower::Layer::layer(&stack, retrying.clone()));
+    for _ in 0..3 {
+        rc.say_hello(HelloRequest::default()).await.unwrap();
+    }
+    let v = totals.update(&snapshotter);
+    let per_call = "grpc.method=greeter.v1.Greeter/SayHello,grpc.target=retrying";
+    assert_eq!(v.histogram(m::CALL_RETRIES, per_call), [1.0, 1.0, 1.0]);
+    let delays = v.histogram(m::CALL_RETRY_DELAY, per_call);
+    assert!(
+        delays.len() == 3 && delays.iter().all(|&d| d >= 0.0016),
+        "{delays:?}"
+    );
+
     // A94: a connection refused, then succeeding.
     let addr = dead_addr();
     let late = Channel::builder(format!("static:///{addr}"))

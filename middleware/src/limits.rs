@@ -14,6 +14,20 @@ pub(crate) struct Limits {
     pub throttle: Option<RetryThrottle>,
     pub per_call: usize,
     pub pool: Arc<Pool>,
+    /// Where A96's per-call instruments go, when metrics are on.
+    #[cfg(feature = "metrics")]
+    pub metrics: Option<Arc<meshless_transport::Metrics>>,
+}
+
+impl Limits {
+    /// Records what a call took (A96), when metrics are on.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub fn call_ended(&self, path: &str, retries: u32, hedges: u32, delay: std::time::Duration) {
+        #[cfg(feature = "metrics")]
+        if let Some(m) = &self.metrics {
+            m.call_ended(path, retries, 0, hedges, delay);
+        }
+    }
 }
 
 impl Default for Limits {
@@ -23,6 +37,8 @@ impl Default for Limits {
             throttle: None,
             per_call: DEFAULT_PER_CALL_BUFFER,
             pool: Pool::new(DEFAULT_PER_CHANNEL_BUFFER),
+            #[cfg(feature = "metrics")]
+            metrics: None,
         }
     }
 }
@@ -57,6 +73,16 @@ macro_rules! limits_builder {
         #[must_use]
         pub fn throttle(mut self, throttle: $crate::RetryThrottle) -> Self {
             $crate::limits::edit(&mut self.limits, |l| l.throttle = Some(throttle));
+            self
+        }
+
+        /// Records A96's per-call instruments (`grpc.client.call.retries`, `.hedges`,
+        /// `.retry_delay`) into `metrics`, such as the channel's own
+        /// (`Channel::metrics()`). Feature `metrics`.
+        #[cfg(feature = "metrics")]
+        #[must_use]
+        pub fn metrics(mut self, metrics: std::sync::Arc<meshless_transport::Metrics>) -> Self {
+            $crate::limits::edit(&mut self.limits, |l| l.metrics = Some(metrics));
             self
         }
 

@@ -143,6 +143,14 @@ impl Channel {
         &self.shared.target
     }
 
+    /// The channel's recorder, when it was built with
+    /// [`metrics`](ChannelBuilder::metrics), for the resilience layers above it to record
+    /// into (A96). Feature `metrics`.
+    #[cfg(feature = "metrics")]
+    pub fn metrics(&self) -> Option<Arc<crate::metrics::Metrics>> {
+        self.shared.metrics.clone()
+    }
+
     /// A snapshot of the endpoints, their states and their load.
     pub fn status(&self) -> ChannelStatus {
         self.shared.status()
@@ -437,10 +445,8 @@ impl ChannelBuilder {
             }
         };
         let _ = unix_target;
-        #[cfg(feature = "tls")]
+        #[cfg_attr(not(any(feature = "tls", feature = "metrics")), allow(unused_mut))]
         let mut connect = self.connect;
-        #[cfg(not(feature = "tls"))]
-        let connect = self.connect;
         #[cfg(feature = "tls")]
         let tls_reload = match self.tls {
             None => None,
@@ -1036,6 +1042,11 @@ async fn attempts(
                 guard.responded(rparts.status, &rparts.headers);
                 guard.hold(permit.take());
                 let body = tonic::body::Body::new(TrackedBody::new(incoming, guard));
+                if transparent_retries == 0
+                    && let Some(m) = &shared.metrics
+                {
+                    m.call_ended(parts.uri.path(), 0, 1, 0, Duration::ZERO);
+                }
                 return Ok(http::Response::from_parts(rparts, body));
             }
             Err(mut err) => {

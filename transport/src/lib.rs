@@ -50,7 +50,7 @@ pub use channel::{
 pub use grpc_timeout::GrpcTimeout;
 pub use meshless_discovery::backoff::{Backoff, BackoffConfig};
 #[cfg(feature = "metrics")]
-pub use metrics::MetricsConfig;
+pub use metrics::{Metrics, MetricsConfig};
 pub use outlier::{
     CONSECUTIVE_CHECK, FailurePercentageEjection, OutlierDetection, SuccessRateEjection,
 };

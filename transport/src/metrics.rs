@@ -14,6 +14,14 @@ use ::metrics::{
 };
 use tonic::Code;
 
+/// A96: retries of a call (recorded only for calls that had some).
+pub const CALL_RETRIES: &str = "grpc.client.call.retries";
+/// A96: transparent retries of a call (recorded only for calls that had some).
+pub const CALL_TRANSPARENT_RETRIES: &str = "grpc.client.call.transparent_retries";
+/// A96: hedges of a call (recorded only for calls that had some).
+pub const CALL_HEDGES: &str = "grpc.client.call.hedges";
+/// A96: the time a call spent with no attempt in flight (backoffs), in seconds.
+pub const CALL_RETRY_DELAY: &str = "grpc.client.call.retry_delay";
 /// A66: attempts started.
 pub const ATTEMPT_STARTED: &str = "grpc.client.attempt.started";
 /// A66: attempt duration, from its start to the end of its response, in seconds.
@@ -101,9 +109,10 @@ impl MetricsConfig {
     }
 }
 
-/// A channel's recorder.
+/// A channel's (or a layer's) recorder: the instruments of one target. Made from a
+/// [`MetricsConfig`]; the resilience layers take one to record A96's per-call instruments.
 #[derive(Debug)]
-pub(crate) struct Metrics {
+pub struct Metrics {
     methods: HashSet<String>,
     target: SharedString,
 }
@@ -111,7 +120,9 @@ pub(crate) struct Metrics {
 const OTHER: &str = "other";
 
 impl Metrics {
-    pub(crate) fn new(config: MetricsConfig, channel_target: &str) -> Arc<Self> {
+    /// The recorder of `config`, for a channel to `channel_target` (the `grpc.target`
+    /// attribute unless the config names one).
+    pub fn new(config: MetricsConfig, channel_target: &str) -> Arc<Self> {
         describe();
         Arc::new(Metrics {
             methods: config.methods,
@@ -150,6 +161,35 @@ impl Metrics {
         histogram!(ATTEMPT_DURATION, &labels).record(duration.as_secs_f64());
         histogram!(ATTEMPT_SENT_SIZE, &labels).record(sent as f64);
         histogram!(ATTEMPT_RCVD_SIZE, &labels).record(rcvd as f64);
+    }
+
+    /// A96: a call's retries, transparent retries, hedges and time without an attempt in
+    /// flight; counts of zero are not recorded (A96).
+    pub fn call_ended(
+        &self,
+        path: &str,
+        retries: u32,
+        transparent: u32,
+        hedges: u32,
+        delay: Duration,
+    ) {
+        let method = self.method(path);
+        let labels = [
+            ("grpc.method", method),
+            ("grpc.target", self.target.clone()),
+        ];
+        if retries > 0 {
+            histogram!(CALL_RETRIES, &labels).record(f64::from(retries));
+        }
+        if transparent > 0 {
+            histogram!(CALL_TRANSPARENT_RETRIES, &labels).record(f64::from(transparent));
+        }
+        if hedges > 0 {
+            histogram!(CALL_HEDGES, &labels).record(f64::from(hedges));
+        }
+        if retries > 0 || hedges > 0 {
+            histogram!(CALL_RETRY_DELAY, &labels).record(delay.as_secs_f64());
+        }
     }
 
     pub(crate) fn connection_attempt(&self, ok: bool) {
@@ -208,6 +248,17 @@ pub(crate) fn status_name(code: Code) -> &'static str {
 
 fn describe() {
     describe_counter!(ATTEMPT_STARTED, "Attempts started (gRPC A66).");
+    describe_histogram!(CALL_RETRIES, "Retries of a call (gRPC A96).");
+    describe_histogram!(
+        CALL_TRANSPARENT_RETRIES,
+        "Transparent retries of a call (gRPC A96)."
+    );
+    describe_histogram!(CALL_HEDGES, "Hedges of a call (gRPC A96).");
+    describe_histogram!(
+        CALL_RETRY_DELAY,
+        Unit::Seconds,
+        "Time a call had no attempt in flight (gRPC A96)."
+    );
     describe_histogram!(
         ATTEMPT_DURATION,
         Unit::Seconds,

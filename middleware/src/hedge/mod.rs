@@ -256,6 +256,26 @@ where
     S: ChannelService<B>,
     B: Send + 'static,
 {
+    let path = req.uri().path().to_owned();
+    let mut sent = 0u32;
+    let result = hedged(first, template, policy, sketch, &shared, req, &mut sent).await;
+    shared.call_ended(&path, 0, sent.saturating_sub(1), Duration::ZERO);
+    result
+}
+
+async fn hedged<S, B>(
+    first: S,
+    template: S,
+    policy: HedgingPolicy,
+    sketch: Option<Arc<Sketch>>,
+    shared: &Arc<Limits>,
+    req: http::Request<tonic::body::Body>,
+    sent_out: &mut u32,
+) -> Result<http::Response<B>, Status>
+where
+    S: ChannelService<B>,
+    B: Send + 'static,
+{
     let (mut parts, body) = req.into_parts();
     let deadline = GrpcTimeout::parse(&parts.headers).map(|t| Instant::now() + t);
     let mut buffered = Buffered::new(body, shared.per_call, &shared.pool)?;
@@ -329,6 +349,7 @@ where
                     (start, result)
                 }));
                 sent += 1;
+                *sent_out = sent;
                 if sent < policy.max_attempts {
                     next_at = Some(Instant::now() + delay);
                 }

@@ -191,6 +191,31 @@ pub(crate) async fn call<S, B>(
 where
     S: ChannelService<B>,
 {
+    let path = req.uri().path().to_owned();
+    let mut tally = Tally::default();
+    let result = attempts(first, template, policy, &shared, req, &mut tally).await;
+    shared.call_ended(&path, tally.retries, 0, tally.delay);
+    result
+}
+
+/// What a call's retries came to, for A96's instruments.
+#[derive(Default)]
+struct Tally {
+    retries: u32,
+    delay: Duration,
+}
+
+async fn attempts<S, B>(
+    first: S,
+    template: S,
+    policy: RetryPolicy,
+    shared: &Arc<Limits>,
+    req: http::Request<tonic::body::Body>,
+    tally: &mut Tally,
+) -> Result<http::Response<B>, Status>
+where
+    S: ChannelService<B>,
+{
     let (mut parts, body) = req.into_parts();
     let deadline = GrpcTimeout::parse(&parts.headers).map(|t| Instant::now() + t);
     let mut buffered = Buffered::new(body, shared.per_call, &shared.pool)?;
@@ -287,5 +312,7 @@ where
         }
         drop(result);
         tokio::time::sleep(delay).await;
+        tally.retries += 1;
+        tally.delay += delay;
     }
 }
