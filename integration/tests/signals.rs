@@ -776,3 +776,61 @@ async fn the_unavailable_message_names_the_most_recent_error() {
     assert!(err.message().contains(&a.to_string()), "{err}");
     assert!(!err.message().contains(&b.to_string()), "{err}");
 }
+
+/// `watch_status` pushes each change as an event: endpoints added, their states, a removal,
+/// discovery failing; and ends when the channel is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_status_pushes_changes_and_ends_with_the_channel() {
+    use futures_util::StreamExt;
+    use meshless::StatusEvent;
+    let good = servers(1);
+    let dead = dead_addr();
+    let (d, handle) = ManualDiscovery::new();
+    let channel = Channel::with_discovery("events", Arc::new(d))
+        .policy("round_robin")
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    let mut events = Box::pin(channel.watch_status());
+    let (ga, da) = (Address::from(good[0].addr()), Address::from(dead));
+    handle.reset(vec![
+        meshless::discovery::Endpoint::new(good[0].addr()),
+        meshless::discovery::Endpoint::new(dead),
+    ]);
+    let mut seen = Vec::new();
+    async fn next<S: futures_util::Stream + Unpin>(events: &mut S) -> Option<S::Item> {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event within the bound")
+    }
+    // Until the good one is ready and the dead one has failed.
+    while !(seen.contains(&StatusEvent::State { address: ga.clone(), state: ConnectivityState::Ready, error: None })
+        && seen.iter().any(|e| matches!(e, StatusEvent::State { address, state: ConnectivityState::TransientFailure, error: Some(_) } if *address == da)))
+    {
+        seen.push(next(&mut events).await.expect("the stream goes on"));
+    }
+    assert!(seen.contains(&StatusEvent::Added(ga.clone())), "{seen:?}");
+    assert!(seen.contains(&StatusEvent::Added(da.clone())), "{seen:?}");
+    handle.reset(vec![meshless::discovery::Endpoint::new(good[0].addr())]);
+    loop {
+        if next(&mut events).await.expect("goes on") == StatusEvent::Removed(da.clone()) {
+            break;
+        }
+    }
+    handle.fail(meshless::discovery::DiscoveryError::new(
+        meshless::discovery::ErrorKind::Unavailable,
+        "api server down",
+    ));
+    loop {
+        if let StatusEvent::DiscoveryFailed(e) = next(&mut events).await.expect("goes on") {
+            assert!(e.contains("api server down"), "{e}");
+            break;
+        }
+    }
+    drop(channel);
+    loop {
+        if next(&mut events).await.is_none() {
+            break;
+        }
+    }
+}

@@ -172,6 +172,53 @@ impl Channel {
         self.shared.status_version.subscribe()
     }
 
+    /// The channel's changes as they happen, pushed rather than polled: endpoints added and
+    /// removed, connection states with their errors, ejections and returns, discovery
+    /// failing and recovering. The first items describe the channel as it is now (from an
+    /// empty one). The stream ends when the channel is dropped; it does not keep the
+    /// channel alive.
+    pub fn watch_status(
+        &self,
+    ) -> impl futures_util::Stream<Item = crate::status::StatusEvent> + Send + 'static {
+        let shared = self.shared.clone();
+        let rx = shared.status_version.subscribe();
+        let empty = ChannelStatus {
+            target: String::new(),
+            policy: "",
+            resolved: false,
+            discovery_error: None,
+            panicked: None,
+            endpoints: Vec::new(),
+            tls_error: None,
+        };
+        let state = (shared, rx, empty, std::collections::VecDeque::new(), true);
+        futures_util::stream::unfold(
+            state,
+            |(shared, mut rx, mut last, mut queue, mut first)| async move {
+                loop {
+                    if let Some(ev) = queue.pop_front() {
+                        return Some((ev, (shared, rx, last, queue, first)));
+                    }
+                    if !first {
+                        if shared.closed.load(std::sync::atomic::Ordering::Acquire) {
+                            return None;
+                        }
+                        rx.changed().await.ok()?;
+                    }
+                    first = false;
+                    rx.borrow_and_update();
+                    let now = shared.status();
+                    queue.extend(crate::status::diff(&last, &now));
+                    last = now;
+                    if shared.closed.load(std::sync::atomic::Ordering::Acquire) && queue.is_empty()
+                    {
+                        return None;
+                    }
+                }
+            },
+        )
+    }
+
     /// Changes each time the channel publishes a new picker: after an endpoint set change
     /// or a readiness change has taken effect for new calls. `changed().await` waits for
     /// the next one.

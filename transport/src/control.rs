@@ -87,6 +87,8 @@ pub(crate) struct Shared {
     pub in_flight: std::sync::atomic::AtomicU64,
     /// The instruments, when metrics are on.
     pub metrics: Option<Arc<crate::Recorder>>,
+    /// Set when the control task stopped (every `Channel` handle was dropped).
+    pub closed: AtomicBool,
     /// The channel's TLS state, for `status()`'s reload error.
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<crate::tls::TlsState>>,
@@ -145,6 +147,7 @@ impl Shared {
             limits: Limits::default(),
             in_flight: std::sync::atomic::AtomicU64::new(0),
             metrics: None,
+            closed: AtomicBool::new(false),
             #[cfg(feature = "tls")]
             tls: None,
             status: Mutex::new(StatusBase::default()),
@@ -919,6 +922,8 @@ impl Run {
         for e in self.entries.drain(..) {
             e.handle.shutdown();
         }
+        self.c.shared.closed.store(true, Ordering::Release);
+        self.c.shared.status_version.send_modify(|v| *v += 1);
         self.c.shared.publish(Snapshot {
             picker: PickerState::Fail(Status::unavailable(format!(
                 "{}: channel was dropped",

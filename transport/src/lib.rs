@@ -63,7 +63,7 @@ pub use settings::{
     DEFAULT_CONNECTION_WINDOW, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_HEADER_LIST_SIZE,
     DEFAULT_STREAM_WINDOW, Http2Settings,
 };
-pub use status::{ChannelStatus, EndpointStatus};
+pub use status::{ChannelStatus, EndpointStatus, StatusEvent};
 #[cfg(feature = "tls")]
 pub use tls::{DEFAULT_TLS_RELOAD, TlsConfig};
 pub use tried::TriedEndpoints;

@@ -69,3 +69,79 @@ pub struct EndpointStatus {
     /// The last connection error, if any.
     pub last_error: Option<String>,
 }
+
+/// A change of a channel, as [`Channel::watch_status`](crate::Channel::watch_status) pushes
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatusEvent {
+    /// Discovery gave the endpoint.
+    Added(Address),
+    /// Discovery no longer gives the endpoint.
+    Removed(Address),
+    /// The endpoint's connection changed state (with the error, when it failed).
+    State {
+        /// The endpoint.
+        address: Address,
+        /// Its new state.
+        state: ConnectivityState,
+        /// Why it failed, when it did.
+        error: Option<String>,
+    },
+    /// Outlier detection took the endpoint out of the picker.
+    Ejected(Address),
+    /// Outlier detection gave the endpoint back to the picker.
+    Returned(Address),
+    /// Discovery failed (the channel keeps its last endpoints).
+    DiscoveryFailed(String),
+    /// Discovery answers again.
+    DiscoveryRecovered,
+}
+
+/// What changed from `old` to `new`, in order: removals, additions, then per-endpoint
+/// changes, then discovery's.
+pub(crate) fn diff(old: &ChannelStatus, new: &ChannelStatus) -> Vec<StatusEvent> {
+    let mut out = Vec::new();
+    for e in &old.endpoints {
+        if new.endpoint(&e.address).is_none() {
+            out.push(StatusEvent::Removed(e.address.clone()));
+        }
+    }
+    for e in &new.endpoints {
+        match old.endpoint(&e.address) {
+            None => {
+                out.push(StatusEvent::Added(e.address.clone()));
+                if e.state != ConnectivityState::Idle {
+                    out.push(StatusEvent::State {
+                        address: e.address.clone(),
+                        state: e.state,
+                        error: e.last_error.clone(),
+                    });
+                }
+                if e.ejected {
+                    out.push(StatusEvent::Ejected(e.address.clone()));
+                }
+            }
+            Some(o) => {
+                if o.state != e.state || o.last_error != e.last_error {
+                    out.push(StatusEvent::State {
+                        address: e.address.clone(),
+                        state: e.state,
+                        error: e.last_error.clone(),
+                    });
+                }
+                match (o.ejected, e.ejected) {
+                    (false, true) => out.push(StatusEvent::Ejected(e.address.clone())),
+                    (true, false) => out.push(StatusEvent::Returned(e.address.clone())),
+                    _ => {}
+                }
+            }
+        }
+    }
+    match (&old.discovery_error, &new.discovery_error) {
+        (o, Some(e)) if o.as_ref() != Some(e) => out.push(StatusEvent::DiscoveryFailed(e.clone())),
+        (Some(_), None) => out.push(StatusEvent::DiscoveryRecovered),
+        _ => {}
+    }
+    out
+}
