@@ -72,6 +72,9 @@ pub struct BenchArgs {
     /// How long to wait for discovery and connections before the first call.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// `meshless top`: print a live view every this often instead of a final report.
+    #[arg(skip)]
+    pub live: Option<Duration>,
     /// Deadline of each call (sent as grpc-timeout).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub call_timeout: Duration,
@@ -226,8 +229,31 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let mut interrupted = false;
+    let mut live = args.live.map(|every| {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (t, channel.status(), Instant::now())
+    });
     loop {
         tokio::select! {
+            _ = async {
+                match live.as_mut() {
+                    Some((t, _, _)) => { t.tick().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {
+                if let Some((_, last, at)) = live.as_mut() {
+                    let now = channel.status();
+                    let frame = crate::top::frame(last, &now, at.elapsed(), started.elapsed());
+                    if args.json {
+                        output::json_line(&frame)?;
+                    } else {
+                        crate::top::print(&frame)?;
+                    }
+                    *last = now;
+                    *at = Instant::now();
+                }
+            }
             joined = workers.join_next() => match joined {
                 Some(Ok(r)) => results.push(r),
                 Some(Err(e)) => return Err(CliError::Internal(format!("a bench worker failed: {e}"))),
@@ -256,6 +282,10 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     tracker.observe(&channel.status());
 
     let policy = channel.status().policy;
+    if args.live.is_some() {
+        // `top` printed its frames; no final report.
+        return Ok(());
+    }
     let mut settings: Vec<String> = stack.map(|(_, d)| d).into_iter().collect();
     settings.extend(args.resilience.endpoint_settings());
     let report = summarize(&target, policy, &args, results, &tracker, settings);

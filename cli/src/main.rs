@@ -13,6 +13,7 @@ mod resilience;
 mod resolve;
 mod target;
 mod tls;
+mod top;
 mod watch;
 
 use std::process::ExitCode;
@@ -53,6 +54,10 @@ enum Command {
     /// --duration, printing each change of the registration's state; then deregister.
     #[command(after_help = EXIT_CODES_HELP)]
     Register(register::RegisterArgs),
+    /// Like bench, with a live view that refreshes every second: each endpoint's state,
+    /// share, rate, calls in flight, failures, ejection and latency estimate.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Top(Box<top::TopArgs>),
     /// Validate a config file (.yaml, .toml, .json) and print every problem with its line,
     /// column and key path.
     #[command(after_help = EXIT_CODES_HELP)]
@@ -88,6 +93,7 @@ fn main() -> ExitCode {
             Command::Watch(args) => watch::run(args).await,
             Command::Bench(args) => bench::run(*args).await,
             Command::CheckConfig(args) => check_config::run(args),
+            Command::Top(args) => top::run(*args).await,
             Command::Register(args) => register::run(args).await,
         }
     });

@@ -268,3 +268,52 @@ fn retries_from_flags_recover_calls_that_one_endpoint_fails() {
         "--throttle fast: unknown preset (use sre, go-zero or kratos)",
     );
 }
+
+/// `meshless top --json` prints one frame per interval; with round robin over two servers
+/// each frame's shares are within 5 points of an even split, and the frames' calls add up
+/// to what the channel counted.
+#[test]
+fn top_json_prints_a_frame_per_interval() {
+    let servers = servers(2);
+    let out = meshless()
+        .args([
+            "top",
+            "--json",
+            "--duration",
+            "2600ms",
+            "--interval",
+            "500ms",
+            "--policy",
+            "round_robin",
+        ])
+        .arg(target_of(&servers))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let frames: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(frames.len() >= 4, "{text}");
+    let mut totals = BTreeMap::<String, u64>::new();
+    for f in &frames {
+        let eps = f["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), 2, "{f}");
+        let calls: u64 = eps.iter().map(|e| e["calls"].as_u64().unwrap()).sum();
+        for e in eps {
+            *totals
+                .entry(e["address"].as_str().unwrap().to_owned())
+                .or_default() += e["calls"].as_u64().unwrap();
+            assert_eq!(e["state"], "ready", "{f}");
+            if calls >= 100 {
+                let share = e["share"].as_f64().unwrap();
+                assert!((0.45..=0.55).contains(&share), "{f}");
+            }
+        }
+    }
+    let t: Vec<u64> = totals.values().copied().collect();
+    let (a, b) = (t[0] as f64, t[1] as f64);
+    assert!(a + b > 200.0, "{totals:?}");
+    assert!((a - b).abs() / (a + b) < 0.05, "{totals:?}");
+}
