@@ -144,8 +144,27 @@ fn criterion_group_for(c: &mut Criterion, rt: &Runtime, group: &str, pair: &Pair
 
 /// A/B: alternate the channels, round after round, in the same process; prints the medians.
 fn ab(rt: &Runtime, title: &str, pair: &Pair) {
+    ab_of(rt, title, ("tonic Channel", &pair.plain), ("meshless Channel", &pair.mesh));
+}
+
+/// A/B of any two clients: `b / a` is the figure.
+fn ab_of<A, B>(rt: &Runtime, title: &str, a: (&str, &Client<A>), b: (&str, &Client<B>))
+where
+    A: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    A::Future: Send,
+    A::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <A::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    A::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    B::Future: Send,
+    B::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    <B::ResponseBody as http_body::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let mut ratios = Vec::with_capacity(AB_ROUNDS);
-    let (mut tonic_rps, mut mesh_rps) = (Vec::new(), Vec::new());
+    let (mut a_rps, mut b_rps) = (Vec::new(), Vec::new());
     for round in 0..AB_ROUNDS {
         let time = |f: &dyn Fn()| {
             let start = Instant::now();
@@ -153,18 +172,18 @@ fn ab(rt: &Runtime, title: &str, pair: &Pair) {
             AB_CALLS as f64 / start.elapsed().as_secs_f64()
         };
         // Swap the order every round so neither always runs second.
-        let (t, m) = if round % 2 == 0 {
-            let t = time(&|| rt.block_on(batch(&pair.plain, AB_CALLS)));
-            let m = time(&|| rt.block_on(batch(&pair.mesh, AB_CALLS)));
-            (t, m)
+        let (x, y) = if round % 2 == 0 {
+            let x = time(&|| rt.block_on(batch(a.1, AB_CALLS)));
+            let y = time(&|| rt.block_on(batch(b.1, AB_CALLS)));
+            (x, y)
         } else {
-            let m = time(&|| rt.block_on(batch(&pair.mesh, AB_CALLS)));
-            let t = time(&|| rt.block_on(batch(&pair.plain, AB_CALLS)));
-            (t, m)
+            let y = time(&|| rt.block_on(batch(b.1, AB_CALLS)));
+            let x = time(&|| rt.block_on(batch(a.1, AB_CALLS)));
+            (x, y)
         };
-        tonic_rps.push(t);
-        mesh_rps.push(m);
-        ratios.push(m / t);
+        a_rps.push(x);
+        b_rps.push(y);
+        ratios.push(y / x);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -178,11 +197,12 @@ fn ab(rt: &Runtime, title: &str, pair: &Pair) {
     println!(
         "{title}, 1 loopback server, concurrency {CONCURRENCY}, {AB_ROUNDS} alternating rounds of {AB_CALLS} calls"
     );
-    println!("  channel            median rps");
-    println!("  tonic Channel      {:>10.0}", median(&mut tonic_rps));
-    println!("  meshless Channel   {:>10.0}", median(&mut mesh_rps));
+    println!("  channel                        median rps");
+    println!("  {:<28} {:>10.0}", a.0, median(&mut a_rps));
+    println!("  {:<28} {:>10.0}", b.0, median(&mut b_rps));
     println!(
-        "  meshless / tonic   {:>10.3}  (median of per-round ratios; min {min:.3}, max {max:.3})",
+        "  {:<28} {:>10.3}  (median of per-round ratios; min {min:.3}, max {max:.3})",
+        "second / first",
         median(&mut ratios)
     );
 }
@@ -211,6 +231,40 @@ fn unary(c: &mut Criterion) {
         "unary RPC throughput over TLS (rustls/ring both)",
         &tls,
     );
+
+    // The cost of metrics: a channel recording gRPC's instruments into a Prometheus
+    // recorder against the same channel without metrics, in the same run.
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder of this process");
+    let with_metrics = rt.block_on(async {
+        let mesh = meshless::Channel::builder(format!("static:///{}", server.addr()))
+            .metrics(
+                meshless::transport::MetricsConfig::new()
+                    .method("greeter.v1.Greeter/SayHello")
+                    .target("bench"),
+            )
+            .build()
+            .expect("meshless channel");
+        ready(&mesh).await;
+        GreeterClient::new(mesh)
+    });
+    ab_of(
+        &rt,
+        "unary RPC throughput, metrics on (Prometheus recorder) against off",
+        ("meshless, metrics off", &plain.mesh),
+        ("meshless, metrics on", &with_metrics),
+    );
+    println!();
+    println!("a Prometheus scrape of the metrics-on channel (excerpt):");
+    for line in handle
+        .render()
+        .lines()
+        .filter(|l| l.contains("grpc_client_attempt") && !l.contains("_bucket"))
+        .take(8)
+    {
+        println!("  {line}");
+    }
 }
 
 criterion_group!(benches, unary);
