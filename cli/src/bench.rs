@@ -72,6 +72,10 @@ pub struct BenchArgs {
     /// How long to wait for discovery and connections before the first call.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Serve the run's metrics (gRPC's standard instruments) as Prometheus text at
+    /// `http://ADDR/metrics` while it runs, such as 127.0.0.1:9090.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// `meshless top`: print a live view every this often instead of a final report.
     #[arg(skip)]
     pub live: Option<Duration>,
@@ -177,6 +181,27 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             .policy(args.policy.clone().unwrap_or_else(|| "round_robin".into())),
     }
     .registry(args.target.registry()?);
+    let builder = match args.metrics_addr {
+        Some(addr) => {
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .with_http_listener(addr)
+                .set_buckets(meshless::transport::metrics::LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Suffix("message_size".into()),
+                        meshless::transport::metrics::SIZE_BUCKETS,
+                    )
+                })
+                .and_then(|b| b.install())
+                .map_err(|e| CliError::Usage(format!("--metrics-addr {addr}: {e}")))?;
+            builder.metrics(
+                meshless::transport::MetricsConfig::new()
+                    .methods(["grpc.health.v1.Health/Check"])
+                    .target(target.clone()),
+            )
+        }
+        None => builder,
+    };
     let builder = args.resilience.apply(args.tls.apply(builder)?);
     let channel = builder.build().map_err(build_error)?;
     let stack = match (args.resilience.stack()?, &configured) {

@@ -317,3 +317,53 @@ fn top_json_prints_a_frame_per_interval() {
     assert!(a + b > 200.0, "{totals:?}");
     assert!((a - b).abs() / (a + b) < 0.05, "{totals:?}");
 }
+
+/// `--metrics-addr` serves the run's gRPC instruments as Prometheus text while it runs.
+#[test]
+fn metrics_addr_serves_the_runs_instruments() {
+    use std::io::{Read, Write};
+    let servers = servers(1);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bin = assert_cmd::cargo::cargo_bin("meshless");
+    let mut child = std::process::Command::new(bin)
+        .args(["bench", "--json", "--duration", "4s", "--metrics-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(target_of(&servers))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let scrape = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scrape with the instruments"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        if body.contains("grpc_client_attempt_started") {
+            break body;
+        }
+    };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    assert!(
+        scrape.contains(r#"grpc_client_attempt_started{grpc_method="grpc.health.v1.Health/Check""#),
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("grpc_client_attempt_duration_bucket"),
+        "histograms with A66's buckets: {scrape}"
+    );
+    assert!(
+        scrape.contains("grpc_subchannel_open_connections"),
+        "{scrape}"
+    );
+}

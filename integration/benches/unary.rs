@@ -144,7 +144,12 @@ fn criterion_group_for(c: &mut Criterion, rt: &Runtime, group: &str, pair: &Pair
 
 /// A/B: alternate the channels, round after round, in the same process; prints the medians.
 fn ab(rt: &Runtime, title: &str, pair: &Pair) {
-    ab_of(rt, title, ("tonic Channel", &pair.plain), ("meshless Channel", &pair.mesh));
+    ab_of(
+        rt,
+        title,
+        ("tonic Channel", &pair.plain),
+        ("meshless Channel", &pair.mesh),
+    );
 }
 
 /// A/B of any two clients: `b / a` is the figure.
