@@ -152,6 +152,29 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         "a framed reply is more than its 5-byte prefix: {rcvd:?}"
     );
 
+    // meshless's own: discovery updates, picker rebuilds, and the sampled gauges.
+    assert!(v.counter(m::DISCOVERY_UPDATES, "grpc.target=greeter") >= 1);
+    assert!(v.counter(m::PICKER_REBUILDS, "grpc.target=greeter") >= 1);
+    let gauge_of_ok = format!("endpoint={},grpc.target=greeter", ok.addr());
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    while !totals
+        .update(&snapshotter)
+        .gauges
+        .contains_key(&(m::ENDPOINT_IN_FLIGHT.to_owned(), gauge_of_ok.clone()))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no sampled gauge");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        totals
+            .gauges
+            .contains_key(&(m::ENDPOINT_COST.to_owned(), gauge_of_ok.clone()))
+    );
+    assert!(totals.gauges.contains_key(&(
+        m::DISCOVERY_STALENESS.to_owned(),
+        "grpc.target=greeter".to_owned()
+    )));
+
     // A96: retries per call, through the channel's own recorder.
     let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let flaky = TestServer::new("flaky")

@@ -274,6 +274,8 @@ struct Run {
     next_attempt: Option<Instant>,
     /// Outlier detection, when configured.
     outliers: Option<Outliers>,
+    /// When discovery last answered without an error.
+    last_good_discovery: Instant,
 }
 
 /// Outlier detection's state on the control task.
@@ -322,6 +324,7 @@ impl Control {
             idle: false,
             next_attempt: None,
             outliers: None,
+            last_good_discovery: Instant::now(),
         };
         run.outliers = run.c.outlier.clone().map(|config| Outliers {
             detector: crate::outlier::Detector::new(config, Instant::now(), rand::random()),
@@ -331,6 +334,12 @@ impl Control {
         let mut outlier_tick = run.c.outlier.as_ref().map(|o| {
             let every = o.tick_every();
             let mut t = tokio::time::interval_at(Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
+        // The sampled gauges, every second, when metrics are on.
+        let mut sample_tick = run.c.shared.metrics.as_ref().map(|_| {
+            let mut t = tokio::time::interval(Duration::from_secs(1));
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t
         });
@@ -368,6 +377,7 @@ impl Control {
                 _ = sleep_until(run.next_attempt) => run.next_attempt = None,
                 _ = tick(&mut idle_tick) => run.on_idle_tick(),
                 _ = tick(&mut outlier_tick) => run.on_outlier_tick(),
+                _ = tick(&mut sample_tick) => run.sample_gauges(),
                 _ = shared.wake.notified(), if run.idle => {
                     tracing::debug!(target = %shared.target, "a call woke the idle channel");
                     run.idle = false;
@@ -430,6 +440,10 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 impl Run {
     fn on_update(&mut self, update: Update) {
+        if let Some(m) = &self.c.shared.metrics {
+            m.discovery_update();
+        }
+        self.last_good_discovery = Instant::now();
         let next: Vec<Endpoint> = match update {
             Update::Reset(eps) => eps,
             Update::Add(eps) => {
@@ -462,6 +476,9 @@ impl Run {
     }
 
     fn on_discovery_error(&mut self, err: DiscoveryError) {
+        if let Some(m) = &self.c.shared.metrics {
+            m.discovery_error();
+        }
         tracing::warn!(target = %self.c.shared.target, "discovery failed, keeping the last known endpoints: {err}");
         self.discovery_error = Some(err);
         self.dirty |= !self.resolved;
@@ -734,6 +751,21 @@ impl Run {
         }
     }
 
+    /// meshless's own gauges, sampled on the control task, never on the pick path.
+    fn sample_gauges(&self) {
+        let Some(m) = &self.c.shared.metrics else {
+            return;
+        };
+        for v in &self.views {
+            m.sample_endpoint(
+                &v.endpoint.addr.to_string(),
+                v.stats.in_flight(),
+                v.stats.load_cost(),
+            );
+        }
+        m.sample_staleness(self.last_good_discovery.elapsed().as_secs_f64());
+    }
+
     fn any_ready(&self) -> bool {
         self.views.iter().any(SubchannelView::is_ready)
     }
@@ -812,6 +844,9 @@ impl Run {
         if self.dirty {
             self.dirty = false;
             let picker = self.picker_state();
+            if let Some(m) = &self.c.shared.metrics {
+                m.picker_rebuilt();
+            }
             // Publish first: whoever sees the new status can count on the picker matching it.
             self.c.shared.publish(Snapshot {
                 picker,

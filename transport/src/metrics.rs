@@ -22,6 +22,18 @@ pub const CALL_TRANSPARENT_RETRIES: &str = "grpc.client.call.transparent_retries
 pub const CALL_HEDGES: &str = "grpc.client.call.hedges";
 /// A96: the time a call spent with no attempt in flight (backoffs), in seconds.
 pub const CALL_RETRY_DELAY: &str = "grpc.client.call.retry_delay";
+/// meshless: calls in flight on an endpoint (sampled every second).
+pub const ENDPOINT_IN_FLIGHT: &str = "meshless.endpoint.in_flight";
+/// meshless: an endpoint's load cost as p2c_ewma and least_request weigh it (sampled).
+pub const ENDPOINT_COST: &str = "meshless.endpoint.cost";
+/// meshless: endpoint sets and changes discovery delivered.
+pub const DISCOVERY_UPDATES: &str = "meshless.discovery.updates";
+/// meshless: errors discovery reported.
+pub const DISCOVERY_ERRORS: &str = "meshless.discovery.errors";
+/// meshless: seconds since discovery last answered without an error (sampled).
+pub const DISCOVERY_STALENESS: &str = "meshless.discovery.seconds_since_update";
+/// meshless: pickers the channel built and published.
+pub const PICKER_REBUILDS: &str = "meshless.picker.rebuilds";
 /// A66: attempts started.
 pub const ATTEMPT_STARTED: &str = "grpc.client.attempt.started";
 /// A66: attempt duration, from its start to the end of its response, in seconds.
@@ -192,6 +204,32 @@ impl Metrics {
         }
     }
 
+    pub(crate) fn discovery_update(&self) {
+        counter!(DISCOVERY_UPDATES, "grpc.target" => self.target.clone()).increment(1);
+    }
+
+    pub(crate) fn discovery_error(&self) {
+        counter!(DISCOVERY_ERRORS, "grpc.target" => self.target.clone()).increment(1);
+    }
+
+    pub(crate) fn picker_rebuilt(&self) {
+        counter!(PICKER_REBUILDS, "grpc.target" => self.target.clone()).increment(1);
+    }
+
+    /// The per-endpoint gauges, sampled (never per pick).
+    pub(crate) fn sample_endpoint(&self, endpoint: &str, in_flight: u64, cost: f64) {
+        let labels = [
+            ("grpc.target", self.target.clone()),
+            ("endpoint", SharedString::from(endpoint.to_owned())),
+        ];
+        gauge!(ENDPOINT_IN_FLIGHT, &labels).set(in_flight as f64);
+        gauge!(ENDPOINT_COST, &labels).set(cost);
+    }
+
+    pub(crate) fn sample_staleness(&self, seconds: f64) {
+        gauge!(DISCOVERY_STALENESS, "grpc.target" => self.target.clone()).set(seconds);
+    }
+
     pub(crate) fn connection_attempt(&self, ok: bool) {
         let name = if ok {
             CONNECTION_ATTEMPTS_SUCCEEDED
@@ -248,6 +286,25 @@ pub(crate) fn status_name(code: Code) -> &'static str {
 
 fn describe() {
     describe_counter!(ATTEMPT_STARTED, "Attempts started (gRPC A66).");
+    describe_gauge!(
+        ENDPOINT_IN_FLIGHT,
+        "Calls in flight on an endpoint, sampled every second."
+    );
+    describe_gauge!(
+        ENDPOINT_COST,
+        "An endpoint's load cost as p2c_ewma and least_request weigh it, sampled."
+    );
+    describe_counter!(
+        DISCOVERY_UPDATES,
+        "Endpoint sets and changes discovery delivered."
+    );
+    describe_counter!(DISCOVERY_ERRORS, "Errors discovery reported.");
+    describe_gauge!(
+        DISCOVERY_STALENESS,
+        Unit::Seconds,
+        "Time since discovery last answered without an error, sampled."
+    );
+    describe_counter!(PICKER_REBUILDS, "Pickers built and published.");
     describe_histogram!(CALL_RETRIES, "Retries of a call (gRPC A96).");
     describe_histogram!(
         CALL_TRANSPARENT_RETRIES,

@@ -25,6 +25,21 @@ impl Metrics {
     pub(crate) fn call_ended(&self, _: &str, _: u32, _: u32, _: u32, _: Duration) {
         match *self {}
     }
+    pub(crate) fn discovery_update(&self) {
+        match *self {}
+    }
+    pub(crate) fn discovery_error(&self) {
+        match *self {}
+    }
+    pub(crate) fn picker_rebuilt(&self) {
+        match *self {}
+    }
+    pub(crate) fn sample_endpoint(&self, _: &str, _: u64, _: f64) {
+        match *self {}
+    }
+    pub(crate) fn sample_staleness(&self, _: f64) {
+        match *self {}
+    }
     pub(crate) fn connection_attempt(&self, _: bool) {
         match *self {}
     }
