@@ -377,9 +377,30 @@ impl Config {
                 &s.http2,
                 &s.tls,
                 (s.max_requests_per_endpoint, s.max_requests),
-                sc.map(|c| (&c.balancing_source, &c.outlier_detection, &c.health_check)),
+                sc.map(|c| (&c.outlier_detection, &c.health_check)),
             )
         ))
+    }
+
+    /// What decides client `name`'s load-balancing policy, rendered.
+    #[cfg_attr(not(feature = "watch"), allow(dead_code))]
+    pub(crate) fn policy_key(&self, name: &str) -> String {
+        self.clients
+            .get(name)
+            .and_then(|s| s.service_config.as_ref())
+            .map(|c| c.balancing_source.clone())
+            .unwrap_or_default()
+    }
+
+    /// Client `name`'s policy, as its service config chose it (or pick_first).
+    #[cfg_attr(not(feature = "watch"), allow(dead_code))]
+    pub(crate) fn policy_of(&self, name: &str) -> std::sync::Arc<dyn meshless_balancer::Policy> {
+        self.clients
+            .get(name)
+            .and_then(|s| s.service_config.as_ref())
+            .and_then(|c| c.policy.as_ref())
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| meshless_balancer::PickFirstConfig::default().into())
     }
 
     fn settings(&self, name: &str) -> Result<&schema::Settings, ClientError> {

@@ -4,8 +4,11 @@
 //!
 //! - A change to a client's per-method policies or retry throttling only is applied to its
 //!   live channel: no connection is made or lost.
-//! - A change to anything that decides the channel (the target, connection settings, TLS,
-//!   the load-balancing policy, outlier detection, health checking) builds a new channel;
+//! - A change of the load-balancing policy switches the live channel to it
+//!   ([`Channel::set_policy`](meshless_transport::Channel::set_policy)): connections and
+//!   per-endpoint load statistics stay.
+//! - A change to anything else that decides the channel (the target, connection settings,
+//!   TLS, outlier detection, health checking) builds a new channel;
 //!   calls move to it once it has a ready endpoint, and the old one drains (its in-flight
 //!   calls finish, then its connections close).
 //! - An invalid file changes nothing: the last good config stays, and the errors are in
@@ -43,7 +46,8 @@ struct Shared {
 struct Slot {
     name: String,
     current: RwLock<Client>,
-    key: Mutex<String>,
+    /// What decides the channel, and what decides its policy, as last applied.
+    key: Mutex<(String, String)>,
 }
 
 fn read<T: Clone>(l: &RwLock<T>) -> T {
@@ -154,7 +158,10 @@ impl ConfigWatch {
         let slot = Arc::new(Slot {
             name: name.to_owned(),
             current: RwLock::new(client),
-            key: Mutex::new(config.channel_key(name).unwrap_or_default()),
+            key: Mutex::new((
+                config.channel_key(name).unwrap_or_default(),
+                config.policy_key(name),
+            )),
         });
         lock(&self.shared.clients).push(Arc::downgrade(&slot));
         Ok(ReloadingClient { slot })
@@ -206,9 +213,16 @@ fn apply(shared: &Arc<Shared>, config: &Arc<Config>, slot: Arc<Slot>) {
         tracing::warn!(client = %slot.name, "client removed from the config file; it keeps its last settings");
         return;
     };
-    if *lock(&slot.key) == key {
-        // Per-method policies only: same channel, new stack.
+    let policy_key = config.policy_key(&slot.name);
+    let (old_key, old_policy) = lock(&slot.key).clone();
+    if old_key == key {
+        // Same channel: a new policy is switched to in place (connections and load
+        // statistics stay), and the per-method policies get a new stack.
         let channel = read(&slot.current).channel().clone();
+        if old_policy != policy_key {
+            channel.set_policy(config.policy_of(&slot.name));
+            lock(&slot.key).1 = policy_key;
+        }
         write(&slot.current, config.client_on(&slot.name, channel));
         return;
     }
@@ -223,7 +237,7 @@ fn apply(shared: &Arc<Shared>, config: &Arc<Config>, slot: Arc<Slot>) {
     tokio::spawn(async move {
         match tokio::time::timeout(NEW_CHANNEL_READY, client.channel().connect()).await {
             Ok(Ok(())) => {
-                *lock(&slot.key) = key;
+                *lock(&slot.key) = (key, policy_key);
                 // The old client drops once its in-flight calls hold no clone of it.
                 write(&slot.current, client);
                 tracing::info!(client = %slot.name, "calls moved to the new channel");

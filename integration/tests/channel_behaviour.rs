@@ -436,3 +436,46 @@ async fn a_flapping_endpoint_that_never_gets_ready_does_not_rebuild_the_picker()
     let mut client = GreeterClient::new(channel);
     assert_eq!(hello(&mut client).await.unwrap(), "s0");
 }
+
+/// `set_policy` switches a running channel: calls go on without a failure, no connection is
+/// made or lost, the endpoints' counters carry over, and the new policy's latency signal is
+/// on from then (p2c_ewma's estimate moves off its default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_policy_switches_in_place_keeping_connections_and_statistics() {
+    let servers = servers(2);
+    let channel = Channel::builder(static_target(&servers))
+        .policy("round_robin")
+        .build()
+        .unwrap();
+    wait_ready(&channel, 2).await;
+    let mut client = GreeterClient::new(channel.clone());
+    for _ in 0..50 {
+        hello(&mut client).await.unwrap();
+    }
+    let before = channel.status();
+    let connections: Vec<u64> = servers.iter().map(|s| s.connections()).collect();
+    let default_rtt = before.endpoints[0].latency_ewma;
+    channel.set_policy(meshless::balancer::P2cEwmaConfig::default());
+    wait_until("the switch", || channel.status().policy == "p2c_ewma").await;
+    for _ in 0..200 {
+        hello(&mut client)
+            .await
+            .expect("no call fails across the switch");
+    }
+    let after = channel.status();
+    assert_eq!(
+        servers.iter().map(|s| s.connections()).collect::<Vec<_>>(),
+        connections,
+        "no new connection"
+    );
+    let total =
+        |st: &meshless::ChannelStatus| st.endpoints.iter().map(|e| e.successes).sum::<u64>();
+    assert_eq!(total(&after), total(&before) + 200, "counters carried over");
+    assert!(
+        after
+            .endpoints
+            .iter()
+            .any(|e| e.latency_ewma != default_rtt),
+        "p2c_ewma's estimate is fed after the switch: {after:?}"
+    );
+}

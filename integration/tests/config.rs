@@ -272,16 +272,25 @@ async fn reload_under_load_fails_no_call() {
     );
     assert_eq!(watch.config().policy("greeter"), Some("round_robin"));
 
-    // 3. A new policy: a new channel, calls move to it.
-    let old = client.channel();
+    // 3. A new policy: switched in place, connections and load statistics kept.
+    let connections = a.connections();
+    let served = client.channel().status().endpoints[0].successes;
     next(&mut dir, reload_yaml(&target_a, "p2c_ewma", "7s"));
     changed(&mut changes).await;
     assert!(watch.last_error().is_none());
-    wait_until("calls use the p2c_ewma channel", || {
+    wait_until("the channel runs p2c_ewma", || {
         client.channel().status().policy == "p2c_ewma"
     })
     .await;
-    drop(old);
+    assert_eq!(
+        a.connections(),
+        connections,
+        "no new connection for a policy switch"
+    );
+    assert!(
+        client.channel().status().endpoints[0].successes >= served,
+        "the load statistics carried over"
+    );
 
     // 4. A new target: calls move to server b.
     let b_before = b.calls();

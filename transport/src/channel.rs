@@ -54,6 +54,7 @@ const MAX_UNSENT_ATTEMPTS: usize = 3;
 #[derive(Clone)]
 pub struct Channel {
     shared: Arc<Shared>,
+    commands: tokio::sync::mpsc::UnboundedSender<crate::control::Command>,
     _alive: Arc<oneshot::Sender<()>>,
 }
 
@@ -61,7 +62,7 @@ impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
             .field("target", &self.shared.target)
-            .field("policy", &self.shared.policy)
+            .field("policy", &self.shared.policy_name())
             .finish()
     }
 }
@@ -141,6 +142,15 @@ impl Channel {
     /// The target this channel serves.
     pub fn target(&self) -> &str {
         &self.shared.target
+    }
+
+    /// Switches the channel to `policy` while it runs: connections stay, and so do the
+    /// endpoints' load statistics (calls in flight, outcomes, estimates), with the new
+    /// policy's signals turned on from now. The next picker is the new policy's.
+    pub fn set_policy(&self, policy: impl Into<Arc<dyn Policy>>) {
+        let _ = self
+            .commands
+            .send(crate::control::Command::SetPolicy(policy.into()));
     }
 
     /// The channel's recorder, when it was built with
@@ -541,9 +551,11 @@ impl ChannelBuilder {
         let shared = Arc::new(shared);
         let (alive, closed) = oneshot::channel();
         let discovery_trusted = discovery.trusted_names();
+        let (commands, commands_rx) = tokio::sync::mpsc::unbounded_channel();
         let control = Control {
             shared: shared.clone(),
             balancer,
+            commands: commands_rx,
             discovery,
             config: Arc::new(connect),
             trusted_names: discovery_trusted,
@@ -558,6 +570,7 @@ impl ChannelBuilder {
         runtime.spawn(control.run());
         Ok(Channel {
             shared,
+            commands,
             _alive: Arc::new(alive),
         })
     }
@@ -742,7 +755,7 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
                             return Picked::Fail(Status::internal(format!(
                                 "{}: policy `{}` picked index {i} of {} endpoints",
                                 shared.target,
-                                shared.policy,
+                                shared.policy_name(),
                                 snapshot.subchannels.len()
                             )));
                         }

@@ -62,7 +62,8 @@ pub(crate) struct Snapshot {
 /// State shared by the channel handles, in-flight calls and the control task.
 pub(crate) struct Shared {
     pub target: Arc<str>,
-    pub policy: &'static str,
+    /// The policy's name; changed by a policy switch.
+    pub policy: Mutex<&'static str>,
     pub snapshot: ArcSwap<Snapshot>,
     /// Bumped after every new snapshot; queued calls wait on it.
     pub version: watch::Sender<u64>,
@@ -130,7 +131,7 @@ impl Shared {
     ) -> Self {
         Shared {
             target,
-            policy,
+            policy: Mutex::new(policy),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 picker: PickerState::Queue,
                 subchannels: Arc::default(),
@@ -165,11 +166,16 @@ impl Shared {
         drop(old);
     }
 
+    /// The policy's name now.
+    pub(crate) fn policy_name(&self) -> &'static str {
+        *self.policy.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) fn status(&self) -> ChannelStatus {
         let base = self.status.lock().unwrap_or_else(|p| p.into_inner());
         ChannelStatus {
             target: self.target.to_string(),
-            policy: self.policy,
+            policy: self.policy_name(),
             resolved: base.resolved,
             discovery_error: base.discovery_error.clone(),
             panicked: base.panicked.clone(),
@@ -217,9 +223,16 @@ struct Entry {
     ejected: bool,
 }
 
+/// What a `Channel` handle asks of its control task.
+pub(crate) enum Command {
+    /// Switch to this policy, keeping connections and load statistics.
+    SetPolicy(Arc<dyn meshless_balancer::Policy>),
+}
+
 pub(crate) struct Control {
     pub shared: Arc<Shared>,
     pub balancer: Box<dyn Balancer>,
+    pub commands: mpsc::UnboundedReceiver<Command>,
     pub discovery: Arc<dyn Discovery>,
     pub config: Arc<ConnectConfig>,
     /// `:authority` of every call, whatever discovery says (the builder's `.authority`).
@@ -352,6 +365,7 @@ impl Control {
             tokio::select! {
                 biased;
                 _ = &mut run.c.closed => break,
+                Some(cmd) = run.c.commands.recv() => run.on_command(cmd),
                 Some(ev) = events_rx.recv() => {
                     run.on_event(ev);
                     // Apply every event already queued before rebuilding once.
@@ -747,6 +761,38 @@ impl Run {
                     self.dirty = true;
                 }
                 self.changed_rows.push(i);
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SetPolicy(policy) => {
+                let balancer = policy.new_balancer();
+                // The new policy's signals on the statistics as they are: in-flight counts,
+                // outcomes and estimates carry over.
+                let probe = balancer.new_stats();
+                for v in &self.views {
+                    v.stats.add_signals(&probe);
+                }
+                for (stats, _) in self.retired.values() {
+                    stats.add_signals(&probe);
+                }
+                tracing::info!(target = %self.c.shared.target, from = self.c.balancer.name(), to = balancer.name(), "switching load-balancing policy");
+                self.c.balancer = balancer;
+                *self
+                    .c
+                    .shared
+                    .policy
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = self.c.balancer.name();
+                self.connect_mode = self.c.balancer.connect_mode();
+                if self.connect_mode == ConnectMode::All && !self.idle {
+                    self.want_all(true);
+                }
+                self.next_attempt = None;
+                self.dirty = true;
+                self.set_changed = true;
             }
         }
     }

@@ -104,7 +104,9 @@ pub struct EndpointStats {
     failure_stamp_nanos: AtomicU64,
     failure_penalty: Duration,
     /// [`Signals`] as bits.
-    signals: u8,
+    /// Atomic so that a channel switching policy can turn on what the new one reads
+    /// without losing what the statistics hold ([`add_signals`](Self::add_signals)).
+    signals: std::sync::atomic::AtomicU8,
 }
 
 /// Packs two `f32` into a word, `high` in the high half.
@@ -140,7 +142,7 @@ impl EndpointStats {
             last_success_failures: AtomicU64::new(0),
             failure_stamp_nanos: AtomicU64::new(0),
             failure_penalty: DEFAULT_FAILURE_PENALTY,
-            signals: Signals::ALL.bits(),
+            signals: std::sync::atomic::AtomicU8::new(Signals::ALL.bits()),
         }
     }
 
@@ -154,8 +156,9 @@ impl EndpointStats {
     /// Keeps only these signals (default [`Signals::ALL`]). Without latency a call reads no
     /// clock and updates no estimate; without the failure ratio an outcome only counts.
     #[must_use]
-    pub fn with_signals(mut self, signals: Signals) -> Self {
-        self.signals = signals.bits();
+    pub fn with_signals(self, signals: Signals) -> Self {
+        self.signals
+            .store(signals.bits(), std::sync::atomic::Ordering::Relaxed);
         self
     }
 
@@ -163,8 +166,9 @@ impl EndpointStats {
     /// ([`consecutive_failures`](Self::consecutive_failures)), for outlier detection: one
     /// more load and store per successful call.
     #[must_use]
-    pub fn with_consecutive_failures(mut self) -> Self {
-        self.signals |= SIGNAL_CONSECUTIVE;
+    pub fn with_consecutive_failures(self) -> Self {
+        self.signals
+            .fetch_or(SIGNAL_CONSECUTIVE, std::sync::atomic::Ordering::Relaxed);
         self
     }
 
@@ -193,7 +197,16 @@ impl EndpointStats {
 
     #[inline]
     fn tracks(&self, signal: u8) -> bool {
-        self.signals & signal != 0
+        self.signals.load(std::sync::atomic::Ordering::Relaxed) & signal != 0
+    }
+
+    /// Turns on `signals` as well as those kept already, keeping every count and estimate:
+    /// what a channel does when it switches to a policy that reads more (round_robin to
+    /// p2c_ewma). The latency estimate starts from its default until the next samples.
+    pub fn add_signals(&self, signals: &EndpointStats) {
+        let bits = signals.signals.load(std::sync::atomic::Ordering::Relaxed);
+        self.signals
+            .fetch_or(bits, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Shares `clock` with the other endpoints of the same balancer, so that an endpoint
