@@ -59,8 +59,9 @@ pub use ring_hash::{
 };
 pub use round_robin::RoundRobin;
 pub use stats::{
-    CallStart, DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, DEFAULT_SAMPLE_WINDOW,
-    EndpointStats, FAILURE_RATIO_WEIGHT, FailureCodes, LoadClock, Outcome, Signals,
+    CODE_NAMES, CallStart, DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT,
+    DEFAULT_SAMPLE_WINDOW, EndpointStats, FAILURE_RATIO_WEIGHT, FailureCodes, LoadClock, Outcome,
+    Signals, code_from_name, code_name,
 };
 pub use weighted_round_robin::{MAX_SCHEDULE_LEN, WeightedRoundRobin, WeightedRoundRobinConfig};
 

@@ -11,7 +11,6 @@ use meshless::middleware::{
 use meshless::{ChannelBuilder, OutlierDetection, RetryPolicy};
 use tonic::Code;
 
-use crate::bench::code_name;
 use crate::error::CliError;
 
 /// Retries, hedging, adaptive throttling, outlier detection, health checking and caps.
@@ -63,9 +62,7 @@ fn parse_codes(s: &str) -> Result<CodeList, String> {
     s.split(',')
         .map(|name| {
             let name = name.trim().to_ascii_uppercase();
-            (0..=16)
-                .map(Code::from_i32)
-                .find(|c| code_name(*c) == name)
+            meshless::balancer::code_from_name(&name)
                 .ok_or_else(|| {
                     format!(
                         "unknown status code `{name}` (use gRPC names such as UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED)"

@@ -967,13 +967,7 @@ fn codes(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Vec<Code>> {
         let p = format!("{path}[{i}]");
         let code = match &n.kind {
             Kind::Int(v) if (0..=16).contains(v) => Some(Code::from_i32(*v as i32)),
-            Kind::Str(s) => {
-                let up = s.trim().to_ascii_uppercase();
-                CODE_NAMES
-                    .iter()
-                    .position(|c| *c == up)
-                    .map(|i| Code::from_i32(i as i32))
-            }
+            Kind::Str(s) => meshless_balancer::code_from_name(s),
             _ => None,
         };
         match code {
@@ -986,7 +980,7 @@ fn codes(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Vec<Code>> {
                     other => other.describe().to_owned(),
                 };
                 let hint = match &n.kind {
-                    Kind::Str(s) => decode::suggest(s, CODE_NAMES)
+                    Kind::Str(s) => decode::suggest(s, &meshless_balancer::CODE_NAMES)
                         .map(|c| format!("; did you mean {c}?"))
                         .unwrap_or_default(),
                     _ => String::new(),
@@ -997,27 +991,6 @@ fn codes(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Vec<Code>> {
     }
     ok.then_some(out)
 }
-
-/// gRPC's status code names, by number.
-const CODE_NAMES: &[&str] = &[
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-];
 
 // ===== discovery blocks =====
 

@@ -168,7 +168,10 @@ impl Metrics {
         let labels = [
             ("grpc.method", method.clone()),
             ("grpc.target", self.target.clone()),
-            ("grpc.status", SharedString::const_str(status_name(code))),
+            (
+                "grpc.status",
+                SharedString::const_str(meshless_balancer::code_name(code)),
+            ),
         ];
         histogram!(ATTEMPT_DURATION, &labels).record(duration.as_secs_f64());
         histogram!(ATTEMPT_SENT_SIZE, &labels).record(sent as f64);
@@ -258,29 +261,6 @@ impl Metrics {
             counter!(EJECTIONS_UNENFORCED, "grpc.target" => self.target.clone())
                 .increment(unenforced);
         }
-    }
-}
-
-/// gRPC's name of a status code, as A66's `grpc.status` takes it.
-pub(crate) fn status_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -75,6 +75,45 @@ impl FailureCodes {
     }
 }
 
+/// gRPC's names of the status codes, by number (`CODE_NAMES[14]` is `UNAVAILABLE`), as the
+/// gRPC spec, service config and gRFC metric attributes write them.
+pub const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
+/// gRPC's name of `code`, such as `UNAVAILABLE`.
+pub fn code_name(code: Code) -> &'static str {
+    CODE_NAMES
+        .get(code as i32 as usize)
+        .copied()
+        .unwrap_or("UNKNOWN")
+}
+
+/// The code gRPC names `name` (any case), if any.
+pub fn code_from_name(name: &str) -> Option<Code> {
+    let up = name.trim().to_ascii_uppercase();
+    CODE_NAMES
+        .iter()
+        .position(|c| *c == up)
+        .map(|i| Code::from_i32(i as i32))
+}
+
 impl Default for FailureCodes {
     fn default() -> Self {
         FailureCodes::DEFAULT
@@ -98,6 +137,20 @@ impl std::fmt::Debug for FailureCodes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_both_ways() {
+        for i in 0..=16 {
+            let c = Code::from_i32(i);
+            assert_eq!(code_from_name(code_name(c)), Some(c));
+        }
+        assert_eq!(code_name(Code::Unavailable), "UNAVAILABLE");
+        assert_eq!(
+            code_from_name("resource_exhausted"),
+            Some(Code::ResourceExhausted)
+        );
+        assert_eq!(code_from_name("BUSY"), None);
+    }
 
     #[test]
     fn default_set_and_edits() {

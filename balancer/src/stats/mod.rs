@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 pub use call::{CallStart, Outcome, Signals};
 pub use clock::LoadClock;
-pub use failure_codes::FailureCodes;
+pub use failure_codes::{CODE_NAMES, FailureCodes, code_from_name, code_name};
 pub use failure_ratio::FAILURE_RATIO_WEIGHT;
 pub use peak_ewma::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, DEFAULT_SAMPLE_WINDOW};
 
