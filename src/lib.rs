@@ -51,7 +51,7 @@ pub use meshless_middleware::{
 pub use meshless_transport::TlsConfig;
 pub use meshless_transport::{
     BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
-    LocallyRejected, OutlierDetection, StatusEvent, TriedEndpoints, WaitForReady,
+    LocallyRejected, MaxMessageBytes, OutlierDetection, StatusEvent, TriedEndpoints, WaitForReady,
 };
 
 /// The README's examples, compiled as doc tests so they stay true.

@@ -762,10 +762,17 @@ fn method_config(cx: &mut Cx<'_>, node: &Node, path: &str) -> MethodPolicies {
         {
             policy = policy.wait_for_ready(on);
         }
-        for key in ["maxRequestMessageBytes", "maxResponseMessageBytes"] {
-            if let Some((n, p)) = o.get(key) {
-                cx.err(&p, n.pos, format!("{key} is not supported yet: set the limit on the tonic client (max_encoding_message_size / max_decoding_message_size)"));
-            }
+        let size = |cx: &mut Cx<'_>, key: &str| {
+            o.get(key).and_then(|(n, p)| {
+                decode::int(cx, n, &p, 0, i128::from(u32::MAX)).map(|v| v as usize)
+            })
+        };
+        let (req, resp) = (
+            size(cx, "maxRequestMessageBytes"),
+            size(cx, "maxResponseMessageBytes"),
+        );
+        if req.is_some() || resp.is_some() {
+            policy = policy.max_message_bytes(req, resp);
         }
         let retry = o.get("retryPolicy");
         let hedge = o.get("hedgingPolicy");

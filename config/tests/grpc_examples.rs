@@ -148,3 +148,12 @@ fn wait_for_ready_per_method() {
         .timeout(Duration::from_secs(2));
     assert_eq!(c.methods("c").unwrap().policy_for("/a.A/M"), Some(&want));
 }
+
+#[test]
+fn message_size_limits_per_method() {
+    let c = with(
+        r#"{"methodConfig": [{"name": [{}], "maxRequestMessageBytes": 1024, "maxResponseMessageBytes": 4194304}]}"#,
+    );
+    let want = MethodPolicy::new().max_message_bytes(Some(1024), Some(4_194_304));
+    assert_eq!(c.methods("c").unwrap().policy_for("/x.X/Y"), Some(&want));
+}

@@ -211,3 +211,51 @@ async fn wait_for_ready_waits_through_transient_failure() {
     let reply = call.await.unwrap().expect("served once the endpoint is up");
     assert_eq!(reply.into_inner().server, "late");
 }
+
+/// gRPC's per-method message limits: a request over `maxRequestMessageBytes` fails
+/// RESOURCE_EXHAUSTED without reaching the server; a response over
+/// `maxResponseMessageBytes` fails the call when its length prefix arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_size_limits_fail_resource_exhausted() {
+    let server = TestServer::new("s").spawn().unwrap();
+    let channel = Channel::builder(static_target(std::slice::from_ref(&server)))
+        .build()
+        .unwrap();
+    wait_ready(&channel, 1).await;
+    let stack = Resilience::new()
+        .default_policy(MethodPolicy::new().max_message_bytes(Some(100), Some(60)));
+    let mut client: GreeterClient<Resilient<Channel>> =
+        GreeterClient::new(tower::Layer::layer(&stack, channel.clone()));
+    // The reply is "Hello " + the name + the server's name: a short name fits in 60 bytes.
+    client
+        .say_hello(HelloRequest {
+            name: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("within both limits");
+    let err = client
+        .say_hello(HelloRequest {
+            name: "x".repeat(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("request message of"), "{err}");
+    assert_eq!(server.calls(), 1, "the oversized request was not sent");
+    let err = client
+        .say_hello(HelloRequest {
+            name: "y".repeat(80),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err}");
+    assert!(err.message().contains("response message of"), "{err}");
+    assert_eq!(
+        server.calls(),
+        2,
+        "that one was sent; its reply was too large"
+    );
+}

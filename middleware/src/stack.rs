@@ -29,6 +29,7 @@ use crate::{AdaptiveThrottle, AdaptiveThrottleLayer, HedgingPolicy, RetryPolicy,
 pub struct MethodPolicy {
     timeout: Option<Duration>,
     wait_for_ready: bool,
+    max_message_bytes: meshless_transport::MaxMessageBytes,
     attempts: Attempts,
 }
 
@@ -60,6 +61,14 @@ impl MethodPolicy {
     #[must_use]
     pub fn wait_for_ready(mut self, on: bool) -> Self {
         self.wait_for_ready = on;
+        self
+    }
+
+    /// gRPC's `maxRequestMessageBytes` and `maxResponseMessageBytes`: a message over either
+    /// fails the call with RESOURCE_EXHAUSTED (a request one before it is sent).
+    #[must_use]
+    pub fn max_message_bytes(mut self, request: Option<usize>, response: Option<usize>) -> Self {
+        self.max_message_bytes = meshless_transport::MaxMessageBytes { request, response };
         self
     }
 
@@ -294,6 +303,10 @@ where
         if entry.policy.wait_for_ready {
             req.extensions_mut()
                 .insert(meshless_transport::WaitForReady);
+        }
+        let limits = entry.policy.max_message_bytes;
+        if limits.request.is_some() || limits.response.is_some() {
+            req.extensions_mut().insert(limits);
         }
         match &entry.policy.attempts {
             Attempts::Once => Box::pin(ready.call(req)),

@@ -970,6 +970,11 @@ async fn call(
     }
     let permit = ChannelPermit::acquire(&shared)?;
     let (parts, body) = req.into_parts();
+    let limits = parts.extensions.get::<crate::MaxMessageBytes>().copied();
+    let body = match limits.and_then(|l| l.request) {
+        Some(limit) => tonic::body::Body::new(crate::frame_limit::CheckedRequest::new(body, limit)),
+        None => body,
+    };
     // A body that failed to encode (a message over the size limit) fails the call here, as
     // tonic's own channel does, instead of reaching the server cut short.
     let replay = Replay::new(body)?;
@@ -1101,7 +1106,15 @@ async fn attempts(
                 sanitize_status_details(&mut rparts.headers);
                 guard.responded(rparts.status, &rparts.headers);
                 guard.hold(permit.take());
-                let body = tonic::body::Body::new(TrackedBody::new(incoming, guard));
+                let mut tracked = TrackedBody::new(incoming, guard);
+                if let Some(limit) = parts
+                    .extensions
+                    .get::<crate::MaxMessageBytes>()
+                    .and_then(|l| l.response)
+                {
+                    tracked = tracked.limit_messages(limit);
+                }
+                let body = tonic::body::Body::new(tracked);
                 if transparent_retries == 0
                     && let Some(m) = &shared.metrics
                 {

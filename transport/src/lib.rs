@@ -17,6 +17,7 @@
 mod channel;
 mod control;
 mod errors;
+mod frame_limit;
 mod grpc_timeout;
 mod health;
 #[cfg(feature = "metrics")]
@@ -47,6 +48,7 @@ pub use channel::{
     DEFAULT_MAX_REQUESTS_PER_ENDPOINT, DEFAULT_QUEUE_TIMEOUT, DEFAULT_TCP_KEEPALIVE,
     ResponseFuture, WaitForReady, a72_name,
 };
+pub use frame_limit::MaxMessageBytes;
 pub use grpc_timeout::GrpcTimeout;
 pub use meshless_discovery::backoff::{Backoff, BackoffConfig};
 #[cfg(feature = "metrics")]

@@ -207,6 +207,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: hyper::body::Incoming,
         guard: Option<CallGuard>,
+        // The method's response message limit, when it has one.
+        limit: Option<crate::frame_limit::FrameCheck>,
     }
 }
 
@@ -215,7 +217,14 @@ impl TrackedBody {
         TrackedBody {
             inner,
             guard: Some(guard),
+            limit: None,
         }
+    }
+
+    /// Fails the call when a response message is over `limit` bytes.
+    pub(crate) fn limit_messages(mut self, limit: usize) -> Self {
+        self.limit = Some(crate::frame_limit::FrameCheck::new(limit));
+        self
     }
 }
 
@@ -236,6 +245,18 @@ impl Body for TrackedBody {
                 }
                 if let (Some(data), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
                     g.add_rcvd(data.len());
+                }
+                if let (Some(data), Some(check)) = (frame.data_ref(), this.limit.as_mut())
+                    && let Err(len) = check.feed(data)
+                {
+                    let status = check.status("response", len);
+                    if let Some(mut g) = this.guard.take() {
+                        // A limit of this client's, not a fault of the endpoint.
+                        g.set_code(status.code());
+                        g.set_outcome(Outcome::Cancelled);
+                    }
+                    *this.limit = None;
+                    return Poll::Ready(Some(Err(status)));
                 }
                 if let Some(trailers) = frame.trailers_ref()
                     && let Some(mut g) = this.guard.take()
