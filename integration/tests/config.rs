@@ -292,7 +292,10 @@ async fn reload_under_load_fails_no_call() {
         "the load statistics carried over"
     );
 
-    // 4. A new target: calls move to server b.
+    // 4. A new target: calls move to server b, and the old channel goes away once its
+    // calls are done (its status stream ends when its control task stops and its
+    // connections close).
+    let mut old_events = Box::pin(client.channel().watch_status());
     let b_before = b.calls();
     next(&mut dir, reload_yaml(&target_b, "p2c_ewma", "7s"));
     changed(&mut changes).await;
@@ -303,6 +306,15 @@ async fn reload_under_load_fails_no_call() {
     assert!(
         a.calls() <= a_now + 8,
         "a gets nothing new beyond calls already in flight"
+    );
+
+    let drained = tokio::time::timeout(WAIT_BOUND, async {
+        while old_events.next().await.is_some() {}
+    })
+    .await;
+    assert!(
+        drained.is_ok(),
+        "the old channel was dropped after the move"
     );
 
     stop.store(true, Ordering::Relaxed);
