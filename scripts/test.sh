@@ -93,6 +93,20 @@ tests() {
     cargo test --workspace --all-features --no-fail-fast
 }
 
+# A bounded fuzz pass over the config parser (cargo-fuzz, libFuzzer without a sanitizer,
+# which works on the stable toolchain): the repository's corpus seeds it; what the run adds
+# goes to a temporary directory, so the tree is not changed.
+fuzz_config() {
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        cargo install cargo-fuzz --locked
+    fi
+    local grown
+    grown=$(mktemp -d)
+    cargo fuzz run config_parse -s none "$grown" fuzz/corpus/config_parse -- \
+        -max_total_time="${MESHLESS_FUZZ_SECONDS:-30}"
+    rm -rf "$grown"
+}
+
 # The transport crate alone: in a workspace build other crates turn on tonic's `server`
 # feature, which changes how tonic maps transport errors; the channel must map them itself
 # (transport/tests/mid_body.rs), so its tests also run where tonic is built without it.
@@ -128,5 +142,6 @@ step "cargo fmt --check" fmt_check
 step "cargo clippy -D warnings" clippy
 step "cargo test" tests
 step "cargo test -p meshless-transport (tonic without server)" transport_alone
+step "fuzz the config parser (bounded)" fuzz_config
 step "one tonic/hyper/http/tower" single_versions
 echo "all checks passed"

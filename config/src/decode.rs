@@ -98,6 +98,12 @@ impl<'a> Obj<'a> {
         for (i, (key, pos, _)) in entries.iter().enumerate() {
             if entries[..i].iter().any(|(k, _, _)| k == key) {
                 cx.err(&join(path, key), *pos, "duplicate name: it is given twice");
+            } else if key.starts_with('<') && key.ends_with('>') {
+                cx.err(
+                    path,
+                    *pos,
+                    format!("{key} is not a name: give each entry a name"),
+                );
             }
         }
         Some(Obj {

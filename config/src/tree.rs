@@ -162,7 +162,8 @@ mod yaml {
     use serde_saphyr::Spanned;
 
     pub(super) struct YNode(Spanned<YRaw>);
-    pub(super) struct YRaw(Raw<YNode, Spanned<String>>);
+    /// Keys are nodes too: YAML allows any scalar (or worse) as a key.
+    pub(super) struct YRaw(Raw<YNode, YNode>);
 
     impl<'de> Deserialize<'de> for YRaw {
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -197,13 +198,26 @@ mod yaml {
                 Raw::Map(m) => Kind::Map(
                     m.into_iter()
                         .map(|(k, v)| {
-                            let kp = pos(&k.referenced);
-                            (k.value, kp, v.into_node())
+                            let k = k.into_node();
+                            (key_text(&k), k.pos, v.into_node())
                         })
                         .collect(),
                 ),
             };
             Node { kind, pos: at }
+        }
+    }
+
+    /// A key as text: scalars as written; an empty (null) key or a list or map used as a
+    /// key reads as a name no schema has, so it is reported as an unknown key.
+    fn key_text(k: &Node) -> String {
+        match &k.kind {
+            Kind::Str(s) => s.clone(),
+            Kind::Int(i) => i.to_string(),
+            Kind::Float(f) => f.to_string(),
+            Kind::Bool(b) => b.to_string(),
+            Kind::Null => "<an empty key>".into(),
+            Kind::Seq(_) | Kind::Map(_) => "<a list or map used as a key>".into(),
         }
     }
 
@@ -218,6 +232,11 @@ mod yaml {
             _ => msg,
         };
         let msg = msg.split(", set ").next().unwrap_or(msg);
+        // "... at line L, column C": the position is given separately.
+        let msg = match msg.rfind(" at line ") {
+            Some(i) if msg[i..].contains(", column ") => &msg[..i],
+            _ => msg,
+        };
         msg.to_owned()
     }
 

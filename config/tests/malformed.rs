@@ -57,6 +57,12 @@ fn every_malformed_file_gets_its_error_and_position() {
             "1:10: clients: expected a map of names, found a list",
         ),
         (
+            "null client name",
+            Y,
+            "clients:\n  ~: {target: dns:///x:1}\n".into(),
+            "2:3: clients: <an empty key> is not a name",
+        ),
+        (
             "client without target",
             Y,
             "clients:\n  c:\n    connectTimeout: 1s\n".into(),

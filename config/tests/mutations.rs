@@ -115,7 +115,13 @@ fn mutated_files_give_errors_never_panics() {
             Ok(Ok(_)) => ok += 1,
             Ok(Err(e)) => {
                 errors += 1;
-                let lines = text.lines().count() as u32 + 1;
+                // Line breaks as YAML counts them: CRLF, LF, or a lone CR.
+                let lines = text
+                    .replace("\r\n", "\n")
+                    .replace('\r', "\n")
+                    .matches('\n')
+                    .count() as u32
+                    + 1;
                 for p in &e.problems {
                     assert!(p.pos.line <= lines, "position past the end: {p:?}\n{text}");
                     assert!(!p.message.is_empty());
