@@ -144,6 +144,61 @@ impl ConfigError {
     }
 }
 
+/// A gRPC service config on its own (the JSON that gRPC's resolvers and `--service-config`
+/// flags carry), for a channel built in code: its policy, outlier detection and health
+/// checking go to the builder, its per-method policies and retry throttling to the stack.
+///
+/// ```
+/// # #[cfg(feature = "json")] {
+/// use meshless_config::ServiceConfig;
+///
+/// let sc = ServiceConfig::from_json(r#"{"loadBalancingConfig": [{"round_robin": {}}],
+///     "methodConfig": [{"name": [{"service": "cart.v1.Cart"}], "timeout": "1.5s"}]}"#)?;
+/// let builder = sc.apply(meshless_transport::Channel::builder("dns:///cart.prod:50051"));
+/// let stack = sc.stack(); // tower::ServiceBuilder::new().layer(stack).service(channel)
+/// # drop((builder, stack));
+/// # }
+/// # Ok::<(), meshless_config::ConfigError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    settings: schema::Settings,
+}
+
+impl ServiceConfig {
+    /// Parses and validates gRPC service config JSON.
+    #[cfg(feature = "json")]
+    pub fn from_json(text: &str) -> Result<ServiceConfig, ConfigError> {
+        let root =
+            tree::parse_json(text).map_err(|(msg, pos)| ConfigError::one(None, "", pos, msg))?;
+        let env = |k: &str| std::env::var(k).ok();
+        let mut cx = decode::Cx {
+            problems: Vec::new(),
+            env: &env,
+        };
+        let sc = schema::service_config(&mut cx, &root, "");
+        cx.finish(
+            None,
+            ServiceConfig {
+                settings: schema::Settings {
+                    service_config: Some(sc),
+                    ..Default::default()
+                },
+            },
+        )
+    }
+
+    /// `builder` with this config's policy, outlier detection and health checking.
+    pub fn apply(&self, builder: ChannelBuilder) -> ChannelBuilder {
+        build::apply_service_config(builder, &self.settings)
+    }
+
+    /// The resilience stack of this config's `methodConfig` and `retryThrottling`.
+    pub fn stack(&self) -> Resilience {
+        build::stack(&self.settings)
+    }
+}
+
 /// A parsed, valid config file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -480,6 +535,13 @@ mod build {
         if let Some(n) = s.max_requests {
             b = b.max_requests(n);
         }
+        apply_service_config(b, s)
+    }
+
+    pub(super) fn apply_service_config(
+        mut b: ChannelBuilder,
+        s: &schema::Settings,
+    ) -> ChannelBuilder {
         if let Some(sc) = &s.service_config {
             if let Some((_, p)) = &sc.policy {
                 b = b.balancer(p.clone());

@@ -157,3 +157,25 @@ fn message_size_limits_per_method() {
     let want = MethodPolicy::new().max_message_bytes(Some(1024), Some(4_194_304));
     assert_eq!(c.methods("c").unwrap().policy_for("/x.X/Y"), Some(&want));
 }
+
+/// A service config on its own (the JSON gRPC's resolvers carry), for a channel built in
+/// code; its errors have positions too.
+#[test]
+fn a_service_config_alone() {
+    let sc = meshless_config::ServiceConfig::from_json(
+        r#"{"loadBalancingConfig": [{"round_robin": {}}], "methodConfig": [{"name": [{"service": "a.A"}], "timeout": "2s"}]}"#,
+    )
+    .unwrap();
+    let stack = sc.stack();
+    assert_eq!(
+        stack.method_policies().policy_for("/a.A/M"),
+        Some(&MethodPolicy::new().timeout(Duration::from_secs(2)))
+    );
+    let err = meshless_config::ServiceConfig::from_json("{\n  \"methodConfg\": []\n}")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "2:3: methodConfg: unknown key `methodConfg`; did you mean `methodConfig`?"
+    );
+}
