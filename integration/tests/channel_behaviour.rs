@@ -479,3 +479,49 @@ async fn set_policy_switches_in_place_keeping_connections_and_statistics() {
         "p2c_ewma's estimate is fed after the switch: {after:?}"
     );
 }
+
+/// A call in flight keeps its channel running: a call waiting for an endpoint when the last
+/// `Channel` handle goes (a layer that clones the channel per call and drops its clone, as a
+/// reloading client does) still gets one, instead of failing "channel was dropped".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_for_an_endpoint_outlives_the_last_channel_handle() {
+    /// Clones the channel for each call and keeps nothing of it.
+    #[derive(Clone)]
+    struct PerCall(Arc<std::sync::Mutex<Option<Channel>>>);
+    impl tower::Service<http::Request<tonic::body::Body>> for PerCall {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = tonic::Status;
+        type Future = meshless::transport::ResponseFuture;
+        fn poll_ready(
+            &mut self,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), tonic::Status>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            let mut ch = self.0.lock().unwrap().clone().expect("a channel");
+            tower::Service::call(&mut ch, req)
+        }
+    }
+    let server = servers(1);
+    let (d, handle) = meshless::discovery::ManualDiscovery::new();
+    let channel = Channel::with_discovery("outlives", Arc::new(d))
+        .build()
+        .unwrap();
+    let slot = Arc::new(std::sync::Mutex::new(Some(channel)));
+    let mut client = GreeterClient::new(PerCall(slot.clone()));
+    // No endpoint yet: the call waits in the channel's queue.
+    let call = tokio::spawn(async move {
+        client
+            .say_hello(HelloRequest::default())
+            .await
+            .map(|r| r.into_inner().server)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!call.is_finished());
+    // The last handle goes; only the waiting call holds the channel now.
+    drop(slot.lock().unwrap().take());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.reset(vec![Endpoint::new(server[0].addr())]);
+    assert_eq!(call.await.unwrap().expect("the call completes"), "s0");
+}

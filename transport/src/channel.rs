@@ -649,7 +649,7 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
         let span = attempt_span(&req);
         ResponseFuture {
             inner: Box::pin(tracing::Instrument::instrument(
-                call(self.shared.clone(), req),
+                call(self.shared.clone(), self._alive.clone(), req),
                 span,
             )),
         }
@@ -961,6 +961,9 @@ impl Waiter {
 
 async fn call(
     shared: Arc<Shared>,
+    // A call holds the channel's life: its control task runs (and its pickers stay) until
+    // the call has its response, even if every `Channel` handle is dropped meanwhile.
+    _alive: Arc<oneshot::Sender<()>>,
     req: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
     if !shared.active.load(std::sync::atomic::Ordering::Relaxed) {
