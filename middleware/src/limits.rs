@@ -20,12 +20,28 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// Records what a call took (A96), when metrics are on.
+    /// The call's path, kept only when A96's instruments will want it (no copy otherwise).
     #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
-    pub fn call_ended(&self, path: &str, retries: u32, hedges: u32, delay: std::time::Duration) {
+    pub fn metrics_path(&self, req: &http::Request<tonic::body::Body>) -> Option<String> {
         #[cfg(feature = "metrics")]
-        if let Some(m) = &self.metrics {
-            m.call_ended(path, retries, 0, hedges, delay);
+        if self.metrics.is_some() {
+            return Some(req.uri().path().to_owned());
+        }
+        None
+    }
+
+    /// Records what the call at `path` took (A96), when metrics are on.
+    #[cfg_attr(not(feature = "metrics"), allow(unused_variables))]
+    pub fn call_ended(
+        &self,
+        path: Option<String>,
+        retries: u32,
+        hedges: u32,
+        delay: std::time::Duration,
+    ) {
+        #[cfg(feature = "metrics")]
+        if let (Some(m), Some(path)) = (&self.metrics, path) {
+            m.call_ended(&path, retries, 0, hedges, delay);
         }
     }
 }

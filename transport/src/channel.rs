@@ -707,7 +707,27 @@ const BUSY_REPICKS: usize = 4;
 /// for an untried ready endpoint itself.
 const AVOID_REPICKS: usize = 4;
 
-fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
+/// What a request's extensions ask of the channel, read once per call.
+struct CallOptions {
+    tried: Option<TriedEndpoints>,
+    wait_for_ready: bool,
+    limits: crate::MaxMessageBytes,
+}
+
+impl CallOptions {
+    fn of(extensions: &http::Extensions) -> Self {
+        CallOptions {
+            tried: extensions.get::<TriedEndpoints>().cloned(),
+            wait_for_ready: extensions.get::<WaitForReady>().is_some(),
+            limits: extensions
+                .get::<crate::MaxMessageBytes>()
+                .copied()
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn pick(shared: &Shared, parts: &http::request::Parts, tried: Option<&TriedEndpoints>) -> Picked {
     let snapshot = shared.snapshot.load();
     match &snapshot.picker {
         PickerState::Pick(picker) => {
@@ -716,7 +736,6 @@ fn pick(shared: &Shared, parts: &http::request::Parts) -> Picked {
                 headers: &parts.headers,
                 extensions: &parts.extensions,
             };
-            let tried = parts.extensions.get::<TriedEndpoints>();
             // Asking again for an endpoint this call has not tried is worth it only while
             // one is left.
             let mut avoid = tried
@@ -973,8 +992,8 @@ async fn call(
     }
     let permit = ChannelPermit::acquire(&shared)?;
     let (parts, body) = req.into_parts();
-    let limits = parts.extensions.get::<crate::MaxMessageBytes>().copied();
-    let body = match limits.and_then(|l| l.request) {
+    let opts = CallOptions::of(&parts.extensions);
+    let body = match opts.limits.request {
         Some(limit) => tonic::body::Body::new(crate::frame_limit::CheckedRequest::new(body, limit)),
         None => body,
     };
@@ -982,12 +1001,12 @@ async fn call(
     // tonic's own channel does, instead of reaching the server cut short.
     let replay = Replay::new(body)?;
     let Some(timeout) = grpc_timeout::parse(&parts.headers) else {
-        return attempts(&shared, parts, replay, None, permit).await;
+        return attempts(&shared, parts, opts, replay, None, permit).await;
     };
     // The call's deadline bounds everything up to the response headers, as tonic's own
     // channel does: the wait for an endpoint, connecting, and a server that never answers.
     let deadline = later(Instant::now(), timeout);
-    let attempt = attempts(&shared, parts, replay, Some(deadline), permit);
+    let attempt = attempts(&shared, parts, opts, replay, Some(deadline), permit);
     match tokio::time::timeout_at(deadline, attempt).await {
         Ok(result) => result,
         Err(_) => Err(Status::deadline_exceeded(format!(
@@ -1009,6 +1028,7 @@ const FAR_FUTURE_SECS: u64 = 86_400 * 365 * 30;
 async fn attempts(
     shared: &Arc<Shared>,
     parts: http::request::Parts,
+    opts: CallOptions,
     replay: Replay,
     deadline: Option<Instant>,
     mut permit: Option<ChannelPermit>,
@@ -1017,7 +1037,7 @@ async fn attempts(
         rx: None,
         deadline: None,
         call_deadline: deadline,
-        wait_for_ready: parts.extensions.get::<WaitForReady>().is_some(),
+        wait_for_ready: opts.wait_for_ready,
     };
     let mut transparent_retries = 1usize;
     let mut unsent = 0usize;
@@ -1025,7 +1045,8 @@ async fn attempts(
     // A72's events: the call waited for discovery's first answer, or for a pick.
     let mut delayed: Option<&'static str> = None;
     loop {
-        let (sub, conn) = match pick(shared, &parts) {
+        let tried = opts.tried.as_ref();
+        let (sub, conn) = match pick(shared, &parts, tried) {
             Picked::Send(sub, conn) => {
                 if let Some(what) = delayed.take() {
                     tracing::debug!(endpoint = %sub.addr, "{what}");
@@ -1048,7 +1069,7 @@ async fn attempts(
                 continue;
             }
             Picked::Busy => {
-                let busy = || matches!(pick(shared, &parts), Picked::Busy);
+                let busy = || matches!(pick(shared, &parts, tried), Picked::Busy);
                 waiter.wait_busy(shared, &last_error, busy).await?;
                 continue;
             }
@@ -1064,7 +1085,7 @@ async fn attempts(
                 continue;
             }
         };
-        if let Some(tried) = parts.extensions.get::<TriedEndpoints>() {
+        if let Some(tried) = tried {
             tried.record(&sub.addr);
         }
         let Some(body) = replay.attempt() else {
@@ -1110,11 +1131,7 @@ async fn attempts(
                 guard.responded(rparts.status, &rparts.headers);
                 guard.hold(permit.take());
                 let mut tracked = TrackedBody::new(incoming, guard);
-                if let Some(limit) = parts
-                    .extensions
-                    .get::<crate::MaxMessageBytes>()
-                    .and_then(|l| l.response)
-                {
+                if let Some(limit) = opts.limits.response {
                     tracked = tracked.limit_messages(limit);
                 }
                 let body = tonic::body::Body::new(tracked);

@@ -256,10 +256,10 @@ where
     S: ChannelService<B>,
     B: Send + 'static,
 {
-    let path = req.uri().path().to_owned();
+    let path = shared.metrics_path(&req);
     let mut sent = 0u32;
     let result = hedged(first, template, policy, sketch, &shared, req, &mut sent).await;
-    shared.call_ended(&path, 0, sent.saturating_sub(1), Duration::ZERO);
+    shared.call_ended(path, 0, sent.saturating_sub(1), Duration::ZERO);
     result
 }
 

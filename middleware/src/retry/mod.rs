@@ -191,10 +191,10 @@ pub(crate) async fn call<S, B>(
 where
     S: ChannelService<B>,
 {
-    let path = req.uri().path().to_owned();
+    let path = shared.metrics_path(&req);
     let mut tally = Tally::default();
     let result = attempts(first, template, policy, &shared, req, &mut tally).await;
-    shared.call_ended(&path, tally.retries, 0, tally.delay);
+    shared.call_ended(path, tally.retries, 0, tally.delay);
     result
 }
 
