@@ -25,6 +25,11 @@
 //!   clock of its own: what the shared counters cost under contention.
 //!
 //! At the end a table is printed: mean ns per iteration over all criterion samples.
+//!
+//! `cargo bench -p meshless-balancer --bench pick -- --instructions` counts instead of
+//! timing: for each policy and size it re-runs this binary under `valgrind --tool=callgrind`,
+//! builds the same picker, and counts the instructions of [`PICKS`] picks inside
+//! `meshless_measured_picks` (`--toggle-collect`), a figure the machine's load cannot move.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -404,7 +409,96 @@ fn print_table() {
     }
 }
 
+/// Picks counted per policy and size by `--instructions`.
+const PICKS: u64 = 100_000;
+
+/// `--instructions`: instructions per pick, from callgrind, for every policy and size.
+fn count_instructions() {
+    let exe = std::env::current_exe().expect("own path");
+    let dir = std::env::temp_dir().join(format!("meshless-pick-instr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    println!("instructions per pick (callgrind, {PICKS} picks after 1,000 warm-up picks)");
+    print!("| policy |");
+    for n in PICK_SIZES {
+        print!(" {n} |");
+    }
+    println!();
+    println!("|---|{}", "---|".repeat(PICK_SIZES.len()));
+    for policy in policies() {
+        print!("| {} |", policy.name());
+        for n in PICK_SIZES {
+            let out = dir.join(format!("{}-{n}.out", policy.name()));
+            let status = std::process::Command::new("valgrind")
+                .arg("--tool=callgrind")
+                .arg("--toggle-collect=meshless_measured_picks")
+                .arg(format!("--callgrind-out-file={}", out.display()))
+                .arg(&exe)
+                .args(["--pick-child", policy.name(), &n.to_string()])
+                .stderr(std::process::Stdio::null())
+                .status();
+            match status {
+                Ok(s) if s.success() => {}
+                Ok(s) => panic!("{} {n} under valgrind: {s}", policy.name()),
+                Err(e) => {
+                    eprintln!("valgrind is not installed ({e}); install it to count instructions");
+                    return;
+                }
+            }
+            let text = std::fs::read_to_string(&out).expect("callgrind output");
+            let total: u64 = text
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("totals:")
+                        .or_else(|| l.strip_prefix("summary:"))
+                })
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .expect("a totals line");
+            print!(" {:.1} |", total as f64 / PICKS as f64);
+        }
+        println!();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The child of `--instructions`: `PICKS` picks of one policy over `n` endpoints.
+fn pick_child(name: &str, n: usize) {
+    let policy = policies()
+        .into_iter()
+        .find(|p| p.name() == name)
+        .expect("a known policy");
+    let subs = endpoints(&*policy, n);
+    let picker = policy.build(&subs);
+    let req = http::Request::new(());
+    let pr = PickRequest::from_request(&req);
+    for _ in 0..1_000 {
+        black_box(picker.pick(black_box(&pr)));
+    }
+    meshless_measured_picks(&mut || {
+        for _ in 0..PICKS {
+            black_box(picker.pick(black_box(&pr)));
+        }
+    });
+}
+
+/// The function callgrind counts inside (`--toggle-collect`): everything `work` does.
+#[unsafe(no_mangle)]
+#[inline(never)]
+fn meshless_measured_picks(work: &mut dyn FnMut()) {
+    work();
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--pick-child") {
+        let name = args.get(i + 1).expect("--pick-child POLICY N");
+        let n = args.get(i + 2).and_then(|n| n.parse().ok()).expect("N");
+        pick_child(name, n);
+        return;
+    }
+    if args.iter().any(|a| a == "--instructions") {
+        count_instructions();
+        return;
+    }
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1))

@@ -10,12 +10,19 @@
 //! runs each happen in a child process of their own (this binary, re-run), so its resident
 //! memory before and after is the client's alone; the servers stay in this process. The 1,000
 //! endpoints are 1,000 loopback addresses (127.1.x.y) of one server listening on 0.0.0.0.
+//! The same run measures tonic's `Channel::balance_list` over the same 1,000 plaintext
+//! endpoints, the peer for memory per connection: tonic has no readiness to watch, so its
+//! child makes calls (which drive tower's balancer to connect every endpoint) until this
+//! process's server has accepted all 1,000 connections, then measures.
 
+use std::io::{BufRead, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshless::transport::TlsConfig;
+use meshless_integration::greeter::HelloRequest;
+use meshless_integration::greeter::greeter_client::GreeterClient;
 use meshless_integration::server::TestServer;
 use meshless_integration::tls::{ServerTls, TestCa};
 
@@ -57,35 +64,51 @@ fn main() {
 
     handshakes(&ca, tls_server.addr().port(), plain_server.addr().port());
 
-    let mut runs: [(Vec<f64>, Vec<f64>); 2] = Default::default();
+    // Modes of the big run: meshless plaintext, meshless TLS, tonic balance_list plaintext.
+    const MODES: [&str; 3] = ["plain", "tls", "tonic"];
+    let mut runs: [(Vec<f64>, Vec<f64>); 3] = Default::default();
     for round in 0..BIG_ROUNDS {
-        for i in 0..2 {
-            // Alternate which mode goes first.
-            let tls = (i + round) % 2 == 0;
-            let port = if tls {
+        for i in 0..MODES.len() {
+            // Rotate which mode goes first.
+            let mode = (i + round) % MODES.len();
+            let port = if MODES[mode] == "tls" {
                 tls_server.addr().port()
             } else {
                 plain_server.addr().port()
             };
-            let out = Command::new(std::env::current_exe().expect("exe"))
-                .env(CHILD_MODE, if tls { "tls" } else { "plain" })
+            let accepted_before = plain_server.connections();
+            let mut child = Command::new(std::env::current_exe().expect("exe"))
+                .env(CHILD_MODE, MODES[mode])
                 .env(CHILD_PORT, port.to_string())
                 .env(CHILD_CA, &ca_file)
-                .output()
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
                 .expect("child run");
+            let mut stdin = child.stdin.take().expect("child stdin");
+            if MODES[mode] == "tonic" {
+                // Tell the child once the server has accepted all its connections.
+                let deadline = Instant::now() + BIG_BOUND;
+                while plain_server.connections() < accepted_before + CONNECTIONS as u64 {
+                    assert!(
+                        Instant::now() < deadline,
+                        "tonic connected {} of {CONNECTIONS}",
+                        plain_server.connections() - accepted_before
+                    );
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                writeln!(stdin, "all accepted").expect("child stdin");
+            }
+            drop(stdin);
+            let out = child.wait_with_output().expect("child output");
             let text = String::from_utf8_lossy(&out.stdout);
-            assert!(
-                out.status.success(),
-                "child failed: {text} {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "child failed: {text}");
             let mut fields = text
                 .split_whitespace()
                 .map(|f| f.parse::<f64>().expect("number"));
             let (ms, kib) = (fields.next().expect("ms"), fields.next().expect("kib"));
-            let slot = &mut runs[usize::from(tls)];
-            slot.0.push(ms);
-            slot.1.push(kib);
+            runs[mode].0.push(ms);
+            runs[mode].1.push(kib);
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -94,13 +117,19 @@ fn main() {
     };
     println!();
     println!(
-        "{CONNECTIONS} connections from one meshless channel (round_robin, {CONNECTIONS} loopback endpoints), median of {BIG_ROUNDS} runs each, alternated; client process only"
+        "{CONNECTIONS} connections to {CONNECTIONS} loopback endpoints from one channel, median of {BIG_ROUNDS} runs each, alternated; client process only"
     );
-    println!("  mode        time to all ready   client memory (RSS growth)   per connection");
-    for (name, i) in [("plaintext", 0), ("TLS", 1)] {
+    println!(
+        "  mode                         time to all ready   client memory (RSS growth)   per connection"
+    );
+    for (name, i) in [
+        ("meshless round_robin, h2c", 0),
+        ("meshless round_robin, TLS", 1),
+        ("tonic balance_list, h2c", 2),
+    ] {
         let (ms, kib) = (median(&mut runs[i].0), median(&mut runs[i].1));
         println!(
-            "  {name:<10}  {ms:>14.0} ms   {:>20.1} MiB   {:>10.1} KiB",
+            "  {name:<27}  {ms:>14.0} ms   {:>20.1} MiB   {:>10.1} KiB",
             kib / 1024.0,
             kib / CONNECTIONS as f64
         );
@@ -189,6 +218,10 @@ fn child(mode: &str) {
         .map(|i| format!("127.1.{}.{}:{port}", i / 200, i % 200 + 1))
         .collect();
     let target = format!("static:///{}", list.join(","));
+    if mode == "tonic" {
+        rt.block_on(tonic_child(&list));
+        return;
+    }
     rt.block_on(async {
         let before = rss_kib();
         let start = Instant::now();
@@ -215,6 +248,39 @@ fn child(mode: &str) {
         );
         drop(channel);
     });
+}
+
+/// The tonic run: `balance_list` over `list`, calls until the parent says that every
+/// connection was accepted (a line on stdin), then prints `milliseconds RSS-growth-KiB`.
+async fn tonic_child(list: &[String]) {
+    let before = rss_kib();
+    let start = Instant::now();
+    let endpoints = list.iter().map(|a| {
+        tonic::transport::Endpoint::from_shared(format!("http://{a}")).expect("endpoint uri")
+    });
+    let channel = tonic::transport::Channel::balance_list(endpoints);
+    let caller = tokio::spawn(async move {
+        let mut client = GreeterClient::new(channel);
+        loop {
+            let _ = client.say_hello(HelloRequest::default()).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).expect("stdin")
+    })
+    .await
+    .expect("stdin task");
+    let elapsed = start.elapsed();
+    caller.abort();
+    let _ = caller.await;
+    let after = rss_kib();
+    println!(
+        "{:.1} {}",
+        elapsed.as_secs_f64() * 1e3,
+        after.saturating_sub(before)
+    );
 }
 
 /// This process's resident memory, KiB (`VmRSS` of /proc/self/status).
