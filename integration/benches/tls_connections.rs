@@ -33,6 +33,8 @@ const CONNECTIONS: usize = 1000;
 const BIG_ROUNDS: usize = 3;
 /// Upper bound of one big run.
 const BIG_BOUND: Duration = Duration::from_secs(60);
+/// How long the connections stay idle before the memory is read, in every mode.
+const SETTLE: Duration = Duration::from_millis(500);
 /// The name every server certificate carries (forced with `TlsConfig::server_name`).
 const NAME: &str = "bench.test";
 
@@ -240,6 +242,7 @@ fn child(mode: &str) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let elapsed = start.elapsed();
+        tokio::time::sleep(SETTLE).await;
         let after = rss_kib();
         println!(
             "{:.1} {}",
@@ -273,6 +276,8 @@ async fn tonic_child(list: &[String]) {
     .await
     .expect("stdin task");
     let elapsed = start.elapsed();
+    // Accepted is not yet handshaken: let the HTTP/2 handshakes finish, calls still going.
+    tokio::time::sleep(SETTLE).await;
     caller.abort();
     let _ = caller.await;
     let after = rss_kib();

@@ -19,13 +19,17 @@ use crate::control::{Control, Limits, PickerState, Shared};
 use crate::errors::{chain, code_of, is_remote_go_away, never_processed, sanitize_status_details};
 use crate::grpc_timeout;
 use crate::rejected::LocallyRejected;
-use crate::replay::Replay;
+use crate::replay::{Replay, ReqBody};
 use crate::settings::Http2Settings;
 use crate::status::ChannelStatus;
 use crate::subchannel::{Conn, ConnectConfig, Subchannel};
 use crate::tracked::{CallGuard, StreamSlot, TrackedBody};
 use crate::tried::TriedEndpoints;
 use meshless_discovery::backoff::BackoffConfig;
+
+/// `grpc-previous-rpc-attempts` (gRFC A6), parsed once.
+static PREVIOUS_RPC_ATTEMPTS: http::HeaderName =
+    http::HeaderName::from_static("grpc-previous-rpc-attempts");
 
 /// Default bound on how long a call waits in the channel's queue for a ready endpoint (see
 /// [`ChannelBuilder::queue_timeout`]).
@@ -576,13 +580,11 @@ impl ChannelBuilder {
     }
 }
 
-/// Aborts a background task when dropped (the channel's TLS reload task, with the control
-/// task that owns it).
-#[cfg(feature = "tls")]
-pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+/// Aborts a background task when dropped: the channel's TLS reload task, with the control
+/// task that owns it; a connection's hyper dispatch, with its subchannel's loop.
+pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
 
-#[cfg(feature = "tls")]
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -674,7 +676,7 @@ fn attempt_span(req: &http::Request<tonic::body::Body>) -> tracing::Span {
         );
         let previous = req
             .headers()
-            .get("grpc-previous-rpc-attempts")
+            .get(&PREVIOUS_RPC_ATTEMPTS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
@@ -1095,13 +1097,13 @@ async fn attempts(
                 last_error.unwrap_or_else(|| "request body could not be sent again".into())
             )));
         };
-        let mut req = http::Request::from_parts(parts.clone(), body);
+        let mut req = attempt_request(&parts, body);
         set_origin(req.uri_mut(), &sub.authority);
         if let Some(at) = deadline {
             // The server's deadline is what is left of the call's, not the whole of it.
             let left = at.saturating_duration_since(Instant::now());
             req.headers_mut()
-                .insert(grpc_timeout::HEADER, grpc_timeout::encode(left));
+                .insert(grpc_timeout::HEADER.clone(), grpc_timeout::encode(left));
         }
         let slot = StreamSlot::of(shared, &sub, &conn);
         let Some(mut guard) =
@@ -1173,6 +1175,19 @@ async fn attempts(
             }
         }
     }
+}
+
+/// One attempt's request: the call's method, URI, version and headers, kept in `parts` for
+/// a transparent retry. The extensions stay behind: they are for the layers above, and hyper
+/// reads none of them for a gRPC call (only `Protocol`, for extended CONNECT), so cloning
+/// them (a boxed clone of each) on every attempt would be waste.
+fn attempt_request(parts: &http::request::Parts, body: ReqBody) -> http::Request<ReqBody> {
+    let mut req = http::Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req
 }
 
 /// Points the request at `authority` over plain HTTP/2.

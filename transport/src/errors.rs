@@ -1,12 +1,15 @@
 //! What a transport failure or a gRPC status means: its status code, and how errors are
 //! described. Which codes count against an endpoint is `meshless_balancer::FailureCodes`.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use tonic::Code;
+
+/// `grpc-status`, parsed once: a lookup by `&str` parses the name on every call.
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// The status code a `grpc-status` header gives, if it has a readable one.
 pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<Code> {
-    let v = headers.get("grpc-status")?;
+    let v = headers.get(&GRPC_STATUS)?;
     let code = v.to_str().ok()?.parse::<i32>().ok()?;
     Some(Code::from_i32(code))
 }
@@ -91,7 +94,7 @@ pub(crate) fn is_too_many_pings(err: &hyper::Error) -> bool {
 }
 
 /// The trailer that carries a status's rich error details, base64-encoded.
-const STATUS_DETAILS: &str = "grpc-status-details-bin";
+static STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 
 /// tonic's decoding of [`STATUS_DETAILS`]: standard alphabet, padding optional.
 const DETAILS_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
@@ -106,10 +109,10 @@ const DETAILS_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPu
 pub(crate) fn sanitize_status_details(headers: &mut HeaderMap) {
     use base64::Engine;
     let bad = headers
-        .get(STATUS_DETAILS)
+        .get(&STATUS_DETAILS)
         .is_some_and(|v| DETAILS_BASE64.decode(v.as_bytes()).is_err());
     if bad {
         tracing::warn!("dropping a grpc-status-details-bin trailer that is not base64");
-        headers.remove(STATUS_DETAILS);
+        headers.remove(&STATUS_DETAILS);
     }
 }

@@ -2,16 +2,16 @@
 
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
-/// The header's name.
-pub(crate) const HEADER: &str = "grpc-timeout";
+/// The header's name, parsed once (a lookup by `&str` parses it on every call).
+pub(crate) static HEADER: HeaderName = HeaderName::from_static("grpc-timeout");
 /// gRPC allows at most 8 digits in a `grpc-timeout` value.
 const MAX_DIGITS: u64 = 99_999_999;
 
 /// The deadline in `headers`, if it has a well-formed one (1 to 8 digits and a unit).
 pub(crate) fn parse(headers: &http::HeaderMap) -> Option<Duration> {
-    let v = headers.get(HEADER)?.to_str().ok()?;
+    let v = headers.get(&HEADER)?.to_str().ok()?;
     if v.len() < 2 || v.len() > 9 {
         return None;
     }
@@ -71,16 +71,16 @@ impl GrpcTimeout {
 
     /// Sets this deadline on a request's `headers`, replacing any it had.
     pub fn set(&self, headers: &mut http::HeaderMap) {
-        headers.insert(HEADER, self.0.clone());
+        headers.insert(HEADER.clone(), self.0.clone());
     }
 
     /// Sets this deadline on a request's `headers` unless the call has one already (a
     /// caller's own deadline wins). Returns whether it was set.
     pub fn set_if_absent(&self, headers: &mut http::HeaderMap) -> bool {
-        if headers.contains_key(HEADER) {
+        if headers.contains_key(&HEADER) {
             return false;
         }
-        headers.insert(HEADER, self.0.clone());
+        headers.insert(HEADER.clone(), self.0.clone());
         true
     }
 
@@ -103,11 +103,11 @@ mod tests {
             ("1H", Duration::from_secs(3600)),
             ("7u", Duration::from_micros(7)),
         ] {
-            h.insert(HEADER, v.parse().unwrap());
+            h.insert(HEADER.clone(), v.parse().unwrap());
             assert_eq!(parse(&h), Some(d), "{v}");
         }
         for bad in ["", "S", "12x", "123456789S", "-1S"] {
-            h.insert(HEADER, HeaderValue::from_str(bad).unwrap());
+            h.insert(HEADER.clone(), HeaderValue::from_str(bad).unwrap());
             assert_eq!(parse(&h), None, "{bad}");
         }
     }
@@ -121,7 +121,7 @@ mod tests {
         assert_eq!(encode(Duration::from_secs(86_400 * 365 * 4)), "2102400M");
         assert_eq!(encode(Duration::MAX), "99999999H");
         let mut h = http::HeaderMap::new();
-        h.insert(HEADER, encode(Duration::from_millis(1234)));
+        h.insert(HEADER.clone(), encode(Duration::from_millis(1234)));
         assert_eq!(parse(&h), Some(Duration::from_millis(1234)));
     }
 }

@@ -1,7 +1,7 @@
 //! HTTP/2 settings of a channel's connections, with documented defaults.
 
+use crate::subchannel::BoxingExecutor;
 use hyper::client::conn::http2;
-use hyper_util::rt::TokioExecutor;
 
 /// Default stream flow-control window: 2 MiB (hyper's, as tonic uses it).
 pub const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
@@ -82,7 +82,7 @@ impl Http2Settings {
         self
     }
 
-    pub(crate) fn apply(&self, b: &mut http2::Builder<TokioExecutor>) {
+    pub(crate) fn apply(&self, b: &mut http2::Builder<BoxingExecutor>) {
         // RFC 9113 §6.5.2: frame sizes outside 2^14..2^24-1 are a protocol error.
         let frame = self.max_frame_size.clamp(1 << 14, (1 << 24) - 1);
         b.initial_stream_window_size(self.initial_stream_window)
