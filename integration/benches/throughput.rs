@@ -71,7 +71,7 @@ fn main() {
         )
     });
     // One closure per client, so the rounds below can take turns; each runs `n` calls.
-    let clients: Vec<(&str, Box<dyn Fn(usize) -> (usize, f64)>)> = vec![
+    let clients: Vec<(&str, Box<RunCalls>)> = vec![
         (
             "meshless round_robin",
             Box::new(|n| rt.block_on(run(rr.clone(), n))),
@@ -158,6 +158,9 @@ fn tonic_balance_list(addrs: &[String]) -> tonic::transport::Channel {
     });
     tonic::transport::Channel::balance_list(endpoints)
 }
+
+/// Runs `n` calls with one client; the successful calls and the seconds they took.
+type RunCalls<'a> = dyn Fn(usize) -> (usize, f64) + 'a;
 
 /// `calls` calls from [`CONCURRENCY`] tasks; the successful calls and the seconds it took.
 async fn run<T>(client: HealthClient<T>, calls: usize) -> (usize, f64)
