@@ -53,6 +53,10 @@ fn main() {
             .unwrap_or(default)
     };
     let calls = flag("--calls", DEFAULT_CALLS);
+    if args.iter().any(|a| a == "--subscriber") {
+        tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default())
+            .expect("first subscriber");
+    }
     let rounds = flag("--rounds", DEFAULT_ROUNDS).max(1);
 
     let mut servers = Servers::start();

@@ -649,12 +649,14 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> ResponseFuture {
         let span = attempt_span(&req);
-        ResponseFuture {
-            inner: Box::pin(tracing::Instrument::instrument(
-                call(self.shared.clone(), self._alive.clone(), req),
-                span,
-            )),
-        }
+        let call = call(self.shared.clone(), self._alive.clone(), req);
+        // A span no subscriber wants is not entered on every poll.
+        let inner: Pin<Box<dyn Future<Output = _> + Send>> = if span.is_disabled() {
+            Box::pin(call)
+        } else {
+            Box::pin(tracing::Instrument::instrument(call, span))
+        };
+        ResponseFuture { inner }
     }
 }
 

@@ -32,7 +32,9 @@ impl Replay {
     /// fails at once (a message that could not be encoded) is that failure.
     pub(crate) fn new(mut body: tonic::body::Body) -> Result<Replay, Status> {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut chunks: Vec<Bytes> = Vec::new();
+        // A unary body is one chunk: it is kept as it is, with no list allocated for it.
+        let mut first: Option<Bytes> = None;
+        let mut more: Vec<Bytes> = Vec::new();
         let mut len = 0usize;
         loop {
             if len > REPLAY_LIMIT {
@@ -42,19 +44,23 @@ impl Replay {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         len += data.len();
-                        chunks.push(data);
+                        match first {
+                            None => first = Some(data),
+                            Some(_) => more.push(data),
+                        }
                     }
                     // Request trailers are not used by gRPC; keep such a body as a stream
                     // without them rather than fail the call.
                     Err(_trailers) => break,
                 },
                 Poll::Ready(None) => {
-                    let full = match chunks.len() {
-                        0 => Bytes::new(),
-                        1 => chunks.pop().unwrap_or_default(),
-                        _ => {
+                    let full = match (first, more.is_empty()) {
+                        (None, _) => Bytes::new(),
+                        (Some(one), true) => one,
+                        (Some(one), false) => {
                             let mut buf = BytesMut::with_capacity(len);
-                            for c in chunks {
+                            buf.extend_from_slice(&one);
+                            for c in more {
                                 buf.extend_from_slice(&c);
                             }
                             buf.freeze()
@@ -67,8 +73,9 @@ impl Replay {
                 Poll::Pending => break,
             }
         }
+        let prefix: Arc<[Bytes]> = first.into_iter().chain(more).collect();
         Ok(Replay::Stream {
-            prefix: chunks.into(),
+            prefix,
             rest: Arc::new(Mutex::new(Some(body))),
         })
     }
