@@ -317,3 +317,58 @@ async fn a_peer_that_stops_answering_is_found_by_keepalive_and_calls_move_elsewh
     }
     assert_eq!(answered.len(), 2, "{answered:?}");
 }
+
+/// One discovery update that reorders the set, repeats an address, drops some endpoints and
+/// adds others: every kept endpoint keeps its connection (no new connection to it), the
+/// status lists the new set in discovery's order with each address once, and removed
+/// endpoints get no more calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_update_that_reorders_repeats_drops_and_adds_keeps_what_stays() {
+    let servers = servers(5);
+    let (channel, handle) = manual_channel("round_robin");
+    let ep = |i: usize| Endpoint::new(servers[i].addr());
+    handle.reset(vec![ep(0), ep(1), ep(2), ep(3)]);
+    wait_ready(&channel, 4).await;
+    let before: Vec<u64> = servers.iter().map(|s| s.connections()).collect();
+
+    // Reordered, with a duplicate: the same four, no connection made or lost.
+    handle.reset(vec![ep(3), ep(1), ep(1), ep(0), ep(2)]);
+    let order = |channel: &Channel| -> Vec<Address> {
+        channel
+            .status()
+            .endpoints
+            .iter()
+            .map(|r| r.address.clone())
+            .collect()
+    };
+    let want: Vec<Address> = [3, 1, 0, 2].iter().map(|&i| ep(i).addr).collect();
+    wait_until("the reordered set", || order(&channel) == want).await;
+    assert_eq!(channel.status().ready_count(), 4, "every kept endpoint stays ready");
+
+    // In order again, two leave, one comes, one repeated.
+    handle.reset(vec![ep(1), ep(4), ep(2), ep(4)]);
+    let want: Vec<Address> = [1, 4, 2].iter().map(|&i| ep(i).addr).collect();
+    wait_until("the changed set", || order(&channel) == want).await;
+    wait_ready(&channel, 3).await;
+    let after: Vec<u64> = servers.iter().map(|s| s.connections()).collect();
+    assert_eq!(
+        &after[..4],
+        &before[..4],
+        "kept endpoints were not reconnected (and removed ones not dialled again)"
+    );
+    assert_eq!(after[4], before[4] + 1, "the new endpoint got one connection");
+
+    let mut client = GreeterClient::new(channel.clone());
+    let calls_before: Vec<u64> = servers.iter().map(|s| s.calls()).collect();
+    for _ in 0..30 {
+        hello(&mut client).await.unwrap();
+    }
+    let got: Vec<u64> = servers
+        .iter()
+        .zip(&calls_before)
+        .map(|(s, b)| s.calls() - b)
+        .collect();
+    assert_eq!(got[0] + got[3], 0, "removed endpoints get no calls: {got:?}");
+    assert_eq!(got[1] + got[2] + got[4], 30);
+    assert!(got[1] > 0 && got[2] > 0 && got[4] > 0, "all three serve: {got:?}");
+}

@@ -223,6 +223,37 @@ struct Entry {
     ejected: bool,
 }
 
+/// What an endpoint of a new set is to the current entries (see `Run::reconcile`).
+#[derive(Debug, Clone, Copy)]
+enum Claim {
+    /// An address seen earlier in the same set.
+    Duplicate,
+    /// Not among the current entries.
+    New,
+    /// The current entry at this position.
+    Keep(usize),
+}
+
+/// Keeps an old entry for `ep` at the end of the new lists; true when that changes
+/// anything (its position, or what discovery says of it).
+fn keep(
+    entries: &mut Vec<Entry>,
+    views: &mut Vec<SubchannelView>,
+    entry: Entry,
+    mut view: SubchannelView,
+    ep: Endpoint,
+    old_position: usize,
+) -> bool {
+    let mut changed = old_position != entries.len();
+    if view.endpoint != ep {
+        changed = true;
+        view.endpoint = ep;
+    }
+    entries.push(entry);
+    views.push(view);
+    changed
+}
+
 /// What a `Channel` handle asks of its control task.
 pub(crate) enum Command {
     /// Switch to this policy, keeping connections and load statistics.
@@ -278,9 +309,14 @@ struct Run {
     changed_rows: Vec<usize>,
     /// Subchannels that left the set, shut down after the next publish.
     removed: Vec<SubchannelHandle>,
+    /// Connection tasks of new subchannels, started once the picker with them is out.
+    unstarted: Vec<subchannel::Unstarted>,
     /// The previous reconcile's buffer, kept so that the next one does not allocate (and
     /// page-fault) a MiB for a large set.
     spare_slots: Vec<Option<(Entry, SubchannelView)>>,
+    spare_entries: Vec<Entry>,
+    spare_views: Vec<SubchannelView>,
+    spare_plan: Vec<Claim>,
     /// Let go of every connection after the idle timeout; the next call wakes it.
     idle: bool,
     /// When one-at-a-time connecting should start its next attempt.
@@ -333,7 +369,11 @@ impl Control {
             set_changed: true,
             changed_rows: Vec::new(),
             removed: Vec::new(),
+            unstarted: Vec::new(),
             spare_slots: Vec::new(),
+            spare_entries: Vec::new(),
+            spare_views: Vec::new(),
+            spare_plan: Vec::new(),
             idle: false,
             next_attempt: None,
             outliers: None,
@@ -403,6 +443,9 @@ impl Control {
             }
             run.drive_connections();
             run.rebuild();
+            for task in run.unstarted.drain(..) {
+                task.start();
+            }
             for handle in run.removed.drain(..) {
                 handle.shutdown();
             }
@@ -551,89 +594,105 @@ impl Run {
         let now = Instant::now();
         self.retired
             .retain(|_, (_, at)| now.duration_since(*at) < STATS_RETENTION);
-        // Old entries stay where they are until claimed by address; what is left unclaimed
-        // is removed.
-        let mut slots = std::mem::take(&mut self.spare_slots);
-        slots.extend(self.entries.drain(..).zip(self.views.drain(..)).map(Some));
-        let mut old_index = std::mem::take(&mut self.index);
-        let mut entries = std::mem::take(&mut self.entries);
-        let mut views = std::mem::take(&mut self.views);
-        entries.reserve(next.len());
-        views.reserve(next.len());
+        // Pass 1: what each endpoint of the new set is, by address: a duplicate (one
+        // subchannel is enough), new, or the old entry it keeps (by its old position).
+        let old_index = std::mem::take(&mut self.index);
         let mut index = HashMap::with_capacity_and_hasher(next.len(), Default::default());
-        let mut changed = false;
-        let connect_now = self.connect_mode == ConnectMode::All && !self.idle;
-        for ep in next {
-            let position = entries.len();
+        let mut plan = std::mem::take(&mut self.spare_plan);
+        plan.clear();
+        plan.reserve(next.len());
+        let mut in_order = true;
+        let mut last_kept: Option<usize> = None;
+        let mut position = 0usize;
+        for ep in &next {
             match index.entry(ep.addr.clone()) {
-                std::collections::hash_map::Entry::Occupied(_) => continue, // a duplicate address: one subchannel is enough
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    plan.push(Claim::Duplicate);
+                    continue;
+                }
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(position);
+                    position += 1;
                 }
             }
-            let kept = old_index
-                .remove(&ep.addr)
-                .and_then(|i| Some((i, slots.get_mut(i)?.take()?)));
-            if let Some((old_position, (entry, mut view))) = kept {
-                // Claimed in order: positions shift only where something left or came.
-                changed |= old_position != position;
-                if view.endpoint != ep {
-                    changed = true;
-                    view.endpoint = ep;
+            match old_index.get(&ep.addr) {
+                Some(&old) => {
+                    in_order &= last_kept.is_none_or(|l| old > l);
+                    last_kept = Some(old);
+                    plan.push(Claim::Keep(old));
                 }
-                entries.push(entry);
-                views.push(view);
-                continue;
+                None => plan.push(Claim::New),
             }
-            changed = true;
-            let stats = self
-                .retired
-                .remove(&ep.addr)
-                .map(|(s, _)| s)
-                .unwrap_or_else(|| Arc::new(self.new_stats()));
-            self.next_generation += 1;
-            let authority = self.authority_for(&ep);
-            let tls_name = self.tls_name_for(&ep, &authority);
-            let handle = subchannel::spawn(
-                ep.addr.clone(),
-                authority,
-                tls_name,
-                self.next_generation,
-                stats.clone(),
-                self.c.config.clone(),
-                self.events_tx.clone(),
-            );
-            if connect_now {
-                handle.want(true);
+        }
+        // Pass 2: the new entries, each old one moved once. When the kept entries are in
+        // their old order (the usual case: discovery keeps its order, a few leave or come)
+        // the old lists are walked alongside; otherwise each old entry is taken from a slot.
+        let mut entries = std::mem::take(&mut self.spare_entries);
+        let mut views = std::mem::take(&mut self.spare_views);
+        entries.reserve(index.len());
+        views.reserve(index.len());
+        let mut old_entries = std::mem::take(&mut self.entries);
+        let mut old_views = std::mem::take(&mut self.views);
+        let mut changed = false;
+        let connect_now = self.connect_mode == ConnectMode::All && !self.idle;
+        if in_order {
+            let mut old = old_entries.drain(..).zip(old_views.drain(..)).enumerate();
+            for (ep, claim) in next.into_iter().zip(&plan) {
+                match *claim {
+                    Claim::Duplicate => continue,
+                    Claim::New => {
+                        changed = true;
+                        let (entry, view) = self.new_entry(ep, connect_now);
+                        entries.push(entry);
+                        views.push(view);
+                    }
+                    Claim::Keep(at) => {
+                        // Old entries before it were not claimed: they leave.
+                        for (i, (entry, view)) in old.by_ref() {
+                            if i == at {
+                                changed |= keep(&mut entries, &mut views, entry, view, ep, at);
+                                break;
+                            }
+                            changed = true;
+                            self.retire(entry, view, now);
+                        }
+                    }
+                }
             }
-            let ejected = self
-                .outliers
-                .as_ref()
-                .and_then(|o| o.hosts.get(&ep.addr))
-                .is_some_and(crate::outlier::Host::is_ejected);
-            entries.push(Entry {
-                handle,
-                failed_since_ready: false,
-                last_error: None,
-                connecting_since: None,
-                conn_state: ConnectivityState::Idle,
-                ejected,
-            });
-            views.push(SubchannelView {
-                endpoint: ep,
-                stats,
-                state: ConnectivityState::Idle,
-            });
+            for (_, (entry, view)) in old {
+                changed = true;
+                self.retire(entry, view, now);
+            }
+        } else {
+            let mut slots = std::mem::take(&mut self.spare_slots);
+            slots.extend(old_entries.drain(..).zip(old_views.drain(..)).map(Some));
+            for (ep, claim) in next.into_iter().zip(&plan) {
+                match *claim {
+                    Claim::Duplicate => continue,
+                    Claim::New => {
+                        changed = true;
+                        let (entry, view) = self.new_entry(ep, connect_now);
+                        entries.push(entry);
+                        views.push(view);
+                    }
+                    Claim::Keep(at) => {
+                        // Each old address is claimed at most once (the index has no
+                        // duplicates), so its slot is full.
+                        if let Some((entry, view)) = slots.get_mut(at).and_then(Option::take) {
+                            changed |= keep(&mut entries, &mut views, entry, view, ep, at);
+                        }
+                    }
+                }
+            }
+            for (entry, view) in slots.drain(..).flatten() {
+                changed = true;
+                self.retire(entry, view, now);
+            }
+            self.spare_slots = slots;
         }
-        for (entry, view) in slots.drain(..).flatten() {
-            changed = true;
-            let addr = view.endpoint.addr;
-            tracing::debug!(%addr, "endpoint removed; draining its connection");
-            self.retired.insert(addr, (view.stats, now));
-            // Shut down once the picker without it is out.
-            self.removed.push(entry.handle);
-        }
-        self.spare_slots = slots;
+        self.spare_entries = old_entries;
+        self.spare_views = old_views;
+        self.spare_plan = plan;
         self.entries = entries;
         self.views = views;
         self.index = index;
@@ -648,6 +707,60 @@ impl Run {
             .store(self.entries.len(), Ordering::Relaxed);
         // Even with no change the picker may wait on the first resolution.
         self.dirty |= changed || self.entries.is_empty();
+    }
+
+    /// A subchannel for a new endpoint (its connection task starts once the picker is out);
+    /// its stats are those it had if it left a short while ago.
+    fn new_entry(&mut self, ep: Endpoint, connect_now: bool) -> (Entry, SubchannelView) {
+        let stats = self
+            .retired
+            .remove(&ep.addr)
+            .map(|(s, _)| s)
+            .unwrap_or_else(|| Arc::new(self.new_stats()));
+        self.next_generation += 1;
+        let authority = self.authority_for(&ep);
+        let tls_name = self.tls_name_for(&ep, &authority);
+        let (handle, task) = subchannel::new(
+            ep.addr.clone(),
+            authority,
+            tls_name,
+            self.next_generation,
+            stats.clone(),
+            self.c.config.clone(),
+            self.events_tx.clone(),
+        );
+        self.unstarted.push(task);
+        if connect_now {
+            handle.want(true);
+        }
+        let ejected = self
+            .outliers
+            .as_ref()
+            .and_then(|o| o.hosts.get(&ep.addr))
+            .is_some_and(crate::outlier::Host::is_ejected);
+        let entry = Entry {
+            handle,
+            failed_since_ready: false,
+            last_error: None,
+            connecting_since: None,
+            conn_state: ConnectivityState::Idle,
+            ejected,
+        };
+        let view = SubchannelView {
+            endpoint: ep,
+            stats,
+            state: ConnectivityState::Idle,
+        };
+        (entry, view)
+    }
+
+    /// An endpoint that left: its stats are kept a while (it may come back), its subchannel
+    /// shuts down once the picker without it is out.
+    fn retire(&mut self, entry: Entry, view: SubchannelView, now: Instant) {
+        let addr = view.endpoint.addr;
+        tracing::debug!(%addr, "endpoint removed; draining its connection");
+        self.retired.insert(addr, (view.stats, now));
+        self.removed.push(entry.handle);
     }
 
     fn on_event(&mut self, ev: StateEvent) {

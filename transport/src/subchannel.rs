@@ -145,7 +145,20 @@ impl Drop for SubchannelHandle {
 
 /// Creates the subchannel for `addr` and spawns its connection loop; it stays idle until
 /// [`SubchannelHandle::want`] asks it to connect.
-pub(crate) fn spawn(
+/// A subchannel's connection task, made but not started yet (see [`new`]).
+pub(crate) struct Unstarted(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+impl Unstarted {
+    /// Spawns the task on the current runtime.
+    pub(crate) fn start(self) {
+        tokio::spawn(self.0);
+    }
+}
+
+/// A new subchannel and its connection task, which [`Unstarted::start`] spawns. The control
+/// task starts the tasks of a discovery update only once the picker with them is out, so
+/// their first connects do not compete with publishing it.
+pub(crate) fn new(
     addr: Address,
     authority: http::uri::Authority,
     tls_name: Option<Arc<str>>,
@@ -153,7 +166,7 @@ pub(crate) fn spawn(
     stats: Arc<EndpointStats>,
     config: Arc<ConnectConfig>,
     events: mpsc::UnboundedSender<StateEvent>,
-) -> SubchannelHandle {
+) -> (SubchannelHandle, Unstarted) {
     let sub = Arc::new(Subchannel {
         addr,
         authority,
@@ -164,20 +177,39 @@ pub(crate) fn spawn(
     });
     let (stop, stop_rx) = watch::channel(false);
     let (wanted, wanted_rx) = watch::channel(false);
-    tokio::spawn(connection_loop(
+    // Boxed: the loop's state holds a whole connect attempt, too big to copy into tokio's
+    // task cell by value.
+    let task = Unstarted(Box::pin(connection_loop(
         sub.clone(),
         generation,
         config,
         events,
         stop_rx,
         wanted_rx,
-    ));
-    SubchannelHandle {
+    )));
+    let handle = SubchannelHandle {
         sub,
         generation,
         stop,
         wanted,
-    }
+    };
+    (handle, task)
+}
+
+/// [`new`], started at once.
+#[cfg(test)]
+pub(crate) fn spawn(
+    addr: Address,
+    authority: http::uri::Authority,
+    tls_name: Option<Arc<str>>,
+    generation: u64,
+    stats: Arc<EndpointStats>,
+    config: Arc<ConnectConfig>,
+    events: mpsc::UnboundedSender<StateEvent>,
+) -> SubchannelHandle {
+    let (handle, task) = new(addr, authority, tls_name, generation, stats, config, events);
+    task.start();
+    handle
 }
 
 async fn connection_loop(
