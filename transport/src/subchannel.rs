@@ -196,21 +196,6 @@ pub(crate) fn new(
     (handle, task)
 }
 
-/// [`new`], started at once.
-#[cfg(test)]
-pub(crate) fn spawn(
-    addr: Address,
-    authority: http::uri::Authority,
-    tls_name: Option<Arc<str>>,
-    generation: u64,
-    stats: Arc<EndpointStats>,
-    config: Arc<ConnectConfig>,
-    events: mpsc::UnboundedSender<StateEvent>,
-) -> SubchannelHandle {
-    let (handle, task) = new(addr, authority, tls_name, generation, stats, config, events);
-    task.start();
-    handle
-}
 
 async fn connection_loop(
     sub: Arc<Subchannel>,
