@@ -343,7 +343,11 @@ async fn an_update_that_reorders_repeats_drops_and_adds_keeps_what_stays() {
     };
     let want: Vec<Address> = [3, 1, 0, 2].iter().map(|&i| ep(i).addr).collect();
     wait_until("the reordered set", || order(&channel) == want).await;
-    assert_eq!(channel.status().ready_count(), 4, "every kept endpoint stays ready");
+    assert_eq!(
+        channel.status().ready_count(),
+        4,
+        "every kept endpoint stays ready"
+    );
 
     // In order again, two leave, one comes, one repeated.
     handle.reset(vec![ep(1), ep(4), ep(2), ep(4)]);
@@ -356,7 +360,11 @@ async fn an_update_that_reorders_repeats_drops_and_adds_keeps_what_stays() {
         &before[..4],
         "kept endpoints were not reconnected (and removed ones not dialled again)"
     );
-    assert_eq!(after[4], before[4] + 1, "the new endpoint got one connection");
+    assert_eq!(
+        after[4],
+        before[4] + 1,
+        "the new endpoint got one connection"
+    );
 
     let mut client = GreeterClient::new(channel.clone());
     let calls_before: Vec<u64> = servers.iter().map(|s| s.calls()).collect();
@@ -368,7 +376,14 @@ async fn an_update_that_reorders_repeats_drops_and_adds_keeps_what_stays() {
         .zip(&calls_before)
         .map(|(s, b)| s.calls() - b)
         .collect();
-    assert_eq!(got[0] + got[3], 0, "removed endpoints get no calls: {got:?}");
+    assert_eq!(
+        got[0] + got[3],
+        0,
+        "removed endpoints get no calls: {got:?}"
+    );
     assert_eq!(got[1] + got[2] + got[4], 30);
-    assert!(got[1] > 0 && got[2] > 0 && got[4] > 0, "all three serve: {got:?}");
+    assert!(
+        got[1] > 0 && got[2] > 0 && got[4] > 0,
+        "all three serve: {got:?}"
+    );
 }

@@ -436,6 +436,12 @@ impl Control {
                     tracing::debug!(target = %shared.target, "a call woke the idle channel");
                     run.idle = false;
                     run.dirty = true;
+                    // A whole idle timeout from now, not from the last tick: a tick right
+                    // after waking would find no call in flight yet (the waking one waits
+                    // for its connection) and let the new connection go again.
+                    if let Some(t) = idle_tick.as_mut() {
+                        t.reset();
+                    }
                     if run.connect_mode == ConnectMode::All {
                         run.want_all(true);
                     }
@@ -936,12 +942,16 @@ impl Run {
     }
 
     fn on_idle_tick(&mut self) {
+        if self.idle || self.entries.is_empty() {
+            // Idle already: the activity flag stays for the call that wakes the channel.
+            return;
+        }
         let busy = self.c.shared.active.swap(false, Ordering::Relaxed)
             || self
                 .entries
                 .iter()
                 .any(|e| e.handle.sub.stats.in_flight() > 0);
-        if busy || self.idle || self.entries.is_empty() {
+        if busy {
             return;
         }
         tracing::debug!(target = %self.c.shared.target, "no calls for the idle timeout; closing connections");

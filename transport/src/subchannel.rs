@@ -196,7 +196,6 @@ pub(crate) fn new(
     (handle, task)
 }
 
-
 async fn connection_loop(
     sub: Arc<Subchannel>,
     generation: u64,
