@@ -118,14 +118,19 @@ pub struct RingHash {
 }
 
 /// An endpoint as placed on the ring.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Member {
+    addr: Address,
     addr_hash: u64,
     /// The weight its points were placed for.
     weight: u32,
     points: u64,
     /// In the set of the last build.
     live: bool,
+    /// Its points are not on the ring yet: it arrived (after the first build) not ready, and
+    /// is placed once it is. Until then no key can reach it (a key on its points would
+    /// walk on past it anyway), and an arrival costs no hashing, sorting or merging.
+    pending: bool,
 }
 
 #[derive(Debug, Default)]
@@ -270,10 +275,12 @@ impl RingState {
             let id = self.members.len() as u32;
             self.view_ids.push(id);
             let m = Member {
+                addr: s.endpoint.addr.clone(),
                 addr_hash: addr_hash(&s.endpoint.addr),
                 weight: w,
                 points: RingHash::count(per_weight, w),
                 live: true,
+                pending: false,
             };
             points_of(m.addr_hash, m.points, id, &mut points);
             self.members.push(m);
@@ -302,6 +309,11 @@ impl RingState {
                     // A second view of the same address (a duplicate) gets no target.
                     self.view_ids.push(if m.live { NOT_READY } else { id });
                     m.live = true;
+                    if m.pending && s.is_ready() {
+                        m.pending = false;
+                        m.points = RingHash::count(self.per_weight, w);
+                        points_of(m.addr_hash, m.points, id, &mut added);
+                    }
                 }
                 known => {
                     if known.is_some_and(|id| self.members[id as usize].live) {
@@ -310,12 +322,20 @@ impl RingState {
                     }
                     // New, or placed for another weight: (re)placed under a new id; the
                     // old points, if any, belong to a member that is no longer live.
+                    let ready = s.is_ready();
                     let m = Member {
+                        addr: s.endpoint.addr.clone(),
                         addr_hash: addr_hash(&s.endpoint.addr),
                         weight: w,
-                        points: RingHash::count(self.per_weight, w),
+                        points: if ready {
+                            RingHash::count(self.per_weight, w)
+                        } else {
+                            0
+                        },
                         live: true,
+                        pending: !ready,
                     };
+                    let (addr_hash, points) = (m.addr_hash, m.points);
                     let id = match self.free.pop() {
                         Some(id) => {
                             self.members[id as usize] = m;
@@ -330,10 +350,20 @@ impl RingState {
                         // Its old points die with the old id.
                         self.members[old as usize].live = false;
                     }
-                    points_of(m.addr_hash, m.points, id, &mut added);
+                    points_of(addr_hash, points, id, &mut added);
                     self.ids.insert(s.endpoint.addr.clone(), id);
                     self.view_ids.push(id);
                 }
+            }
+        }
+        // Members that left before they were ever placed own no points: free them now.
+        for (id, m) in self.members.iter_mut().enumerate() {
+            if m.pending && !m.live {
+                m.pending = false;
+                if self.ids.get(&m.addr) == Some(&(id as u32)) {
+                    self.ids.remove(&m.addr);
+                }
+                self.free.push(id as u32);
             }
         }
         let main = self.ring.clone().expect("update follows a build");
@@ -896,6 +926,52 @@ mod tests {
         let st = policy.state.lock().unwrap();
         assert!(!st.ids.contains_key(&gone.endpoint.addr));
         assert_eq!(st.dead_points, 0);
+    }
+
+    #[test]
+    fn arrivals_not_ready_are_placed_once_ready_and_freed_if_they_leave_first() {
+        let policy = RingHash::default();
+        let mut subs = many(50);
+        let first = policy.build_ring(&subs);
+        let mut extra = many(53).split_off(50);
+        for e in &mut extra {
+            e.state = Connecting;
+        }
+        subs.extend(extra.iter().cloned());
+        // Not ready: nothing placed, the ring is the same, no key reaches them.
+        let p = policy.build_ring(&subs);
+        assert!(Arc::ptr_eq(&first.ring, &p.ring));
+        assert!(p.overlay.is_none());
+        let keys: Vec<u64> = (0..5000).map(mix64).collect();
+        let fresh = RingHash::default().build_ring(&subs);
+        assert_eq!(owners_of(&p, &subs, &keys), owners_of(&fresh, &subs, &keys));
+        // Two get ready: their points join (through the overlay), and every key goes where
+        // a fresh ring sends it.
+        subs[50].state = Ready;
+        subs[51].state = Ready;
+        let p = policy.build_ring(&subs);
+        assert_eq!(
+            p.overlay.as_ref().unwrap().hashes.len(),
+            2 * BALANCE_REPLICAS as usize
+        );
+        let fresh = RingHash::default().build_ring(&subs);
+        let owners = owners_of(&p, &subs, &keys);
+        assert_eq!(owners, owners_of(&fresh, &subs, &keys));
+        assert!(owners.contains(&subs[50].endpoint.addr));
+        // The third leaves before it was ever ready: freed at once, its id reused.
+        let never = subs.pop().unwrap();
+        policy.build_ring(&subs);
+        {
+            let st = policy.state.lock().unwrap();
+            assert!(!st.ids.contains_key(&never.endpoint.addr));
+            assert_eq!(st.free.len(), 1);
+        }
+        let mut another = many(54).split_off(53);
+        subs.push(another.remove(0));
+        policy.build_ring(&subs);
+        let st = policy.state.lock().unwrap();
+        assert_eq!(st.members.len(), 53, "the freed id was reused");
+        assert!(st.free.is_empty());
     }
 
     #[test]
