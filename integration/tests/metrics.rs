@@ -135,6 +135,22 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
     );
     assert_eq!(v.histogram(m::ATTEMPT_SENT_SIZE, &ended("OK")).len(), 5);
     assert_eq!(v.histogram(m::ATTEMPT_RCVD_SIZE, &ended("OK")).len(), 5);
+    // A66's call duration: one per call, with the status the application got; here (no
+    // layer above) each call was one attempt, so a call lasted at least its attempt.
+    let calls_ok = v.histogram(m::CALL_DURATION, &ended("OK"));
+    assert_eq!(calls_ok.len(), 5);
+    assert_eq!(
+        v.histogram(m::CALL_DURATION, &ended("UNAVAILABLE")).len(),
+        5
+    );
+    let mut attempts_ok = v.histogram(m::ATTEMPT_DURATION, &ended("OK")).to_vec();
+    let mut calls_sorted = calls_ok.to_vec();
+    attempts_ok.sort_by(f64::total_cmp);
+    calls_sorted.sort_by(f64::total_cmp);
+    assert!(
+        calls_sorted.iter().zip(&attempts_ok).all(|(c, a)| c >= a),
+        "calls {calls_sorted:?} attempts {attempts_ok:?}"
+    );
     // The unregistered method is `other`.
     assert_eq!(
         v.counter(m::ATTEMPT_STARTED, "grpc.method=other,grpc.target=greeter"),
@@ -213,6 +229,27 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
     let v = totals.update(&snapshotter);
     let per_call = "grpc.method=greeter.v1.Greeter/SayHello,grpc.target=retrying";
     assert_eq!(v.histogram(m::CALL_RETRIES, per_call), [1.0, 1.0, 1.0]);
+    // One call duration per call, OK, over both attempts (the stack records it, the
+    // channel below only the attempts).
+    let retried = |status: &str| {
+        format!("grpc.method=greeter.v1.Greeter/SayHello,grpc.status={status},grpc.target=retrying")
+    };
+    let durations = v.histogram(m::CALL_DURATION, &retried("OK"));
+    assert_eq!(durations.len(), 3, "{durations:?}");
+    assert!(
+        durations.iter().all(|&d| d >= 0.0016),
+        "each call includes its retry's backoff: {durations:?}"
+    );
+    assert!(
+        !v.histograms
+            .contains_key(&(m::CALL_DURATION.to_owned(), retried("UNAVAILABLE"))),
+        "failed attempts are not calls"
+    );
+    assert_eq!(
+        v.histogram(m::ATTEMPT_DURATION, &retried("UNAVAILABLE"))
+            .len(),
+        3
+    );
     let delays = v.histogram(m::CALL_RETRY_DELAY, per_call);
     assert!(
         delays.len() == 3 && delays.iter().all(|&d| d >= 0.0016),

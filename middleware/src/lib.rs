@@ -28,6 +28,7 @@
 
 #![warn(missing_docs)]
 
+mod call_end;
 mod deadline;
 pub mod hedge;
 mod limits;
@@ -36,6 +37,7 @@ mod service;
 mod stack;
 mod throttle;
 
+pub use call_end::ObservedBody;
 pub use deadline::{DefaultDeadline, DefaultDeadlineLayer};
 pub use hedge::{Hedge, HedgeDelay, HedgeLayer, HedgingPolicy};
 pub use meshless_transport::LocallyRejected;

@@ -262,7 +262,7 @@ impl<S, B> Service<http::Request<tonic::body::Body>> for Resilient<S>
 where
     // The first bound names `B`; the second says what the layer needs of the service.
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>> + ChannelService<B>,
-    B: Send + 'static,
+    B: crate::ObservedBody + Send + 'static,
 {
     type Response = http::Response<B>;
     type Error = Status;
@@ -280,6 +280,33 @@ where
                 "otel.name",
                 format!("Sent.{}", meshless_transport::a72_name(req.uri().path())),
             );
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(m) = self.limits.metrics.clone() {
+            // A66's call duration, from here to the end of the response, over all the
+            // call's attempts; the channel then records only the attempts.
+            let mut req = req;
+            req.extensions_mut()
+                .insert(meshless_transport::CallMeasured);
+            let path = req.uri().path().to_owned();
+            let start = std::time::Instant::now();
+            let call = self.call_inner(req);
+            let measured = async move {
+                match call.await {
+                    Ok(resp) => {
+                        let in_headers = crate::call_end::grpc_status(resp.headers());
+                        let end = Box::new(move |code| {
+                            m.call_duration(&path, code, start.elapsed());
+                        });
+                        Ok(resp.map(|b| b.on_end(in_headers, end)))
+                    }
+                    Err(status) => {
+                        m.call_duration(&path, status.code(), start.elapsed());
+                        Err(status)
+                    }
+                }
+            };
+            return Box::pin(tracing::Instrument::instrument(measured, span));
         }
         Box::pin(tracing::Instrument::instrument(self.call_inner(req), span))
     }

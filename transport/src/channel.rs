@@ -846,6 +846,28 @@ fn at_endpoint_cap(shared: &Shared) -> Status {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WaitForReady;
 
+/// A request extension that says a layer above the channel records the call's
+/// `grpc.client.call.duration` (A66) itself, over all its attempts: the channel then records
+/// only the attempt instruments. The resilience stack sets it on its calls when its metrics
+/// are on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallMeasured;
+
+/// A call's start, for A66's call duration.
+pub(crate) struct CallClock {
+    metrics: Arc<crate::Recorder>,
+    method: crate::Label,
+    start: Instant,
+}
+
+impl CallClock {
+    /// The call ended with `code`.
+    pub(crate) fn end(self, code: tonic::Code) {
+        self.metrics
+            .call_duration_of(&self.method, code, self.start.elapsed());
+    }
+}
+
 /// A call's place under the channel's cap of calls in flight; given back on drop.
 pub(crate) struct ChannelPermit(Arc<Shared>);
 
@@ -989,12 +1011,35 @@ async fn call(
     _alive: Arc<oneshot::Sender<()>>,
     req: http::Request<tonic::body::Body>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
+    // A66's call duration, unless a layer above records it (its calls carry
+    // `CallMeasured`): a call that fails here ends now; one that gets a response ends
+    // with it (the guard of its last attempt takes the clock).
+    let mut clock = match &shared.metrics {
+        Some(m) if req.extensions().get::<CallMeasured>().is_none() => Some(CallClock {
+            method: m.method(req.uri().path()),
+            metrics: m.clone(),
+            start: Instant::now(),
+        }),
+        _ => None,
+    };
+    let result = call_inner(&shared, req, &mut clock).await;
+    if let (Err(status), Some(clock)) = (&result, clock) {
+        clock.end(status.code());
+    }
+    result
+}
+
+async fn call_inner(
+    shared: &Arc<Shared>,
+    req: http::Request<tonic::body::Body>,
+    clock: &mut Option<CallClock>,
+) -> Result<http::Response<tonic::body::Body>, Status> {
     if !shared.active.load(std::sync::atomic::Ordering::Relaxed) {
         shared
             .active
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let permit = ChannelPermit::acquire(&shared)?;
+    let permit = ChannelPermit::acquire(shared)?;
     let (parts, body) = req.into_parts();
     let opts = CallOptions::of(&parts.extensions);
     let body = match opts.limits.request {
@@ -1005,12 +1050,12 @@ async fn call(
     // tonic's own channel does, instead of reaching the server cut short.
     let replay = Replay::new(body)?;
     let Some(timeout) = grpc_timeout::parse(&parts.headers) else {
-        return attempts(&shared, parts, opts, replay, None, permit).await;
+        return attempts(shared, parts, opts, replay, None, permit, clock).await;
     };
     // The call's deadline bounds everything up to the response headers, as tonic's own
     // channel does: the wait for an endpoint, connecting, and a server that never answers.
     let deadline = later(Instant::now(), timeout);
-    let attempt = attempts(&shared, parts, opts, replay, Some(deadline), permit);
+    let attempt = attempts(shared, parts, opts, replay, Some(deadline), permit, clock);
     match tokio::time::timeout_at(deadline, attempt).await {
         Ok(result) => result,
         Err(_) => Err(Status::deadline_exceeded(format!(
@@ -1036,6 +1081,7 @@ async fn attempts(
     replay: Replay,
     deadline: Option<Instant>,
     mut permit: Option<ChannelPermit>,
+    clock: &mut Option<CallClock>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
     let mut waiter = Waiter {
         rx: None,
@@ -1134,6 +1180,7 @@ async fn attempts(
                 sanitize_status_details(&mut rparts.headers);
                 guard.responded(rparts.status, &rparts.headers);
                 guard.hold(permit.take());
+                guard.end_call_with(clock.take());
                 let mut tracked = TrackedBody::new(incoming, guard);
                 if let Some(limit) = opts.limits.response {
                     tracked = tracked.limit_messages(limit);

@@ -44,9 +44,9 @@ mod tracked;
 mod tried;
 
 pub use channel::{
-    BuildError, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_TIMEOUT,
-    DEFAULT_MAX_REQUESTS_PER_ENDPOINT, DEFAULT_QUEUE_TIMEOUT, DEFAULT_TCP_KEEPALIVE,
-    ResponseFuture, WaitForReady, a72_name,
+    BuildError, CallMeasured, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUESTS_PER_ENDPOINT, DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_TCP_KEEPALIVE, ResponseFuture, WaitForReady, a72_name,
 };
 pub use frame_limit::MaxMessageBytes;
 pub use grpc_timeout::GrpcTimeout;

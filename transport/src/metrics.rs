@@ -34,6 +34,10 @@ pub const DISCOVERY_ERRORS: &str = "meshless.discovery.errors";
 pub const DISCOVERY_STALENESS: &str = "meshless.discovery.seconds_since_update";
 /// meshless: pickers the channel built and published.
 pub const PICKER_REBUILDS: &str = "meshless.picker.rebuilds";
+/// A66: call duration, from the call's start to the end of its response, across every
+/// attempt (transparent retries, and retries and hedges of the resilience layers), in
+/// seconds.
+pub const CALL_DURATION: &str = "grpc.client.call.duration";
 /// A66: attempts started.
 pub const ATTEMPT_STARTED: &str = "grpc.client.attempt.started";
 /// A66: attempt duration, from its start to the end of its response, in seconds.
@@ -178,6 +182,24 @@ impl Metrics {
         histogram!(ATTEMPT_RCVD_SIZE, &labels).record(rcvd as f64);
     }
 
+    /// A66: a call to `path` ended with `code` after `duration` (from its start to the end
+    /// of its response).
+    pub fn call_duration(&self, path: &str, code: Code, duration: Duration) {
+        self.call_duration_of(&self.method(path), code, duration);
+    }
+
+    pub(crate) fn call_duration_of(&self, method: &SharedString, code: Code, duration: Duration) {
+        let labels = [
+            ("grpc.method", method.clone()),
+            ("grpc.target", self.target.clone()),
+            (
+                "grpc.status",
+                SharedString::const_str(meshless_balancer::code_name(code)),
+            ),
+        ];
+        histogram!(CALL_DURATION, &labels).record(duration.as_secs_f64());
+    }
+
     /// A96: a call's retries, transparent retries, hedges and time without an attempt in
     /// flight; counts of zero are not recorded (A96).
     pub fn call_ended(
@@ -285,6 +307,11 @@ fn describe() {
         "Time since discovery last answered without an error, sampled."
     );
     describe_counter!(PICKER_REBUILDS, "Pickers built and published.");
+    describe_histogram!(
+        CALL_DURATION,
+        Unit::Seconds,
+        "Time from a call's start to the end of its response, over every attempt (gRPC A66)."
+    );
     describe_histogram!(CALL_RETRIES, "Retries of a call (gRPC A96).");
     describe_histogram!(
         CALL_TRANSPARENT_RETRIES,

@@ -71,6 +71,8 @@ struct AttemptMetrics {
     sent: u64,
     rcvd: u64,
     code: Option<tonic::Code>,
+    /// The call's clock, when the call ends with this attempt (A66's call duration).
+    call: Option<crate::channel::CallClock>,
 }
 
 impl CallGuard {
@@ -139,7 +141,15 @@ impl CallGuard {
             sent,
             rcvd: 0,
             code: None,
+            call: None,
         }));
+    }
+
+    /// The call ends with this attempt's response: its duration is recorded with it.
+    pub(crate) fn end_call_with(&mut self, clock: Option<crate::channel::CallClock>) {
+        if let (Some(a), Some(clock)) = (&mut self.attempt, clock) {
+            a.call = Some(clock);
+        }
     }
 
     /// The attempt's status code, once known (the first one given wins).
@@ -187,6 +197,9 @@ impl Drop for CallGuard {
                 });
                 a.metrics
                     .attempt_ended(&a.method, code, a.start.elapsed(), a.sent, a.rcvd);
+                if let Some(call) = a.call {
+                    call.end(code);
+                }
             }
         }
         if let Some(slot) = &self.slot
