@@ -428,31 +428,15 @@ fn count_instructions() {
         print!("| {} |", policy.name());
         for n in PICK_SIZES {
             let out = dir.join(format!("{}-{n}.out", policy.name()));
-            let status = std::process::Command::new("valgrind")
-                .arg("--tool=callgrind")
-                .arg("--toggle-collect=meshless_measured_picks")
-                .arg(format!("--callgrind-out-file={}", out.display()))
-                .arg(&exe)
-                .args(["--pick-child", policy.name(), &n.to_string()])
-                .stderr(std::process::Stdio::null())
-                .status();
-            match status {
-                Ok(s) if s.success() => {}
-                Ok(s) => panic!("{} {n} under valgrind: {s}", policy.name()),
-                Err(e) => {
-                    eprintln!("valgrind is not installed ({e}); install it to count instructions");
-                    return;
-                }
-            }
-            let text = std::fs::read_to_string(&out).expect("callgrind output");
-            let total: u64 = text
-                .lines()
-                .find_map(|l| {
-                    l.strip_prefix("totals:")
-                        .or_else(|| l.strip_prefix("summary:"))
-                })
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .expect("a totals line");
+            let args = ["--pick-child", policy.name(), &n.to_string()];
+            let Some(total) = meshless_integration::callgrind::count(
+                &exe,
+                "meshless_measured_picks",
+                &args,
+                &out,
+            ) else {
+                return;
+            };
             print!(" {:.1} |", total as f64 / PICKS as f64);
         }
         println!();

@@ -22,11 +22,12 @@
 //! Goals (the performance issue): meshless round_robin over 3 ≤ tonic balance_list over 3;
 //! meshless over 1 ≤ 1.05 × tonic `Channel`; p2c_ewma ≤ 1.05 × round_robin.
 
-use std::process::Command;
 use std::time::Duration;
 
+use meshless_integration::callgrind;
 use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
+use meshless_integration::load::Transport;
 use meshless_integration::server::{ServerHandle, spawn_servers};
 
 /// Calls in flight at once.
@@ -67,31 +68,10 @@ fn drive(calls: usize) {
     let mut rows = Vec::new();
     for client in CLIENTS {
         let out = dir.join(format!("{client}.out"));
-        let status = Command::new("valgrind")
-            .arg("--tool=callgrind")
-            .arg("--toggle-collect=meshless_measured_calls")
-            .arg(format!("--callgrind-out-file={}", out.display()))
-            .arg(&exe)
-            .args(["--client", client, "--calls", &calls.to_string()])
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => {}
-            Ok(s) => panic!("{client} under valgrind: {s}"),
-            Err(e) => {
-                eprintln!("valgrind is not installed ({e}); install it to count instructions");
-                return;
-            }
-        }
-        let text = std::fs::read_to_string(&out).expect("callgrind output");
-        let total: u64 = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("totals:")
-                    .or_else(|| l.strip_prefix("summary:"))
-            })
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .expect("a totals line");
+        let args = ["--client", client, "--calls", &calls.to_string()];
+        let Some(total) = callgrind::count(&exe, "meshless_measured_calls", &args, &out) else {
+            return;
+        };
         rows.push((*client, total as f64 / calls as f64));
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -196,14 +176,7 @@ fn meshless_measured_calls(work: &mut dyn FnMut()) {
     work();
 }
 
-async fn run_calls<T>(client: &GreeterClient<T>, calls: usize)
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + 'static,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+async fn run_calls<T: Transport>(client: &GreeterClient<T>, calls: usize) {
     let per_task = calls.div_ceil(CONCURRENCY);
     let local = tokio::task::LocalSet::new();
     local

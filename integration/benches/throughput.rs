@@ -18,6 +18,7 @@
 //! Goals (the performance issue): meshless round_robin ≥ 1.05 × tonic `balance_list`, and
 //! ≥ 1.0 × grpc-go's round_robin client.
 
+use meshless_integration::load::Transport;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -169,12 +170,7 @@ type RunCalls<'a> = dyn Fn(usize) -> (usize, f64) + 'a;
 /// `calls` calls from [`CONCURRENCY`] tasks; the successful calls and the seconds it took.
 async fn run<T>(client: HealthClient<T>, calls: usize) -> (usize, f64)
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: Transport,
 {
     let left = Arc::new(AtomicUsize::new(calls));
     let ok = Arc::new(AtomicUsize::new(0));

@@ -10,6 +10,7 @@
 //! channels for several rounds and prints the median ratio, which is what the README quotes:
 //! alternating rounds cancels most of the drift of a shared, noisy machine.
 
+use meshless_integration::load::Transport;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -32,12 +33,7 @@ type Client<T> = GreeterClient<T>;
 
 async fn batch<T>(client: &Client<T>, calls: u64)
 where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T: Transport,
 {
     let per_task = calls.div_ceil(CONCURRENCY as u64);
     let mut tasks = Vec::with_capacity(CONCURRENCY);
@@ -155,18 +151,8 @@ fn ab(rt: &Runtime, title: &str, pair: &Pair) {
 /// A/B of any two clients: `b / a` is the figure.
 fn ab_of<A, B>(rt: &Runtime, title: &str, a: (&str, &Client<A>), b: (&str, &Client<B>))
 where
-    A: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    A::Future: Send,
-    A::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <A::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    A::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    B::Future: Send,
-    B::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <B::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    A: Transport,
+    B: Transport,
 {
     let mut ratios = Vec::with_capacity(AB_ROUNDS);
     let (mut a_rps, mut b_rps) = (Vec::new(), Vec::new());

@@ -26,6 +26,7 @@ pub mod greeter {
     ));
 }
 
+pub mod callgrind;
 pub mod consul;
 pub mod dns;
 pub mod etcd;

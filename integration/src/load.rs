@@ -184,17 +184,42 @@ impl LoadArgs {
     }
 }
 
+/// The error type tonic's clients box.
+type StdError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A transport that tonic-generated clients can use from spawned tasks: what the load
+/// helpers and the benches need of meshless's channels and tonic's alike.
+pub trait Transport:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Future: Send,
+        Error: Into<StdError>,
+        ResponseBody: http_body::Body<Data = bytes::Bytes, Error: Into<StdError> + Send>
+                          + Send
+                          + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<T> Transport for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Future: Send,
+            Error: Into<StdError>,
+            ResponseBody: http_body::Body<Data = bytes::Bytes, Error: Into<StdError> + Send>
+                              + Send
+                              + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Sends `args.requests` `SayHello` calls through `client` at `args.concurrency`; each
 /// successful call counts for the server that answered.
-pub async fn say_hello<T>(client: GreeterClient<T>, args: &LoadArgs) -> LoadOutcome
-where
-    T: tonic::client::GrpcService<tonic::body::Body> + Clone + Send + 'static,
-    T::Future: Send,
-    T::ResponseBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    <T::ResponseBody as http_body::Body>::Error:
-        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
-    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+pub async fn say_hello<T: Transport>(client: GreeterClient<T>, args: &LoadArgs) -> LoadOutcome {
     run(args.concurrency, args.requests, |i| {
         let mut c = client.clone();
         async move {

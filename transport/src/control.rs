@@ -234,6 +234,45 @@ enum Claim {
     Keep(usize),
 }
 
+/// The old entries as reconcile takes them: walked in order once (when discovery kept its
+/// order), or taken by position from slots.
+enum Old<'a, I> {
+    InOrder(std::iter::Enumerate<I>),
+    Slots(&'a mut Vec<Option<(Entry, SubchannelView)>>),
+}
+
+impl<I: Iterator<Item = (Entry, SubchannelView)>> Old<'_, I> {
+    /// The old entry at `at`. Walking in order, the unclaimed ones before it go to `gone`.
+    fn take(
+        &mut self,
+        at: usize,
+        gone: &mut Vec<(Entry, SubchannelView)>,
+    ) -> Option<(Entry, SubchannelView)> {
+        match self {
+            Old::InOrder(walk) => {
+                for (i, pair) in walk.by_ref() {
+                    if i == at {
+                        return Some(pair);
+                    }
+                    gone.push(pair);
+                }
+                None
+            }
+            // Each old address is claimed at most once (the new index has no duplicates),
+            // so its slot is full.
+            Old::Slots(slots) => slots.get_mut(at).and_then(Option::take),
+        }
+    }
+
+    /// What nobody claimed goes to `gone`.
+    fn rest(self, gone: &mut Vec<(Entry, SubchannelView)>) {
+        match self {
+            Old::InOrder(walk) => gone.extend(walk.map(|(_, pair)| pair)),
+            Old::Slots(slots) => gone.extend(slots.drain(..).flatten()),
+        }
+    }
+}
+
 /// Keeps an old entry for `ep` at the end of the new lists; true when that changes
 /// anything (its position, or what discovery says of it).
 fn keep(
@@ -317,6 +356,7 @@ struct Run {
     spare_entries: Vec<Entry>,
     spare_views: Vec<SubchannelView>,
     spare_plan: Vec<Claim>,
+    spare_gone: Vec<(Entry, SubchannelView)>,
     /// Let go of every connection after the idle timeout; the next call wakes it.
     idle: bool,
     /// When one-at-a-time connecting should start its next attempt.
@@ -374,6 +414,7 @@ impl Control {
             spare_entries: Vec::new(),
             spare_views: Vec::new(),
             spare_plan: Vec::new(),
+            spare_gone: Vec::new(),
             idle: false,
             next_attempt: None,
             outliers: None,
@@ -641,8 +682,16 @@ impl Run {
         let mut old_views = std::mem::take(&mut self.views);
         let mut changed = false;
         let connect_now = self.connect_mode == ConnectMode::All && !self.idle;
-        if in_order {
-            let mut old = old_entries.drain(..).zip(old_views.drain(..)).enumerate();
+        let mut gone = std::mem::take(&mut self.spare_gone);
+        let mut slots = std::mem::take(&mut self.spare_slots);
+        {
+            let drained = old_entries.drain(..).zip(old_views.drain(..));
+            let mut old = if in_order {
+                Old::InOrder(drained.enumerate())
+            } else {
+                slots.extend(drained.map(Some));
+                Old::Slots(&mut slots)
+            };
             for (ep, claim) in next.into_iter().zip(&plan) {
                 match *claim {
                     Claim::Duplicate => continue,
@@ -653,49 +702,20 @@ impl Run {
                         views.push(view);
                     }
                     Claim::Keep(at) => {
-                        // Old entries before it were not claimed: they leave.
-                        for (i, (entry, view)) in old.by_ref() {
-                            if i == at {
-                                changed |= keep(&mut entries, &mut views, entry, view, ep, at);
-                                break;
-                            }
-                            changed = true;
-                            self.retire(entry, view, now);
-                        }
-                    }
-                }
-            }
-            for (_, (entry, view)) in old {
-                changed = true;
-                self.retire(entry, view, now);
-            }
-        } else {
-            let mut slots = std::mem::take(&mut self.spare_slots);
-            slots.extend(old_entries.drain(..).zip(old_views.drain(..)).map(Some));
-            for (ep, claim) in next.into_iter().zip(&plan) {
-                match *claim {
-                    Claim::Duplicate => continue,
-                    Claim::New => {
-                        changed = true;
-                        let (entry, view) = self.new_entry(ep, connect_now);
-                        entries.push(entry);
-                        views.push(view);
-                    }
-                    Claim::Keep(at) => {
-                        // Each old address is claimed at most once (the index has no
-                        // duplicates), so its slot is full.
-                        if let Some((entry, view)) = slots.get_mut(at).and_then(Option::take) {
+                        if let Some((entry, view)) = old.take(at, &mut gone) {
                             changed |= keep(&mut entries, &mut views, entry, view, ep, at);
                         }
                     }
                 }
             }
-            for (entry, view) in slots.drain(..).flatten() {
-                changed = true;
-                self.retire(entry, view, now);
-            }
-            self.spare_slots = slots;
+            old.rest(&mut gone);
         }
+        for (entry, view) in gone.drain(..) {
+            changed = true;
+            self.retire(entry, view, now);
+        }
+        self.spare_gone = gone;
+        self.spare_slots = slots;
         self.spare_entries = old_entries;
         self.spare_views = old_views;
         self.spare_plan = plan;
