@@ -50,8 +50,9 @@ pub use meshless_middleware::{
 #[cfg(feature = "tls")]
 pub use meshless_transport::TlsConfig;
 pub use meshless_transport::{
-    BuildError, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
-    LocallyRejected, MaxMessageBytes, OutlierDetection, StatusEvent, TriedEndpoints, WaitForReady,
+    BuildError, CallMeasured, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
+    LocallyRejected, MaxMessageBytes, OutlierDetection, ReportEndpoint, ServedBy, StatusEvent,
+    TriedEndpoints, WaitForReady,
 };
 
 /// The README's examples, compiled as doc tests so they stay true.

@@ -129,6 +129,10 @@ struct WorkerResult {
     last_end: Option<Instant>,
 }
 
+/// `top`'s per-endpoint latencies of the current interval (successful calls), by the
+/// endpoint that served each (the channel says so when asked: `ReportEndpoint`).
+pub type LiveLatencies = std::sync::Mutex<std::collections::HashMap<String, Vec<Duration>>>;
+
 /// How many calls to send, shared by the workers.
 struct Plan {
     requests: Option<u64>,
@@ -229,8 +233,10 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     });
     let started = Instant::now();
     let mut workers = JoinSet::new();
+    let latencies: Option<Arc<LiveLatencies>> = args.live.map(|_| Arc::default());
     for _ in 0..args.concurrency {
         let (plan, service) = (plan.clone(), args.service.clone());
+        let latencies = latencies.clone();
         match &stack {
             // Without resilience options the calls go straight to the channel, so the
             // figures are the channel's own.
@@ -239,12 +245,14 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 plan,
                 service,
                 args.call_timeout,
+                latencies,
             )),
             Some((stack, _)) => workers.spawn(worker(
                 HealthClient::new(tower_layer::Layer::layer(stack, channel.clone())),
                 plan,
                 service,
                 args.call_timeout,
+                latencies,
             )),
         };
     }
@@ -268,7 +276,11 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             } => {
                 if let Some((_, last, at)) = live.as_mut() {
                     let now = channel.status();
-                    let frame = crate::top::frame(last, &now, at.elapsed(), started.elapsed());
+                    let served = latencies
+                        .as_ref()
+                        .map(|l| std::mem::take(&mut *l.lock().unwrap_or_else(|p| p.into_inner())))
+                        .unwrap_or_default();
+                    let frame = crate::top::frame(last, &now, at.elapsed(), started.elapsed(), served);
                     if args.json {
                         output::json_line(&frame)?;
                     } else {
@@ -343,6 +355,7 @@ async fn worker<T>(
     plan: Arc<Plan>,
     service: String,
     call_timeout: Duration,
+    latencies: Option<Arc<LiveLatencies>>,
 ) -> WorkerResult
 where
     T: tonic::client::GrpcService<tonic::body::Body>,
@@ -357,6 +370,9 @@ where
             service: service.clone(),
         });
         req.set_timeout(call_timeout);
+        if latencies.is_some() {
+            req.extensions_mut().insert(meshless::ReportEndpoint);
+        }
         let start = Instant::now();
         let outcome = client.check(req).await;
         let end = Instant::now();
@@ -364,7 +380,18 @@ where
         r.last_end = Some(end);
         r.calls += 1;
         match outcome {
-            Ok(_) => r.ok_latencies.push(end - start),
+            Ok(resp) => {
+                r.ok_latencies.push(end - start);
+                if let (Some(l), Some(meshless::ServedBy(addr))) =
+                    (&latencies, resp.extensions().get::<meshless::ServedBy>())
+                {
+                    l.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(addr.to_string())
+                        .or_default()
+                        .push(end - start);
+                }
+            }
             Err(status) => {
                 let entry = r
                     .errors

@@ -1,7 +1,10 @@
 //! `meshless top TARGET`: `bench` with a live view instead of a final report: every second,
-//! each endpoint's state, share of the calls, rate, calls in flight, failures, ejection and
-//! latency estimate, like `top`. `--json` prints one object per second instead.
+//! each endpoint's state, share of the calls, rate, calls in flight, failures, ejection,
+//! the p50 and p99 of the calls it served (the channel reports the serving endpoint when a
+//! call asks, `ReportEndpoint`) and its latency estimate, like `top`. `--json` prints one
+//! object per second instead.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use clap::Args;
@@ -61,10 +64,21 @@ pub struct Row {
     pub failures: u64,
     /// Its latency estimate (peak EWMA), for the policies that keep one.
     pub latency_ms: f64,
+    /// The median and 99th percentile of the interval's successful calls it served, in
+    /// milliseconds (`null` when it served none).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
-/// The frame between two status snapshots taken `dt` apart.
-pub fn frame(last: &ChannelStatus, now: &ChannelStatus, dt: Duration, since: Duration) -> Frame {
+/// The frame between two status snapshots taken `dt` apart; `served` holds the latencies
+/// of the interval's successful calls by the endpoint that served them.
+pub fn frame(
+    last: &ChannelStatus,
+    now: &ChannelStatus,
+    dt: Duration,
+    since: Duration,
+    mut served: HashMap<String, Vec<Duration>>,
+) -> Frame {
     let secs = dt.as_secs_f64().max(1e-9);
     let rows: Vec<Row> = now
         .endpoints
@@ -75,8 +89,20 @@ pub fn frame(last: &ChannelStatus, now: &ChannelStatus, dt: Duration, since: Dur
                 .map_or((0, 0), |o| (o.successes, o.failures));
             let failures = e.failures.saturating_sub(f0);
             let calls = e.successes.saturating_sub(s0) + failures;
+            let address = e.address.to_string();
+            let (p50_ms, p99_ms) = match served.get_mut(&address) {
+                Some(l) if !l.is_empty() => {
+                    l.sort_unstable();
+                    let at = |q: f64| {
+                        let i = ((l.len() as f64 * q).ceil() as usize).clamp(1, l.len()) - 1;
+                        Some(l[i].as_secs_f64() * 1000.0)
+                    };
+                    (at(0.5), at(0.99))
+                }
+                _ => (None, None),
+            };
             Row {
-                address: e.address.to_string(),
+                address,
                 state: format!("{:?}", e.state).to_ascii_lowercase(),
                 ejected: e.ejected,
                 calls,
@@ -85,6 +111,8 @@ pub fn frame(last: &ChannelStatus, now: &ChannelStatus, dt: Duration, since: Dur
                 in_flight: e.in_flight,
                 failures,
                 latency_ms: e.latency_ewma.as_secs_f64() * 1000.0,
+                p50_ms,
+                p99_ms,
             }
         })
         .collect();
@@ -117,6 +145,8 @@ pub fn print(frame: &Frame) -> Result<(), CliError> {
             "rps",
             "in flight",
             "failed",
+            "p50 ms",
+            "p99 ms",
             "ewma ms",
             "",
         ]
@@ -135,6 +165,8 @@ pub fn print(frame: &Frame) -> Result<(), CliError> {
             format!("{:.0}", r.rps),
             r.in_flight.to_string(),
             r.failures.to_string(),
+            r.p50_ms.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+            r.p99_ms.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
             format!("{:.2}", r.latency_ms),
             output::bar(r.share),
         ]);
@@ -147,6 +179,8 @@ pub fn print(frame: &Frame) -> Result<(), CliError> {
     let align = [
         output::Align::Left,
         output::Align::Left,
+        output::Align::Right,
+        output::Align::Right,
         output::Align::Right,
         output::Align::Right,
         output::Align::Right,

@@ -309,6 +309,9 @@ fn top_json_prints_a_frame_per_interval() {
             if calls >= 100 {
                 let share = e["share"].as_f64().unwrap();
                 assert!((0.45..=0.55).contains(&share), "{f}");
+                // The latencies of the calls it served, from the channel's report.
+                let (p50, p99) = (e["p50_ms"].as_f64().unwrap(), e["p99_ms"].as_f64().unwrap());
+                assert!(p50 > 0.0 && p50 <= p99 && p99 < 10_000.0, "{f}");
             }
         }
     }

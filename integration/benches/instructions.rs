@@ -17,7 +17,9 @@
 //!
 //! - `tonic`: tonic's `Channel` to one endpoint;
 //! - `tonic_balance_list`: tonic's `Channel::balance_list` over 3 endpoints;
-//! - `meshless_<policy>_<n>`: a `meshless::Channel` over `n` static endpoints.
+//! - `meshless_<policy>_<n>`: a `meshless::Channel` over `n` static endpoints;
+//! - `meshless_metrics_<policy>_<n>`: the same with gRPC's instruments recording into a
+//!   Prometheus recorder (metrics-exporter-prometheus, no listener).
 //!
 //! Goals (the performance issue): meshless round_robin over 3 ≤ tonic balance_list over 3;
 //! meshless over 1 ≤ 1.05 × tonic `Channel`; p2c_ewma ≤ 1.05 × round_robin.
@@ -43,6 +45,7 @@ const CLIENTS: &[&str] = &[
     "tonic_balance_list",
     "meshless_round_robin_3",
     "meshless_p2c_ewma_3",
+    "meshless_metrics_round_robin_3",
 ];
 
 fn main() {
@@ -95,6 +98,12 @@ fn drive(calls: usize) {
     if let (Some(rr), Some(p2c)) = (per("meshless_round_robin_3"), per("meshless_p2c_ewma_3")) {
         println!("  p2c_ewma / round_robin over 3: {:.3}", p2c / rr);
     }
+    if let (Some(off), Some(on)) = (
+        per("meshless_round_robin_3"),
+        per("meshless_metrics_round_robin_3"),
+    ) {
+        println!("  metrics on / off, round_robin over 3: {:.3}", on / off);
+    }
 }
 
 /// One client: warm up, then the measured calls inside `meshless_measured_calls`.
@@ -132,12 +141,22 @@ fn run_client(client: &str, calls: usize) {
             measure(&mut |n| rt.block_on(run_calls(&client, n)), calls);
         }
         other => {
-            let policy = other
-                .strip_prefix("meshless_")
-                .and_then(|r| r.rsplit_once('_'))
-                .map(|(p, _)| p)
-                .expect("meshless_<policy>_<n>");
-            let channel = rt.block_on(meshless_channel(&servers, policy));
+            // `meshless_metrics_<policy>_<n>`: gRPC's instruments on, into a Prometheus
+            // recorder (no HTTP listener), as an application with metrics runs.
+            let (metrics, rest) = match other.strip_prefix("meshless_metrics_") {
+                Some(rest) => (true, rest),
+                None => (
+                    false,
+                    other.strip_prefix("meshless_").expect("meshless_..."),
+                ),
+            };
+            let policy = rest.rsplit_once('_').map(|(p, _)| p).expect("<policy>_<n>");
+            if metrics {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .install_recorder()
+                    .expect("the only recorder of this process");
+            }
+            let channel = rt.block_on(meshless_channel(&servers, policy, metrics));
             let client = GreeterClient::new(channel);
             measure(&mut |n| rt.block_on(run_calls(&client, n)), calls);
         }
@@ -145,12 +164,20 @@ fn run_client(client: &str, calls: usize) {
     drop(servers);
 }
 
-async fn meshless_channel(servers: &[ServerHandle], policy: &str) -> meshless::Channel {
+async fn meshless_channel(
+    servers: &[ServerHandle],
+    policy: &str,
+    metrics: bool,
+) -> meshless::Channel {
     let list: Vec<String> = servers.iter().map(|s| s.addr().to_string()).collect();
-    let channel = meshless::Channel::builder(format!("static:///{}", list.join(",")))
-        .policy(policy)
-        .build()
-        .expect("meshless channel");
+    let mut builder =
+        meshless::Channel::builder(format!("static:///{}", list.join(","))).policy(policy);
+    if metrics {
+        builder = builder.metrics(
+            meshless::transport::MetricsConfig::new().method("greeter.v1.Greeter/SayHello"),
+        );
+    }
+    let channel = builder.build().expect("meshless channel");
     tokio::time::timeout(Duration::from_secs(10), channel.connect())
         .await
         .expect("ready within 10 s")

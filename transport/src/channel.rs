@@ -10,7 +10,7 @@ use http::uri::{Scheme, Uri};
 use meshless_balancer::{
     ConnectivityState, FailureCodes, Pick, PickRequest, Policy, PolicyRegistry,
 };
-use meshless_discovery::{Discovery, Registry, Target, TargetError};
+use meshless_discovery::{Address, Discovery, Registry, Target, TargetError};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tonic::Status;
@@ -649,6 +649,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> ResponseFuture {
         let span = attempt_span(&req);
+        #[cfg(feature = "otel")]
+        let req = {
+            let mut req = req;
+            crate::otel::inject(&span, req.headers_mut());
+            req
+        };
         let call = call(self.shared.clone(), self._alive.clone(), req);
         // A span no subscriber wants is not entered on every poll.
         let inner: Pin<Box<dyn Future<Output = _> + Send>> = if span.is_disabled() {
@@ -716,6 +722,7 @@ struct CallOptions {
     tried: Option<TriedEndpoints>,
     wait_for_ready: bool,
     limits: crate::MaxMessageBytes,
+    report_endpoint: bool,
 }
 
 impl CallOptions {
@@ -727,6 +734,7 @@ impl CallOptions {
                 .get::<crate::MaxMessageBytes>()
                 .copied()
                 .unwrap_or_default(),
+            report_endpoint: extensions.get::<ReportEndpoint>().is_some(),
         }
     }
 }
@@ -845,6 +853,17 @@ fn at_endpoint_cap(shared: &Shared) -> Status {
 /// Config files set it per method (`methodConfig.waitForReady`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WaitForReady;
+
+/// A request extension that asks the channel to say which endpoint served the call: its
+/// response then carries [`ServedBy`]. Off by default, so that calls that do not ask pay
+/// nothing (`meshless top` asks, for its per-endpoint latency percentiles).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportEndpoint;
+
+/// A response extension: the endpoint that served a call made with [`ReportEndpoint`]
+/// (tonic keeps it in `tonic::Response::extensions`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServedBy(pub Address);
 
 /// A request extension that says a layer above the channel records the call's
 /// `grpc.client.call.duration` (A66) itself, over all its attempts: the channel then records
@@ -1181,6 +1200,9 @@ async fn attempts(
                 guard.responded(rparts.status, &rparts.headers);
                 guard.hold(permit.take());
                 guard.end_call_with(clock.take());
+                if opts.report_endpoint {
+                    rparts.extensions.insert(ServedBy(sub.addr.clone()));
+                }
                 let mut tracked = TrackedBody::new(incoming, guard);
                 if let Some(limit) = opts.limits.response {
                     tracked = tracked.limit_messages(limit);

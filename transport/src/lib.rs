@@ -31,6 +31,8 @@ pub(crate) use crate::metrics::Metrics as Recorder;
 pub(crate) type Label = ::metrics::SharedString;
 #[cfg(not(feature = "metrics"))]
 pub(crate) use metrics_off::{Metrics as Recorder, SharedString as Label};
+#[cfg(feature = "otel")]
+mod otel;
 mod outlier;
 mod preface;
 mod rejected;
@@ -46,7 +48,7 @@ mod tried;
 pub use channel::{
     BuildError, CallMeasured, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUESTS_PER_ENDPOINT, DEFAULT_QUEUE_TIMEOUT,
-    DEFAULT_TCP_KEEPALIVE, ResponseFuture, WaitForReady, a72_name,
+    DEFAULT_TCP_KEEPALIVE, ReportEndpoint, ResponseFuture, ServedBy, WaitForReady, a72_name,
 };
 pub use frame_limit::MaxMessageBytes;
 pub use grpc_timeout::GrpcTimeout;
