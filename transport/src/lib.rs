@@ -24,11 +24,11 @@ mod health;
 pub mod metrics;
 #[cfg(not(feature = "metrics"))]
 mod metrics_off;
+#[cfg(feature = "metrics")]
+pub(crate) use crate::metrics::Label;
 /// The channel's recorder and its method labels, real or (without the feature) never made.
 #[cfg(feature = "metrics")]
 pub(crate) use crate::metrics::Metrics as Recorder;
-#[cfg(feature = "metrics")]
-pub(crate) type Label = ::metrics::SharedString;
 #[cfg(not(feature = "metrics"))]
 pub(crate) use metrics_off::{Metrics as Recorder, SharedString as Label};
 #[cfg(feature = "otel")]

@@ -4,13 +4,13 @@
 //! (subchannels), A91 (outlier detection). A channel without [`MetricsConfig`] records
 //! nothing and pays nothing.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ::metrics::{
-    SharedString, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge,
-    histogram,
+    Counter, Histogram, SharedString, Unit, counter, describe_counter, describe_gauge,
+    describe_histogram, gauge, histogram,
 };
 use tonic::Code;
 
@@ -127,59 +127,132 @@ impl MetricsConfig {
 
 /// A channel's (or a layer's) recorder: the instruments of one target. Made from a
 /// [`MetricsConfig`]; the resilience layers take one to record A96's per-call instruments.
+///
+/// The per-call instruments are registered with the recorder once per method and status
+/// code, at their first use, and recorded through their handles after that: building a
+/// key and looking it up in the recorder's registry on every call costs more than the
+/// rest of the call path. So install the application's recorder before the first call.
 #[derive(Debug)]
 pub struct Metrics {
-    methods: HashSet<String>,
+    methods: HashMap<String, Label>,
+    other: Label,
     target: SharedString,
 }
 
+/// The per-call instruments of one `grpc.method` value.
+pub(crate) type Label = Arc<MethodInstruments>;
+
 const OTHER: &str = "other";
+
+/// The instruments of one `grpc.method` value, each registered at its first use (so an
+/// exporter shows only series that were recorded).
+#[derive(Debug)]
+pub(crate) struct MethodInstruments {
+    name: SharedString,
+    target: SharedString,
+    started: OnceLock<Counter>,
+    /// By status code (gRPC has 17): an attempt's duration and sizes, and a call's duration.
+    attempts: [OnceLock<AttemptInstruments>; 17],
+    calls: [OnceLock<Histogram>; 17],
+}
+
+/// The per-status instruments of one method's attempts.
+#[derive(Debug)]
+struct AttemptInstruments {
+    duration: Histogram,
+    sent: Histogram,
+    rcvd: Histogram,
+}
+
+impl MethodInstruments {
+    fn new(name: SharedString, target: SharedString) -> Label {
+        Arc::new(MethodInstruments {
+            name,
+            target,
+            started: OnceLock::new(),
+            attempts: std::array::from_fn(|_| OnceLock::new()),
+            calls: std::array::from_fn(|_| OnceLock::new()),
+        })
+    }
+
+    fn started(&self) -> &Counter {
+        self.started.get_or_init(|| {
+            counter!(ATTEMPT_STARTED, "grpc.method" => self.name.clone(), "grpc.target" => self.target.clone())
+        })
+    }
+
+    fn labels(&self, code: Code) -> [(&'static str, SharedString); 3] {
+        [
+            ("grpc.method", self.name.clone()),
+            ("grpc.target", self.target.clone()),
+            (
+                "grpc.status",
+                SharedString::const_str(meshless_balancer::code_name(code)),
+            ),
+        ]
+    }
+
+    fn attempt(&self, code: Code) -> &AttemptInstruments {
+        let i = (code as usize).min(self.attempts.len() - 1);
+        self.attempts[i].get_or_init(|| {
+            let labels = self.labels(code);
+            AttemptInstruments {
+                duration: histogram!(ATTEMPT_DURATION, &labels),
+                sent: histogram!(ATTEMPT_SENT_SIZE, &labels),
+                rcvd: histogram!(ATTEMPT_RCVD_SIZE, &labels),
+            }
+        })
+    }
+
+    fn call(&self, code: Code) -> &Histogram {
+        let i = (code as usize).min(self.calls.len() - 1);
+        self.calls[i].get_or_init(|| histogram!(CALL_DURATION, &self.labels(code)))
+    }
+}
 
 impl Metrics {
     /// The recorder of `config`, for a channel to `channel_target` (the `grpc.target`
     /// attribute unless the config names one).
     pub fn new(config: MetricsConfig, channel_target: &str) -> Arc<Self> {
         describe();
+        let target = SharedString::from(config.target.unwrap_or_else(|| channel_target.to_owned()));
+        let methods = config
+            .methods
+            .into_iter()
+            .map(|m| {
+                let label = MethodInstruments::new(SharedString::from(m.clone()), target.clone());
+                (m, label)
+            })
+            .collect();
         Arc::new(Metrics {
-            methods: config.methods,
-            target: SharedString::from(config.target.unwrap_or_else(|| channel_target.to_owned())),
+            methods,
+            other: MethodInstruments::new(SharedString::const_str(OTHER), target.clone()),
+            target,
         })
     }
 
-    /// The `grpc.method` attribute of a call to `path`.
-    pub(crate) fn method(&self, path: &str) -> SharedString {
+    /// The instruments of the `grpc.method` attribute of a call to `path`.
+    pub(crate) fn method(&self, path: &str) -> Label {
         let m = path.trim_start_matches('/');
-        if self.methods.contains(m) {
-            SharedString::from(m.to_owned())
-        } else {
-            SharedString::const_str(OTHER)
-        }
+        self.methods.get(m).unwrap_or(&self.other).clone()
     }
 
-    pub(crate) fn attempt_started(&self, method: &SharedString) {
-        counter!(ATTEMPT_STARTED, "grpc.method" => method.clone(), "grpc.target" => self.target.clone())
-            .increment(1);
+    pub(crate) fn attempt_started(&self, method: &Label) {
+        method.started().increment(1);
     }
 
     pub(crate) fn attempt_ended(
         &self,
-        method: &SharedString,
+        method: &Label,
         code: Code,
         duration: Duration,
         sent: u64,
         rcvd: u64,
     ) {
-        let labels = [
-            ("grpc.method", method.clone()),
-            ("grpc.target", self.target.clone()),
-            (
-                "grpc.status",
-                SharedString::const_str(meshless_balancer::code_name(code)),
-            ),
-        ];
-        histogram!(ATTEMPT_DURATION, &labels).record(duration.as_secs_f64());
-        histogram!(ATTEMPT_SENT_SIZE, &labels).record(sent as f64);
-        histogram!(ATTEMPT_RCVD_SIZE, &labels).record(rcvd as f64);
+        let i = method.attempt(code);
+        i.duration.record(duration.as_secs_f64());
+        i.sent.record(sent as f64);
+        i.rcvd.record(rcvd as f64);
     }
 
     /// A66: a call to `path` ended with `code` after `duration` (from its start to the end
@@ -188,16 +261,8 @@ impl Metrics {
         self.call_duration_of(&self.method(path), code, duration);
     }
 
-    pub(crate) fn call_duration_of(&self, method: &SharedString, code: Code, duration: Duration) {
-        let labels = [
-            ("grpc.method", method.clone()),
-            ("grpc.target", self.target.clone()),
-            (
-                "grpc.status",
-                SharedString::const_str(meshless_balancer::code_name(code)),
-            ),
-        ];
-        histogram!(CALL_DURATION, &labels).record(duration.as_secs_f64());
+    pub(crate) fn call_duration_of(&self, method: &Label, code: Code, duration: Duration) {
+        method.call(code).record(duration.as_secs_f64());
     }
 
     /// A96: a call's retries, transparent retries, hedges and time without an attempt in
@@ -210,9 +275,11 @@ impl Metrics {
         hedges: u32,
         delay: Duration,
     ) {
-        let method = self.method(path);
+        if retries == 0 && transparent == 0 && hedges == 0 {
+            return; // the usual call: nothing to record, nothing looked up
+        }
         let labels = [
-            ("grpc.method", method),
+            ("grpc.method", self.method(path).name.clone()),
             ("grpc.target", self.target.clone()),
         ];
         if retries > 0 {
