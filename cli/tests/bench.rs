@@ -270,8 +270,9 @@ fn retries_from_flags_recover_calls_that_one_endpoint_fails() {
 }
 
 /// `meshless top --json` prints one frame per interval; with round robin over two servers
-/// each frame's shares are within 5 points of an even split, and the frames' calls add up
-/// to what the channel counted.
+/// each frame's shares are within 5 points of an even split, each frame has the p50 and
+/// p99 of the calls each endpoint served, and each endpoint's share over all frames is
+/// within 5 points of the share its server counted.
 #[test]
 fn top_json_prints_a_frame_per_interval() {
     let servers = servers(2);
@@ -319,6 +320,17 @@ fn top_json_prints_a_frame_per_interval() {
     let (a, b) = (t[0] as f64, t[1] as f64);
     assert!(a + b > 200.0, "{totals:?}");
     assert!((a - b).abs() / (a + b) < 0.05, "{totals:?}");
+    // Each endpoint's share in the frames is the share its server counted, within 5 points.
+    let served: u64 = servers.iter().map(|s| s.health_checks()).sum();
+    for s in &servers {
+        let shown = totals[&s.addr().to_string()] as f64 / (a + b);
+        let counted = s.health_checks() as f64 / served as f64;
+        assert!(
+            (shown - counted).abs() < 0.05,
+            "{}: top showed {shown:.3}, the server counted {counted:.3} ({totals:?})",
+            s.addr()
+        );
+    }
 }
 
 /// `--metrics-addr` serves the run's gRPC instruments as Prometheus text while it runs.

@@ -214,6 +214,7 @@ impl TestServer {
     pub fn spawn(self) -> io::Result<ServerHandle> {
         let shared = Arc::new(Shared {
             calls: AtomicU64::new(0),
+            health_checks: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             fail: AtomicI32::new(self.fail.map_or(NO_FAIL, |c| c as i32)),
@@ -256,6 +257,8 @@ pub struct ServerHandle {
 #[derive(Debug)]
 struct Shared {
     calls: AtomicU64,
+    /// `grpc.health.v1.Health/Check` calls (what `meshless bench` and `top` send).
+    health_checks: AtomicU64,
     connections: AtomicU64,
     in_flight: AtomicU64,
     fail: AtomicI32,
@@ -292,6 +295,11 @@ impl ServerHandle {
     /// (health checks are not counted).
     pub fn calls(&self) -> u64 {
         self.shared.calls.load(Ordering::SeqCst)
+    }
+
+    /// `grpc.health.v1.Health/Check` calls received so far, over every restart.
+    pub fn health_checks(&self) -> u64 {
+        self.shared.health_checks.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far, over every restart (for a TLS server: those whose
@@ -489,7 +497,16 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
                         .set_service_status("", tonic_health::ServingStatus::NotServing)
                         .await;
                 };
+                let checks = Arc::clone(&counted);
                 let router = Server::builder()
+                    .layer(tower::util::MapRequestLayer::new(
+                        move |req: http::Request<tonic::body::Body>| {
+                            if req.uri().path() == "/grpc.health.v1.Health/Check" {
+                                checks.health_checks.fetch_add(1, Ordering::SeqCst);
+                            }
+                            req
+                        },
+                    ))
                     .add_service(health_service)
                     .add_service(GreeterServer::new(greeter));
                 let serve: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>> =

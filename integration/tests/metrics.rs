@@ -256,6 +256,34 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         "{delays:?}"
     );
 
+    // A96's transparent retries: a stream refused before processing goes to the other
+    // endpoint; the call counts one transparent retry, and ends OK.
+    let (refusing, _) = refusing_server().await;
+    let good = TestServer::new("good").spawn().unwrap();
+    let transparent = Channel::builder(format!("static:///{refusing},{}", good.addr()))
+        .policy("round_robin")
+        .metrics(
+            MetricsConfig::new()
+                .method("greeter.v1.Greeter/SayHello")
+                .target("transparent"),
+        )
+        .build()
+        .unwrap();
+    wait_ready(&transparent, 2).await;
+    let mut tc = GreeterClient::new(transparent.clone());
+    for _ in 0..4 {
+        assert_eq!(hello(&mut tc).await.unwrap(), "good");
+    }
+    let v = totals.update(&snapshotter);
+    let per_call = "grpc.method=greeter.v1.Greeter/SayHello,grpc.target=transparent";
+    let retried = v.histogram(m::CALL_TRANSPARENT_RETRIES, per_call);
+    assert!(
+        !retried.is_empty() && retried.iter().all(|&n| n == 1.0),
+        "round robin sent some first attempts to the refusing endpoint: {retried:?}"
+    );
+    let ok_calls = "grpc.method=greeter.v1.Greeter/SayHello,grpc.status=OK,grpc.target=transparent";
+    assert_eq!(v.histogram(m::CALL_DURATION, ok_calls).len(), 4);
+
     // A94: a connection refused, then succeeding.
     let addr = dead_addr();
     let late = Channel::builder(format!("static:///{addr}"))

@@ -169,3 +169,28 @@ pub async fn wait_error(channel: &Channel, what: &str, needle: &[&str]) -> Strin
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A raw HTTP/2 server that refuses every stream with `REFUSED_STREAM`, as an overloaded or
+/// draining server does; returns its address and how many streams it refused.
+#[allow(dead_code)]
+pub async fn refusing_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = Arc::new(AtomicU64::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(sock).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (addr, refused)
+}
