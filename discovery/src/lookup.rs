@@ -122,6 +122,61 @@ pub(crate) async fn resolve(found: Vec<Found>) -> (Vec<Endpoint>, Vec<String>) {
     (out, problems)
 }
 
+/// What a watching backend last told the channel: the set it sent, and whether its last
+/// attempt failed. Consul and etcd discovery share it.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    last: Option<Vec<Endpoint>>,
+    /// The last attempt failed: the next good answer is sent even when the set is
+    /// unchanged, so the channel learns that discovery works again.
+    pub failed: bool,
+}
+
+impl Published {
+    /// Discovery works again with no new answer to send (a watch resumed where it was):
+    /// the last set once more, when the last attempt had failed, so the channel learns it.
+    pub fn recovered(&mut self) -> Option<Update> {
+        if !self.failed {
+            return None;
+        }
+        let last = self.last.clone()?;
+        self.failed = false;
+        Some(Update::Reset(last))
+    }
+
+    /// After a good answer: the set when it changed (or discovery recovers), then the
+    /// entries it skipped (see [`skipped`]).
+    pub fn answer(
+        &mut self,
+        label: &str,
+        endpoints: Vec<Endpoint>,
+        problems: Vec<String>,
+    ) -> Vec<Result<Update, DiscoveryError>> {
+        let mut out = Vec::new();
+        if self.failed || self.last.as_ref() != Some(&endpoints) {
+            self.failed = false;
+            self.last = Some(endpoints.clone());
+            out.push(Ok(Update::Reset(endpoints)));
+        }
+        out.extend(skipped(label, problems));
+        out
+    }
+
+    /// After a failed attempt: the error, logged; the last set stays the channel's, and the
+    /// backend waits `backoff`'s next delay (returned) before it tries again.
+    pub fn fail(
+        &mut self,
+        label: &str,
+        what: &str,
+        backoff: &mut crate::backoff::Backoff,
+        e: DiscoveryError,
+    ) -> (Duration, Vec<Result<Update, DiscoveryError>>) {
+        self.failed = true;
+        tracing::warn!(target = %label, error = %e, "{what} failed, keeping the last known endpoints");
+        (backoff.next_delay(), vec![Err(e)])
+    }
+}
+
 /// The entries a watch skipped, as the `Malformed` errors it sends after the set (and
 /// logs): `<label>: skipped <problem>`.
 pub(crate) fn skipped(

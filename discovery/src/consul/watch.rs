@@ -25,10 +25,8 @@ struct State {
     target: ConsulTarget,
     agent: Option<Agent>,
     index: u64,
-    last: Option<Vec<Endpoint>>,
-    /// The last query failed: the next good answer is sent even when the set is unchanged,
-    /// so the channel learns that discovery works again.
-    failed: bool,
+    /// What the channel was last told.
+    published: lookup::Published,
     backoff: Backoff,
     pause: Option<Duration>,
     limit: RateLimit,
@@ -82,8 +80,7 @@ pub(super) fn watch(label: String, target: ConsulTarget, config: ConsulConfig) -
         target,
         agent: None,
         index: 0,
-        last: None,
-        failed: false,
+        published: lookup::Published::default(),
         backoff,
         pause: None,
         limit,
@@ -239,21 +236,15 @@ impl State {
                     .to_owned(),
             );
         }
-        let mut out = Vec::new();
-        if self.failed || self.last.as_ref() != Some(&endpoints) {
-            self.failed = false;
-            self.last = Some(endpoints.clone());
-            out.push(Ok(Update::Reset(endpoints)));
-        }
-        out.extend(lookup::skipped(&self.label, problems));
-        out
+        self.published.answer(&self.label, endpoints, problems)
     }
 
     fn fail(&mut self, e: DiscoveryError) -> Vec<Item> {
-        self.failed = true;
-        self.pause = Some(self.backoff.next_delay());
-        tracing::warn!(target = %self.label, error = %e, "Consul query failed, keeping the last known endpoints");
-        vec![Err(e)]
+        let (pause, items) = self
+            .published
+            .fail(&self.label, "Consul query", &mut self.backoff, e);
+        self.pause = Some(pause);
+        items
     }
 
     fn status_error(&self, agent: &Agent, answer: &Answer) -> DiscoveryError {

@@ -24,7 +24,7 @@ use super::client::{self, Failure, Need, bounded};
 use super::{EtcdConfig, EtcdTarget, value};
 use crate::backoff::Backoff;
 use crate::lookup::{self, Found};
-use crate::{DiscoveryError, Endpoint, ErrorKind, Update, UpdateStream};
+use crate::{DiscoveryError, ErrorKind, Update, UpdateStream};
 
 type Item = Result<Update, DiscoveryError>;
 
@@ -42,10 +42,8 @@ struct State {
     rev: i64,
     /// The usable entries, by key.
     entries: BTreeMap<String, Found>,
-    last: Option<Vec<Endpoint>>,
-    /// The last attempt failed: the next good state is sent even when the set is
-    /// unchanged, so the channel learns that discovery works again.
-    failed: bool,
+    /// What the channel was last told.
+    published: lookup::Published,
     backoff: Backoff,
     pause: Option<Duration>,
     /// When the watch last said anything.
@@ -66,8 +64,7 @@ pub(super) fn watch(label: String, target: EtcdTarget, config: EtcdConfig) -> Up
         needs_list: true,
         rev: 0,
         entries: BTreeMap::new(),
-        last: None,
-        failed: false,
+        published: lookup::Published::default(),
         backoff,
         pause: None,
         heard: Instant::now(),
@@ -114,7 +111,7 @@ impl State {
     /// Lists when needed, then starts the watch.
     async fn start(&mut self, client: Client) -> Vec<Item> {
         let mut out = Vec::new();
-        if !self.needs_list && self.failed {
+        if !self.needs_list && self.published.failed {
             match self.resumable(&client).await {
                 Ok(true) => {}
                 Ok(false) => self.needs_list = true,
@@ -142,15 +139,12 @@ impl State {
                 self.watch = Some(w);
                 self.heard = Instant::now();
                 self.asked = None;
-                if self.failed
-                    && !out.iter().any(Result::is_ok)
-                    && let Some(last) = &self.last
+                // Resumed without a list (the history from our revision is still there,
+                // `resumable` checked): the set is what it was, and discovery works again.
+                if !out.iter().any(Result::is_ok)
+                    && let Some(update) = self.published.recovered()
                 {
-                    // Resumed without a list (the history from our revision is still
-                    // there, `resumable` checked): the set is what it was, and discovery
-                    // works again.
-                    self.failed = false;
-                    out.push(Ok(Update::Reset(last.clone())));
+                    out.push(Ok(update));
                 }
             }
             Err(f) => {
@@ -412,20 +406,14 @@ impl State {
         let (endpoints, unresolved) =
             lookup::resolve(self.entries.values().cloned().collect()).await;
         problems.extend(unresolved);
-        let mut out = Vec::new();
-        if self.failed || self.last.as_ref() != Some(&endpoints) {
-            self.failed = false;
-            self.last = Some(endpoints.clone());
-            out.push(Ok(Update::Reset(endpoints)));
-        }
-        out.extend(lookup::skipped(&self.label, problems));
-        out
+        self.published.answer(&self.label, endpoints, problems)
     }
 
     fn fail(&mut self, e: DiscoveryError) -> Vec<Item> {
-        self.failed = true;
-        self.pause = Some(self.backoff.next_delay());
-        tracing::warn!(target = %self.label, error = %e, "etcd discovery failed, keeping the last known endpoints");
-        vec![Err(e)]
+        let (pause, items) =
+            self.published
+                .fail(&self.label, "etcd discovery", &mut self.backoff, e);
+        self.pause = Some(pause);
+        items
     }
 }
