@@ -609,6 +609,30 @@ fn policy(cx: &mut Cx<'_>, name: &str, config: &Node, path: &str, pos: Pos) -> O
     Some((canonical.to_owned(), built))
 }
 
+/// The keys of A50's `successRateEjection` and `failurePercentageEjection` objects.
+const SUCCESS_RATE_KEYS: [&str; 4] = [
+    "stdevFactor",
+    "enforcementPercentage",
+    "minimumHosts",
+    "requestVolume",
+];
+const FAILURE_PERCENTAGE_KEYS: [&str; 4] = [
+    "threshold",
+    "enforcementPercentage",
+    "minimumHosts",
+    "requestVolume",
+];
+
+/// Decodes each `(key, max, field)` of `s` present as an integer in `0..=max` into its
+/// field; absent keys leave their defaults, bad values are reported by `decode::int`.
+fn set_u32s<const N: usize>(cx: &mut Cx<'_>, s: &Obj<'_>, fields: [(&str, i128, &mut u32); N]) {
+    for (key, max, field) in fields {
+        if let Some(v) = s.get(key).and_then(|(n, p)| decode::int(cx, n, &p, 0, max)) {
+            *field = v as u32;
+        }
+    }
+}
+
 /// `outlier_detection_experimental`: A50's fields, meshless's `consecutiveFailures`, and
 /// the `childPolicy` it wraps.
 fn outlier_detection(cx: &mut Cx<'_>, node: &Node, path: &str) -> Balancing {
@@ -653,68 +677,39 @@ fn outlier_detection(cx: &mut Cx<'_>, node: &Node, path: &str) -> Balancing {
     {
         od = od.max_ejection_percent(v as u32);
     }
-    let percent = |cx: &mut Cx<'_>, o: &Obj<'_>, key: &str| {
-        o.get(key)
-            .and_then(|(n, p)| decode::int(cx, n, &p, 0, 100).map(|v| v as u32))
-    };
-    let count = |cx: &mut Cx<'_>, o: &Obj<'_>, key: &str| {
-        o.get(key)
-            .and_then(|(n, p)| decode::int(cx, n, &p, 0, i128::from(u32::MAX)).map(|v| v as u32))
-    };
+    const ANY: i128 = u32::MAX as i128;
     if let Some((n, p)) = o.get("successRateEjection")
-        && let Some(s) = Obj::new(
-            cx,
-            n,
-            &p,
-            &[
-                "stdevFactor",
-                "enforcementPercentage",
-                "minimumHosts",
-                "requestVolume",
-            ],
-        )
+        && let Some(s) = Obj::new(cx, n, &p, &SUCCESS_RATE_KEYS)
     {
         let mut e = SuccessRateEjection::default();
-        if let Some(v) = count(cx, &s, "stdevFactor") {
-            e.stdev_factor = v;
-        }
-        if let Some(v) = percent(cx, &s, "enforcementPercentage") {
-            e.enforcement_percentage = v;
-        }
-        if let Some(v) = count(cx, &s, "minimumHosts") {
-            e.minimum_hosts = v;
-        }
-        if let Some(v) = count(cx, &s, "requestVolume") {
-            e.request_volume = v;
-        }
+        let f = &mut e;
+        set_u32s(
+            cx,
+            &s,
+            [
+                ("stdevFactor", ANY, &mut f.stdev_factor),
+                ("enforcementPercentage", 100, &mut f.enforcement_percentage),
+                ("minimumHosts", ANY, &mut f.minimum_hosts),
+                ("requestVolume", ANY, &mut f.request_volume),
+            ],
+        );
         od = od.success_rate(Some(e));
     }
     if let Some((n, p)) = o.get("failurePercentageEjection")
-        && let Some(s) = Obj::new(
-            cx,
-            n,
-            &p,
-            &[
-                "threshold",
-                "enforcementPercentage",
-                "minimumHosts",
-                "requestVolume",
-            ],
-        )
+        && let Some(s) = Obj::new(cx, n, &p, &FAILURE_PERCENTAGE_KEYS)
     {
         let mut e = FailurePercentageEjection::default();
-        if let Some(v) = percent(cx, &s, "threshold") {
-            e.threshold = v;
-        }
-        if let Some(v) = percent(cx, &s, "enforcementPercentage") {
-            e.enforcement_percentage = v;
-        }
-        if let Some(v) = count(cx, &s, "minimumHosts") {
-            e.minimum_hosts = v;
-        }
-        if let Some(v) = count(cx, &s, "requestVolume") {
-            e.request_volume = v;
-        }
+        let f = &mut e;
+        set_u32s(
+            cx,
+            &s,
+            [
+                ("threshold", 100, &mut f.threshold),
+                ("enforcementPercentage", 100, &mut f.enforcement_percentage),
+                ("minimumHosts", ANY, &mut f.minimum_hosts),
+                ("requestVolume", ANY, &mut f.request_volume),
+            ],
+        );
         od = od.failure_percentage(Some(e));
     }
     if let Some((n, p)) = o.get("consecutiveFailures")

@@ -179,3 +179,26 @@ fn a_service_config_alone() {
         "2:3: methodConfg: unknown key `methodConfg`; did you mean `methodConfig`?"
     );
 }
+
+#[test]
+fn a50_ejection_fields_land_where_they_belong() {
+    let c = with(
+        r#"{"loadBalancingConfig": [{"outlier_detection_experimental": {"successRateEjection": {"stdevFactor": 1500, "enforcementPercentage": 80, "minimumHosts": 4, "requestVolume": 50}, "failurePercentageEjection": {"threshold": 70, "enforcementPercentage": 90, "minimumHosts": 3, "requestVolume": 20}, "childPolicy": [{"round_robin": {}}]}}]}"#,
+    );
+    let od = c.outlier_detection("c").unwrap();
+    let mut sr = meshless_transport::SuccessRateEjection::default();
+    sr.stdev_factor = 1500;
+    sr.enforcement_percentage = 80;
+    sr.minimum_hosts = 4;
+    sr.request_volume = 50;
+    let mut fp = meshless_transport::FailurePercentageEjection::default();
+    fp.threshold = 70;
+    fp.enforcement_percentage = 90;
+    fp.minimum_hosts = 3;
+    fp.request_volume = 20;
+    let want = OutlierDetection::default()
+        .success_rate(Some(sr))
+        .failure_percentage(Some(fp))
+        .consecutive_failures(None);
+    assert_eq!(od, &want);
+}
