@@ -54,35 +54,37 @@ impl<'a> Obj<'a> {
     /// Reads `node` as a map with keys among `allowed`; reports unknown and duplicate keys.
     /// `None` (reported) when it is not a map; a null is an empty map.
     pub fn new(cx: &mut Cx<'_>, node: &'a Node, path: &str, allowed: &[&str]) -> Option<Self> {
-        let entries: &'a [(String, Pos, Node)] = match &node.kind {
-            Kind::Map(m) => m,
-            Kind::Null => &[],
-            other => {
-                cx.err(
-                    path,
-                    node.pos,
-                    format!("expected a map, found {}", other.describe()),
-                );
-                return None;
+        Self::read(cx, node, path, "a map", "key", |cx, key, pos| {
+            if !allowed.contains(&key) {
+                cx.err(&join(path, key), pos, unknown_key(key, allowed));
             }
-        };
-        for (i, (key, pos, _)) in entries.iter().enumerate() {
-            if entries[..i].iter().any(|(k, _, _)| k == key) {
-                cx.err(&join(path, key), *pos, "duplicate key: it is given twice");
-            } else if !allowed.contains(&key.as_str()) {
-                cx.err(&join(path, key), *pos, unknown_key(key, allowed));
-            }
-        }
-        Some(Obj {
-            path: path.to_owned(),
-            pos: node.pos,
-            entries,
         })
     }
 
     /// Reads `node` as a map whose keys are names the user chooses (the `clients` map): only
     /// duplicates are reported.
     pub fn names(cx: &mut Cx<'_>, node: &'a Node, path: &str) -> Option<Self> {
+        Self::read(cx, node, path, "a map of names", "name", |cx, key, pos| {
+            if key.starts_with('<') && key.ends_with('>') {
+                cx.err(
+                    path,
+                    pos,
+                    format!("{key} is not a name: give each entry a name"),
+                );
+            }
+        })
+    }
+
+    /// Reads `node` as a map (`expected` says what, in the error when it is not one),
+    /// reports keys given twice (each a `what`), and hands every other key to `check`.
+    fn read(
+        cx: &mut Cx<'_>,
+        node: &'a Node,
+        path: &str,
+        expected: &str,
+        what: &str,
+        mut check: impl FnMut(&mut Cx<'_>, &str, Pos),
+    ) -> Option<Self> {
         let entries: &'a [(String, Pos, Node)] = match &node.kind {
             Kind::Map(m) => m,
             Kind::Null => &[],
@@ -90,20 +92,20 @@ impl<'a> Obj<'a> {
                 cx.err(
                     path,
                     node.pos,
-                    format!("expected a map of names, found {}", other.describe()),
+                    format!("expected {expected}, found {}", other.describe()),
                 );
                 return None;
             }
         };
         for (i, (key, pos, _)) in entries.iter().enumerate() {
             if entries[..i].iter().any(|(k, _, _)| k == key) {
-                cx.err(&join(path, key), *pos, "duplicate name: it is given twice");
-            } else if key.starts_with('<') && key.ends_with('>') {
                 cx.err(
-                    path,
+                    &join(path, key),
                     *pos,
-                    format!("{key} is not a name: give each entry a name"),
+                    format!("duplicate {what}: it is given twice"),
                 );
+            } else {
+                check(cx, key, *pos);
             }
         }
         Some(Obj {
