@@ -43,6 +43,14 @@ impl Default for BackoffConfig {
 }
 
 impl BackoffConfig {
+    /// What Consul's and etcd's registrars retry a lost registration with: from 200 ms up
+    /// to 30 s, so a registry that comes back sees the instance again within seconds.
+    pub(crate) fn registrar() -> Self {
+        BackoffConfig::default()
+            .base_delay(Duration::from_millis(200))
+            .max_delay(Duration::from_secs(30))
+    }
+
     /// Sets [`base_delay`](Self::base_delay).
     #[must_use]
     pub fn base_delay(mut self, d: Duration) -> Self {

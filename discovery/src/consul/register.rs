@@ -122,9 +122,7 @@ impl ConsulRegistrar {
             tags: Vec::new(),
             tcp_check: None,
             grpc_check: None,
-            backoff: BackoffConfig::default()
-                .base_delay(Duration::from_millis(200))
-                .max_delay(Duration::from_secs(30)),
+            backoff: BackoffConfig::registrar(),
         }
     }
 

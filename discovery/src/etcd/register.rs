@@ -80,9 +80,7 @@ impl EtcdRegistrar {
             keepalive_interval: None,
             namespace: KRATOS_NAMESPACE.to_owned(),
             grpcs: false,
-            backoff: BackoffConfig::default()
-                .base_delay(Duration::from_millis(200))
-                .max_delay(Duration::from_secs(30)),
+            backoff: BackoffConfig::registrar(),
         }
     }
 
