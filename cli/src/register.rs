@@ -67,6 +67,27 @@ fn state_name(s: RegistrationState) -> &'static str {
     }
 }
 
+/// `r` with the `--format` and `--ttl` the command line gives, through the registrar's own
+/// setters.
+#[cfg(any(feature = "consul", feature = "etcd"))]
+fn configured<R, F: std::str::FromStr<Err = String>>(
+    mut r: R,
+    args: &RegisterArgs,
+    format: impl FnOnce(R, F) -> R,
+    ttl: impl FnOnce(R, Duration) -> R,
+) -> Result<R, CliError> {
+    if let Some(f) = &args.format {
+        let f = f
+            .parse()
+            .map_err(|e: String| CliError::Usage(format!("--format: {e}")))?;
+        r = format(r, f);
+    }
+    if let Some(t) = args.ttl {
+        r = ttl(r, t);
+    }
+    Ok(r)
+}
+
 /// The registrar a `--registry` names.
 fn registrar(args: &RegisterArgs) -> Result<Box<dyn Registrar>, CliError> {
     let scheme = args
@@ -78,34 +99,16 @@ fn registrar(args: &RegisterArgs) -> Result<Box<dyn Registrar>, CliError> {
         #[cfg(feature = "consul")]
         "consul" => {
             use meshless::discovery::consul::ConsulRegistrar;
-            let mut r = ConsulRegistrar::from_target(&args.registry)
+            let r = ConsulRegistrar::from_target(&args.registry)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
-            if let Some(f) = &args.format {
-                r = r.format(
-                    f.parse()
-                        .map_err(|e: String| CliError::Usage(format!("--format: {e}")))?,
-                );
-            }
-            if let Some(ttl) = args.ttl {
-                r = r.ttl(ttl);
-            }
-            Ok(Box::new(r))
+            Ok(Box::new(configured(r, args, ConsulRegistrar::format, ConsulRegistrar::ttl)?))
         }
         #[cfg(feature = "etcd")]
         "etcd" => {
             use meshless::discovery::etcd::EtcdRegistrar;
-            let mut r = EtcdRegistrar::from_target(&args.registry)
+            let r = EtcdRegistrar::from_target(&args.registry)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
-            if let Some(f) = &args.format {
-                r = r.format(
-                    f.parse()
-                        .map_err(|e: String| CliError::Usage(format!("--format: {e}")))?,
-                );
-            }
-            if let Some(ttl) = args.ttl {
-                r = r.ttl(ttl);
-            }
-            Ok(Box::new(r))
+            Ok(Box::new(configured(r, args, EtcdRegistrar::format, EtcdRegistrar::ttl)?))
         }
         _ => {
             let mut known = Vec::new();

@@ -45,6 +45,7 @@ impl Default for BackoffConfig {
 impl BackoffConfig {
     /// What Consul's and etcd's registrars retry a lost registration with: from 200 ms up
     /// to 30 s, so a registry that comes back sees the instance again within seconds.
+    #[cfg(any(feature = "consul", feature = "etcd"))]
     pub(crate) fn registrar() -> Self {
         BackoffConfig::default()
             .base_delay(Duration::from_millis(200))
