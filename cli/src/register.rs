@@ -101,14 +101,24 @@ fn registrar(args: &RegisterArgs) -> Result<Box<dyn Registrar>, CliError> {
             use meshless::discovery::consul::ConsulRegistrar;
             let r = ConsulRegistrar::from_target(&args.registry)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
-            Ok(Box::new(configured(r, args, ConsulRegistrar::format, ConsulRegistrar::ttl)?))
+            Ok(Box::new(configured(
+                r,
+                args,
+                ConsulRegistrar::format,
+                ConsulRegistrar::ttl,
+            )?))
         }
         #[cfg(feature = "etcd")]
         "etcd" => {
             use meshless::discovery::etcd::EtcdRegistrar;
             let r = EtcdRegistrar::from_target(&args.registry)
                 .map_err(|e| CliError::Usage(e.to_string()))?;
-            Ok(Box::new(configured(r, args, EtcdRegistrar::format, EtcdRegistrar::ttl)?))
+            Ok(Box::new(configured(
+                r,
+                args,
+                EtcdRegistrar::format,
+                EtcdRegistrar::ttl,
+            )?))
         }
         _ => {
             let mut known = Vec::new();

@@ -24,6 +24,8 @@ type Series = (String, String);
 /// each snapshot is added to the running totals here.
 #[derive(Default)]
 struct Totals {
+    /// The unit each instrument was described with.
+    units: BTreeMap<String, metrics::Unit>,
     counters: BTreeMap<Series, u64>,
     gauges: BTreeMap<Series, f64>,
     histograms: BTreeMap<Series, Vec<f64>>,
@@ -31,8 +33,11 @@ struct Totals {
 
 impl Totals {
     fn update(&mut self, s: &Snapshotter) -> &Self {
-        for (key, _unit, _desc, value) in s.snapshot().into_vec() {
+        for (key, unit, _desc, value) in s.snapshot().into_vec() {
             let key = key.key();
+            if let Some(u) = unit {
+                self.units.insert(key.name().to_owned(), u);
+            }
             let mut labels: Vec<String> = key
                 .labels()
                 .map(|l| format!("{}={}", l.key(), l.value()))
@@ -151,6 +156,15 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         calls_sorted.iter().zip(&attempts_ok).all(|(c, a)| c >= a),
         "calls {calls_sorted:?} attempts {attempts_ok:?}"
     );
+    // The units of A66: seconds and bytes.
+    for (name, unit) in [
+        (m::CALL_DURATION, metrics::Unit::Seconds),
+        (m::ATTEMPT_DURATION, metrics::Unit::Seconds),
+        (m::ATTEMPT_SENT_SIZE, metrics::Unit::Bytes),
+        (m::ATTEMPT_RCVD_SIZE, metrics::Unit::Bytes),
+    ] {
+        assert_eq!(v.units.get(name), Some(&unit), "{name}");
+    }
     // The unregistered method is `other`.
     assert_eq!(
         v.counter(m::ATTEMPT_STARTED, "grpc.method=other,grpc.target=greeter"),
