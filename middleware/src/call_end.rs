@@ -32,12 +32,6 @@ impl ObservedBody for tonic::body::Body {
     }
 }
 
-/// The `grpc-status` of a header map, if it has a readable one.
-pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<Code> {
-    let v = headers.get("grpc-status")?.to_str().ok()?;
-    Some(Code::from_i32(v.parse().ok()?))
-}
-
 struct Ending {
     inner: tonic::body::Body,
     code: Option<Code>,
@@ -63,7 +57,7 @@ impl Body for Ending {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             Some(Ok(f)) => {
-                if let Some(code) = f.trailers_ref().and_then(grpc_status) {
+                if let Some(code) = f.trailers_ref().and_then(meshless_transport::grpc_status) {
                     self.code = Some(code);
                 }
             }

@@ -294,7 +294,7 @@ where
             let measured = async move {
                 match call.await {
                     Ok(resp) => {
-                        let in_headers = crate::call_end::grpc_status(resp.headers());
+                        let in_headers = meshless_transport::grpc_status(resp.headers());
                         let end = Box::new(move |code| {
                             m.call_duration(&path, code, start.elapsed());
                         });

@@ -880,6 +880,11 @@ pub(crate) struct CallClock {
 }
 
 impl CallClock {
+    /// The call's method instruments.
+    fn method(&self) -> crate::Label {
+        self.method.clone()
+    }
+
     /// The call ended with `code`.
     pub(crate) fn end(self, code: tonic::Code) {
         self.metrics
@@ -1190,7 +1195,11 @@ async fn attempts(
             continue;
         };
         if let Some(m) = &shared.metrics {
-            guard.observe(m.clone(), m.method(parts.uri.path()), replay.known_len());
+            // The call's clock looked the method up already.
+            let method = clock
+                .as_ref()
+                .map_or_else(|| m.method(parts.uri.path()), CallClock::method);
+            guard.observe(m.clone(), method, replay.known_len());
         }
         let mut sender = conn.tx.clone();
         match sender.try_send_request(req).await {

@@ -246,7 +246,7 @@ impl<I: Iterator<Item = (Entry, SubchannelView)>> Old<'_, I> {
     fn take(
         &mut self,
         at: usize,
-        gone: &mut Vec<(Entry, SubchannelView)>,
+        mut gone: impl FnMut(Entry, SubchannelView),
     ) -> Option<(Entry, SubchannelView)> {
         match self {
             Old::InOrder(walk) => {
@@ -254,7 +254,7 @@ impl<I: Iterator<Item = (Entry, SubchannelView)>> Old<'_, I> {
                     if i == at {
                         return Some(pair);
                     }
-                    gone.push(pair);
+                    gone(pair.0, pair.1);
                 }
                 None
             }
@@ -265,10 +265,10 @@ impl<I: Iterator<Item = (Entry, SubchannelView)>> Old<'_, I> {
     }
 
     /// What nobody claimed goes to `gone`.
-    fn rest(self, gone: &mut Vec<(Entry, SubchannelView)>) {
+    fn rest(self, mut gone: impl FnMut(Entry, SubchannelView)) {
         match self {
-            Old::InOrder(walk) => gone.extend(walk.map(|(_, pair)| pair)),
-            Old::Slots(slots) => gone.extend(slots.drain(..).flatten()),
+            Old::InOrder(walk) => walk.for_each(|(_, (e, v))| gone(e, v)),
+            Old::Slots(slots) => slots.drain(..).flatten().for_each(|(e, v)| gone(e, v)),
         }
     }
 }
@@ -356,7 +356,6 @@ struct Run {
     spare_entries: Vec<Entry>,
     spare_views: Vec<SubchannelView>,
     spare_plan: Vec<Claim>,
-    spare_gone: Vec<(Entry, SubchannelView)>,
     /// Let go of every connection after the idle timeout; the next call wakes it.
     idle: bool,
     /// When one-at-a-time connecting should start its next attempt.
@@ -414,7 +413,6 @@ impl Control {
             spare_entries: Vec::new(),
             spare_views: Vec::new(),
             spare_plan: Vec::new(),
-            spare_gone: Vec::new(),
             idle: false,
             next_attempt: None,
             outliers: None,
@@ -682,7 +680,6 @@ impl Run {
         let mut old_views = std::mem::take(&mut self.views);
         let mut changed = false;
         let connect_now = self.connect_mode == ConnectMode::All && !self.idle;
-        let mut gone = std::mem::take(&mut self.spare_gone);
         let mut slots = std::mem::take(&mut self.spare_slots);
         {
             let drained = old_entries.drain(..).zip(old_views.drain(..));
@@ -702,19 +699,21 @@ impl Run {
                         views.push(view);
                     }
                     Claim::Keep(at) => {
-                        if let Some((entry, view)) = old.take(at, &mut gone) {
+                        let retire = |e, v| {
+                            changed = true;
+                            self.retire(e, v, now);
+                        };
+                        if let Some((entry, view)) = old.take(at, retire) {
                             changed |= keep(&mut entries, &mut views, entry, view, ep, at);
                         }
                     }
                 }
             }
-            old.rest(&mut gone);
+            old.rest(|e, v| {
+                changed = true;
+                self.retire(e, v, now);
+            });
         }
-        for (entry, view) in gone.drain(..) {
-            changed = true;
-            self.retire(entry, view, now);
-        }
-        self.spare_gone = gone;
         self.spare_slots = slots;
         self.spare_entries = old_entries;
         self.spare_views = old_views;

@@ -7,8 +7,10 @@ use tonic::Code;
 /// `grpc-status`, parsed once: a lookup by `&str` parses the name on every call.
 static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
-/// The status code a `grpc-status` header gives, if it has a readable one.
-pub(crate) fn grpc_status(headers: &HeaderMap) -> Option<Code> {
+/// The status code a `grpc-status` header gives, if it has a readable one (in response
+/// headers for a Trailers-Only response, or in trailers). The resilience layers read it
+/// too.
+pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     let v = headers.get(&GRPC_STATUS)?;
     let code = v.to_str().ok()?.parse::<i32>().ok()?;
     Some(Code::from_i32(code))

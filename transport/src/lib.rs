@@ -50,6 +50,7 @@ pub use channel::{
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUESTS_PER_ENDPOINT, DEFAULT_QUEUE_TIMEOUT,
     DEFAULT_TCP_KEEPALIVE, ReportEndpoint, ResponseFuture, ServedBy, WaitForReady, a72_name,
 };
+pub use errors::grpc_status;
 pub use frame_limit::MaxMessageBytes;
 pub use grpc_timeout::GrpcTimeout;
 pub use meshless_discovery::backoff::{Backoff, BackoffConfig};

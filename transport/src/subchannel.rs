@@ -143,8 +143,6 @@ impl Drop for SubchannelHandle {
     }
 }
 
-/// Creates the subchannel for `addr` and spawns its connection loop; it stays idle until
-/// [`SubchannelHandle::want`] asks it to connect.
 /// A subchannel's connection task, made but not started yet (see [`new`]).
 pub(crate) struct Unstarted(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
 
@@ -155,9 +153,10 @@ impl Unstarted {
     }
 }
 
-/// A new subchannel and its connection task, which [`Unstarted::start`] spawns. The control
-/// task starts the tasks of a discovery update only once the picker with them is out, so
-/// their first connects do not compete with publishing it.
+/// A new subchannel for `addr` and its connection task, which [`Unstarted::start`] spawns;
+/// it stays idle until [`SubchannelHandle::want`] asks it to connect. The control task
+/// starts the tasks of a discovery update only once the picker with them is out, so their
+/// first connects do not compete with publishing it.
 pub(crate) fn new(
     addr: Address,
     authority: http::uri::Authority,
