@@ -6,7 +6,7 @@
 //! 1000 ms. Scenario `two_slow`: 4 backends at 1 ms, two of them 5 ms slower, next to an
 //! all-healthy baseline of 4 × 1 ms. Every run gets fresh backends with the same latency
 //! seeds. Prints p50/p90/p99/p99.9 and each backend's share, and checks the goals of
-//! issue 3; `--json` prints one JSON object instead.
+//! "Latency under skew" in docs/benchmarks.md; `--json` prints one JSON object instead.
 //!
 //! ```text
 //! cargo run --release --example skew [-- --requests N --concurrency C --json]
@@ -29,7 +29,8 @@ use meshless_integration::load::{self, LoadArgs};
 use meshless_integration::report::{Report, RunReport};
 use meshless_integration::server::{ServerHandle, TestServer};
 
-/// Issue 3's run: 20,000 requests at concurrency 50 (tower PR #76's harness used 50,000).
+/// The run docs/benchmarks.md reports: 20,000 requests at concurrency 50 (tower PR #76's
+/// harness used 50,000).
 const DEFAULT_REQUESTS: usize = 20_000;
 const DEFAULT_CONCURRENCY: usize = 50;
 /// Upper bounds of the backends' uniform latencies in scenario `skew` (tower PR #76).
@@ -74,8 +75,9 @@ const TONIC: &str = "tonic_balance_list";
 const TONIC_CONNECT_GRACE: Duration = Duration::from_millis(300);
 /// How long a meshless run waits for every backend to be ready before it gives up.
 const READY_BOUND: Duration = Duration::from_secs(5);
-/// Goals of issue 3: p2c_ewma's p99.9 in `skew` at most tower's published 105 ms and at
-/// most half of tonic balance_list's; its p99 in `two_slow` at most twice the all-healthy p99.
+/// The goals of "Latency under skew" (docs/benchmarks.md): p2c_ewma's p99.9 in `skew` at
+/// most tower's published 105 ms and at most half of tonic balance_list's; its p99 in
+/// `two_slow` at most twice the all-healthy p99.
 const GOAL_P999_MS: f64 = 105.0;
 const GOAL_VS_TONIC: f64 = 0.5;
 const GOAL_VS_HEALTHY: f64 = 2.0;

@@ -47,7 +47,8 @@ use meshless_balancer::{
 use meshless_discovery::Endpoint;
 use tower::Service;
 
-/// Endpoint counts of the pick benchmarks (the sizes).
+/// Endpoint counts of the pick benchmarks (docs/benchmarks.md, "Pick cost": its goals are
+/// at 1,000).
 const PICK_SIZES: [usize; 3] = [10, 100, 1000];
 /// Endpoint counts of the build benchmarks.
 const BUILD_SIZES: [usize; 2] = [1_000, 10_000];

@@ -456,7 +456,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slow_pair_gets_almost_nothing_at_high_concurrency() {
-        // Issue 3's "two of four slow" at concurrency 40: four endpoints at 1 ms, two of them
+        // brpc's "two of four slow" at concurrency 40: four endpoints at 1 ms, two of them
         // 5 ms slower. Finagle's cost sends the slow pair calls until each holds two or
         // three; weighed against the mean load, only the calls before the first answers.
         let slow = |config: P2cEwmaConfig| async move {

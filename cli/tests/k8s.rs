@@ -174,8 +174,8 @@ async fn watch_sees_a_scale_up_and_bench_spreads_calls() {
         }
     });
 
-    // The second slice goes in only once the watch has printed the first set, so the watch
-    // must report it as an addition (a fixed sleep only hoped the watch had started).
+    // The second slice goes in only once the watch has printed the first set: the watch has
+    // started by then, so it must report the slice as an addition.
     let first = next_event(&mut lines).await;
     assert_eq!(first["event"], "reset", "{first}");
     assert_eq!(added(&first), [servers[0].addr().to_string()], "{first}");

@@ -22,7 +22,8 @@ use tonic::Code;
 /// TTL of the records in these tests, in seconds.
 const TTL_SECS: u32 = 1;
 const TTL: Duration = Duration::from_secs(TTL_SECS as u64);
-/// What a change may take beyond the TTL to reach the traffic (the bound).
+/// What a change may take beyond the TTL to reach the traffic: the bound these tests hold
+/// DNS discovery to.
 const PROPAGATION: Duration = Duration::from_millis(100);
 /// Bound on waiting for one item of a discovery stream.
 const ITEM_BOUND: Duration = Duration::from_secs(5);

@@ -1,6 +1,5 @@
-//! Which gRPC status codes count against the endpoint that returned them: the one
-//! definition that call accounting uses today and that outlier detection, retry budgets and
-//! adaptive throttling read too.
+//! Which gRPC status codes count against the endpoint that returned them, for the channel's
+//! accounting (the policies' failure signals) and outlier detection.
 
 use tonic::Code;
 
