@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # A one-off build gains nothing from incremental state, which is the largest part of target/
-# (several GB); CI machines have run out of disk with it.
+# (several GB).
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 # Debian packages the tests need, as "command:package" (or "/path:package"): the package is
