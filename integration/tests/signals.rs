@@ -746,6 +746,111 @@ async fn a_panicking_policy_or_discovery_fails_calls_at_once_naming_it() {
     assert!(err.message().contains("watch decoder bug"), "{err}");
 }
 
+/// A policy whose balancer panics in the method it is named for.
+struct PanicsIn(&'static str);
+
+impl Policy for PanicsIn {
+    fn name(&self) -> &'static str {
+        "panics_in"
+    }
+    fn new_balancer(&self) -> Box<dyn Balancer> {
+        Box::new(PanicsIn(self.0))
+    }
+}
+
+impl Balancer for PanicsIn {
+    fn name(&self) -> &'static str {
+        "panics_in"
+    }
+    fn build(&self, _: &[SubchannelView]) -> Arc<dyn Picker> {
+        panic!("build bug")
+    }
+    fn new_stats(&self) -> meshless::balancer::EndpointStats {
+        if self.0 == "new_stats" {
+            panic!("new_stats bug");
+        }
+        meshless::balancer::EndpointStats::default()
+    }
+    fn connect_mode(&self) -> meshless::balancer::ConnectMode {
+        if self.0 == "connect_mode" {
+            panic!("connect_mode bug");
+        }
+        meshless::balancer::ConnectMode::All
+    }
+}
+
+/// A discovery that panics in `watch()` itself, or in `resolve_now()` after handing out
+/// endpoints.
+struct DiscoveryPanicsIn {
+    method: &'static str,
+    endpoints: Vec<Endpoint>,
+}
+
+impl Discovery for DiscoveryPanicsIn {
+    fn watch(&self) -> UpdateStream {
+        if self.method == "watch" {
+            panic!("watch() bug");
+        }
+        let set = meshless::discovery::Update::Reset(self.endpoints.clone());
+        Box::pin(
+            futures_util::stream::once(async move { Ok(set) })
+                .chain(futures_util::stream::pending()),
+        )
+    }
+    fn resolve_now(&self) {
+        if self.method == "resolve_now" {
+            panic!("resolve_now() bug");
+        }
+    }
+}
+
+/// Every method of a user's `Balancer` or `Discovery` that the control task calls is
+/// guarded: a panic in any of them fails calls at once with a message naming the component
+/// and the panic, and `status()` says so; nothing waits for a picker that never comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_any_method_of_a_policy_or_discovery_fails_calls_at_once() {
+    async fn fails_naming(channel: Channel, component: &str, panic: &str) {
+        let mut client = GreeterClient::new(channel.clone());
+        let err = tokio::time::timeout(Duration::from_secs(5), hello(&mut client))
+            .await
+            .unwrap_or_else(|_| panic!("{panic}: the call waited instead of failing"))
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Internal, "{err}");
+        assert!(err.message().contains(component), "{err}");
+        assert!(err.message().contains(panic), "{err}");
+        wait_until("status names the panic", || {
+            channel.status().panicked.is_some_and(|p| p.contains(panic))
+        })
+        .await;
+    }
+    let servers = servers(1);
+    for method in ["new_stats", "connect_mode"] {
+        let channel = Channel::builder(static_target(&servers))
+            .balancer(Arc::new(PanicsIn(method)) as Arc<dyn Policy>)
+            .build()
+            .unwrap();
+        fails_naming(channel, "`panics_in`", &format!("{method} bug")).await;
+    }
+    let watch = DiscoveryPanicsIn {
+        method: "watch",
+        endpoints: Vec::new(),
+    };
+    let channel = Channel::with_discovery("broken", Arc::new(watch))
+        .build()
+        .unwrap();
+    fails_naming(channel, "discovery", "watch() bug").await;
+    // resolve_now is called when a connection attempt fails: give it a dead endpoint.
+    let resolve = DiscoveryPanicsIn {
+        method: "resolve_now",
+        endpoints: vec![Endpoint::new(dead_addr())],
+    };
+    let channel = Channel::with_discovery("broken", Arc::new(resolve))
+        .backoff(fast_backoff())
+        .build()
+        .unwrap();
+    fails_naming(channel, "discovery", "resolve_now() bug").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unavailable_message_names_the_most_recent_error() {
     // A backoff long enough that nothing retries during the test: each endpoint fails once.

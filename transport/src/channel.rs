@@ -571,7 +571,7 @@ impl ChannelBuilder {
             outlier: self.outlier,
             closed,
         };
-        runtime.spawn(control.run());
+        runtime.spawn(control.supervise());
         Ok(Channel {
             shared,
             commands,

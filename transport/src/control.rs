@@ -337,6 +337,9 @@ struct Run {
     discovery_error: Option<DiscoveryError>,
     /// A component that panicked: the channel fails every call, naming it.
     panicked: Option<String>,
+    /// How many of `views` are ready, kept as states change so that an event does not scan
+    /// every endpoint (a 5,000-endpoint channel starting up gets 15,000 events).
+    ready: usize,
     next_generation: u64,
     error_seq: u64,
     /// The balancer's picker is stale: the subchannels, their endpoints or their readiness
@@ -384,11 +387,42 @@ fn effective_state(conn: ConnectivityState, ejected: bool) -> ConnectivityState 
 }
 
 impl Control {
+    /// Runs the control task until every `Channel` handle is dropped. The calls into user
+    /// code that can panic (a `Discovery`'s or a `Balancer`'s methods) are guarded where they
+    /// are made, naming the component; should anything else panic, the channel still fails
+    /// every call at once with the panic's message instead of leaving calls to wait for a
+    /// picker that will never come.
+    pub(crate) async fn supervise(self) {
+        let shared = self.shared.clone();
+        if let Err(panic) = AssertUnwindSafe(self.run()).catch_unwind().await {
+            let what = format!(
+                "the control task of `{}` panicked: {}; the channel fails every call until it is rebuilt",
+                shared.target,
+                panic_message(&panic)
+            );
+            tracing::error!("{what}");
+            shared
+                .status
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .panicked = Some(what.clone());
+            shared.publish(Snapshot {
+                picker: PickerState::Fail(Status::internal(what)),
+                subchannels: Arc::default(),
+            });
+            shared.status_version.send_modify(|v| *v += 1);
+        }
+    }
+
     /// Runs until every `Channel` handle is dropped.
-    pub(crate) async fn run(self) {
+    async fn run(self) {
         let (events_tx, mut events_rx) = mpsc::unbounded_channel();
-        let mut updates: Option<UpdateStream> = Some(self.discovery.watch());
-        let connect_mode = self.balancer.connect_mode();
+        let discovery = self.discovery.clone();
+        let watched = std::panic::catch_unwind(AssertUnwindSafe(|| discovery.watch()));
+        let policy_name = self.balancer.name();
+        let balancer = &self.balancer;
+        let mode = std::panic::catch_unwind(AssertUnwindSafe(|| balancer.connect_mode()));
+        let connect_mode = *mode.as_ref().unwrap_or(&ConnectMode::All);
         let idle_every = self.idle_timeout;
         let mut run = Run {
             c: self,
@@ -402,6 +436,7 @@ impl Control {
             resolved: false,
             discovery_error: None,
             panicked: None,
+            ready: 0,
             next_generation: 0,
             error_seq: 0,
             dirty: true,
@@ -418,6 +453,23 @@ impl Control {
             outliers: None,
             last_good_discovery: Instant::now(),
         };
+        let mut updates: Option<UpdateStream> = match watched {
+            Ok(stream) => Some(stream),
+            Err(panic) => {
+                run.on_panic("discovery", &panic_message(&panic));
+                None
+            }
+        };
+        if let Err(panic) = mode {
+            run.on_panic(
+                &format!("load-balancing policy `{policy_name}`"),
+                &panic_message(&panic),
+            );
+        }
+        if run.panicked.is_some() {
+            // Nothing may ever wake the loop below (no discovery stream): fail calls now.
+            run.rebuild();
+        }
         run.outliers = run.c.outlier.clone().map(|config| Outliers {
             detector: crate::outlier::Detector::new(config, Instant::now(), rand::random()),
             hosts: HashMap::default(),
@@ -721,6 +773,7 @@ impl Run {
         self.entries = entries;
         self.views = views;
         self.index = index;
+        self.ready = self.views.iter().filter(|v| v.is_ready()).count();
         if changed {
             self.subchannels =
                 Arc::new(self.entries.iter().map(|e| e.handle.sub.clone()).collect());
@@ -813,6 +866,7 @@ impl Run {
             _ => {}
         }
         let is_ready = view.state == ConnectivityState::Ready;
+        self.ready = self.ready + usize::from(is_ready) - usize::from(was_ready);
         // Only readiness changes what a balancer's picker holds; while nothing is ready the
         // queue-or-fail decision depends on every state.
         self.dirty |= was_ready != is_ready || !self.any_ready();
@@ -823,13 +877,30 @@ impl Run {
             entry.last_error = Some((self.error_seq, error));
             if failed {
                 // Fresher addresses may help (DNS re-resolution on failure).
-                self.c.discovery.resolve_now();
+                let discovery = &self.c.discovery;
+                if let Err(panic) =
+                    std::panic::catch_unwind(AssertUnwindSafe(|| discovery.resolve_now()))
+                {
+                    self.on_panic("discovery", &panic_message(&panic));
+                }
             }
         }
     }
 
-    fn new_stats(&self) -> EndpointStats {
-        let stats = self.c.balancer.new_stats();
+    fn new_stats(&mut self) -> EndpointStats {
+        let balancer = &self.c.balancer;
+        let stats = match std::panic::catch_unwind(AssertUnwindSafe(|| balancer.new_stats())) {
+            Ok(stats) => stats,
+            Err(panic) => {
+                let policy = self.c.balancer.name();
+                self.on_panic(
+                    &format!("load-balancing policy `{policy}`"),
+                    &panic_message(&panic),
+                );
+                // Any statistics do: the picker fails every call from now on.
+                EndpointStats::default()
+            }
+        };
         if self
             .c
             .outlier
@@ -895,7 +966,10 @@ impl Run {
                     .pickable
                     .store(state == ConnectivityState::Ready, Ordering::Relaxed);
                 if self.views[i].state != state {
+                    let was_ready = self.views[i].is_ready();
                     self.views[i].state = state;
+                    let is_ready = self.views[i].is_ready();
+                    self.ready = self.ready + usize::from(is_ready) - usize::from(was_ready);
                     self.dirty = true;
                 }
                 self.changed_rows.push(i);
@@ -906,10 +980,21 @@ impl Run {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::SetPolicy(policy) => {
-                let balancer = policy.new_balancer();
+                let made = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    let balancer = policy.new_balancer();
+                    let probe = balancer.new_stats();
+                    let mode = balancer.connect_mode();
+                    (balancer, probe, mode)
+                }));
+                let (balancer, probe, connect_mode) = match made {
+                    Ok(made) => made,
+                    Err(panic) => {
+                        self.on_panic("the new load-balancing policy", &panic_message(&panic));
+                        return;
+                    }
+                };
                 // The new policy's signals on the statistics as they are: in-flight counts,
                 // outcomes and estimates carry over.
-                let probe = balancer.new_stats();
                 for v in &self.views {
                     v.stats.add_signals(&probe);
                 }
@@ -924,7 +1009,7 @@ impl Run {
                     .policy
                     .lock()
                     .unwrap_or_else(|p| p.into_inner()) = self.c.balancer.name();
-                self.connect_mode = self.c.balancer.connect_mode();
+                self.connect_mode = connect_mode;
                 if self.connect_mode == ConnectMode::All && !self.idle {
                     self.want_all(true);
                 }
@@ -951,7 +1036,12 @@ impl Run {
     }
 
     fn any_ready(&self) -> bool {
-        self.views.iter().any(SubchannelView::is_ready)
+        debug_assert_eq!(
+            self.ready,
+            self.views.iter().filter(|v| v.is_ready()).count(),
+            "the ready count drifted from the views"
+        );
+        self.ready > 0
     }
 
     fn want_all(&self, on: bool) {
