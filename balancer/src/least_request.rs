@@ -119,9 +119,8 @@ impl Balancer for LeastRequest {
     }
 
     fn new_stats(&self) -> EndpointStats {
-        // The latency EWMA is not used here; it shares the failure decay so that status
-        // shows a latency that forgets at the same pace.
-        // The failure ratio only: the picker reads no latency.
+        // The failure ratio only: the picker reads no latency (the decay given is the
+        // failure ratio's).
         EndpointStats::new(self.config.failure_decay, DEFAULT_RTT)
             .with_signals(Signals {
                 failure_ratio: true,

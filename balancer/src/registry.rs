@@ -160,6 +160,25 @@ impl From<RoundRobin> for Arc<dyn Policy> {
 mod tests {
     use super::*;
 
+    /// Each built-in policy keeps only the signals its picker reads: a policy that reads no
+    /// latency pays for no clock reads or EWMA updates on its calls.
+    #[test]
+    fn each_policy_keeps_only_the_signals_it_reads() {
+        use crate::Signals;
+        for &name in POLICY_NAMES {
+            let stats = policy(name).unwrap().new_balancer().new_stats();
+            let want = match name {
+                "p2c_ewma" => Signals::ALL,
+                "least_request" => Signals {
+                    latency: false,
+                    failure_ratio: true,
+                },
+                _ => Signals::COUNTS,
+            };
+            assert_eq!(stats.signals(), want, "{name}");
+        }
+    }
+
     #[test]
     fn every_name_builds_a_policy_of_that_name() {
         for &name in POLICY_NAMES {

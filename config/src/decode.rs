@@ -12,6 +12,8 @@ use crate::{ConfigError, Problem};
 pub(crate) struct Cx<'e> {
     pub problems: Vec<Problem>,
     pub env: &'e dyn Fn(&str) -> Option<String>,
+    /// Policies registered in code, selectable by name in `loadBalancingConfig`.
+    pub policies: Option<&'e meshless_balancer::PolicyRegistry>,
 }
 
 impl Cx<'_> {
@@ -429,6 +431,7 @@ mod tests {
         let mut cx = Cx {
             problems: Vec::new(),
             env: &env,
+            policies: None,
         };
         let p = Pos::default();
         assert_eq!(

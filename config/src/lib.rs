@@ -175,6 +175,7 @@ impl ServiceConfig {
         let mut cx = decode::Cx {
             problems: Vec::new(),
             env: &env,
+            policies: None,
         };
         let sc = schema::service_config(&mut cx, &root, "");
         cx.finish(
@@ -232,6 +233,18 @@ impl Config {
     /// Reads and validates `path`, choosing the format by its extension.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
+        let (text, format) = Self::read(path)?;
+        Self::parse(
+            &text,
+            format,
+            Some(path.to_path_buf()),
+            &|k| std::env::var(k).ok(),
+            None,
+        )
+    }
+
+    /// The file's text and its format (by its extension).
+    fn read(path: &Path) -> Result<(String, Format), ConfigError> {
         let file = Some(path.to_path_buf());
         let format = Format::of(path).ok_or_else(|| {
             ConfigError::one(
@@ -249,13 +262,49 @@ impl Config {
                 format!("cannot read the file: {e}"),
             )
         })?;
-        Self::parse(&text, format, file, &|k| std::env::var(k).ok())
+        Ok((text, format))
+    }
+
+    /// [`from_file`](Self::from_file) where `loadBalancingConfig` may also name the
+    /// policies of `policies` (your own, registered in code with
+    /// [`PolicyRegistry::register`](meshless_balancer::PolicyRegistry::register)). Such a
+    /// policy's block in the file must be empty (`{my_policy: {}}`): its configuration is
+    /// the one it was registered with.
+    pub fn from_file_with_policies(
+        path: impl AsRef<Path>,
+        policies: &meshless_balancer::PolicyRegistry,
+    ) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let (text, format) = Self::read(path)?;
+        Self::parse(
+            &text,
+            format,
+            Some(path.to_path_buf()),
+            &|k| std::env::var(k).ok(),
+            Some(policies),
+        )
+    }
+
+    /// [`from_str`](Self::from_str) with the policies of `policies` selectable by name, as
+    /// [`from_file_with_policies`](Self::from_file_with_policies) describes.
+    pub fn from_str_with_policies(
+        text: &str,
+        format: Format,
+        policies: &meshless_balancer::PolicyRegistry,
+    ) -> Result<Config, ConfigError> {
+        Self::parse(
+            text,
+            format,
+            None,
+            &|k| std::env::var(k).ok(),
+            Some(policies),
+        )
     }
 
     /// Parses and validates `text` in `format`, taking variables from the environment.
     #[allow(clippy::should_implement_trait)] // it takes a format, unlike FromStr
     pub fn from_str(text: &str, format: Format) -> Result<Config, ConfigError> {
-        Self::parse(text, format, None, &|k| std::env::var(k).ok())
+        Self::parse(text, format, None, &|k| std::env::var(k).ok(), None)
     }
 
     /// [`from_str`](Self::from_str) with variables from `env` instead of the environment.
@@ -264,7 +313,7 @@ impl Config {
         format: Format,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
-        Self::parse(text, format, None, env)
+        Self::parse(text, format, None, env, None)
     }
 
     fn parse(
@@ -272,6 +321,7 @@ impl Config {
         format: Format,
         file: Option<PathBuf>,
         env: &dyn Fn(&str) -> Option<String>,
+        policies: Option<&meshless_balancer::PolicyRegistry>,
     ) -> Result<Config, ConfigError> {
         let parsed = match format {
             #[cfg(feature = "yaml")]
@@ -296,6 +346,7 @@ impl Config {
         let mut cx = decode::Cx {
             problems: Vec::new(),
             env,
+            policies,
         };
         let mut clients = BTreeMap::new();
         if let Some(top) = decode::Obj::new(&mut cx, &root, "", &["defaults", "clients"]) {

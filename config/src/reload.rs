@@ -35,6 +35,8 @@ const NEW_CHANNEL_READY: Duration = Duration::from_secs(10);
 
 struct Shared {
     path: PathBuf,
+    /// Policies registered in code that the file may name.
+    policies: Option<meshless_balancer::PolicyRegistry>,
     current: RwLock<Arc<Config>>,
     text: Mutex<String>,
     last_error: Mutex<Option<ConfigError>>,
@@ -56,6 +58,17 @@ fn read<T: Clone>(l: &RwLock<T>) -> T {
 
 fn write<T>(l: &RwLock<T>, v: T) {
     *l.write().unwrap_or_else(PoisonError::into_inner) = v;
+}
+
+/// The file, with the registered policies when there are some.
+fn read_file(
+    path: &Path,
+    policies: Option<&meshless_balancer::PolicyRegistry>,
+) -> Result<Config, ConfigError> {
+    match policies {
+        Some(p) => Config::from_file_with_policies(path, p),
+        None => Config::from_file(path),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -96,8 +109,25 @@ impl ConfigWatch {
         path: impl AsRef<Path>,
         debounce: Duration,
     ) -> Result<ConfigWatch, ConfigError> {
-        let path = path.as_ref().to_path_buf();
-        let config = Config::from_file(&path)?;
+        Self::start(path.as_ref(), debounce, None)
+    }
+
+    /// [`new`](Self::new) where the file may name the policies of `policies` as well as the
+    /// built-in ones, as [`Config::from_file_with_policies`] reads it.
+    pub fn with_policies(
+        path: impl AsRef<Path>,
+        policies: meshless_balancer::PolicyRegistry,
+    ) -> Result<ConfigWatch, ConfigError> {
+        Self::start(path.as_ref(), DEFAULT_DEBOUNCE, Some(policies))
+    }
+
+    fn start(
+        path: &Path,
+        debounce: Duration,
+        policies: Option<meshless_balancer::PolicyRegistry>,
+    ) -> Result<ConfigWatch, ConfigError> {
+        let path = path.to_path_buf();
+        let config = read_file(&path, policies.as_ref())?;
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let fail =
             |msg: String| ConfigError::one(Some(path.clone()), "", crate::Pos::default(), msg);
@@ -122,6 +152,7 @@ impl ConfigWatch {
             .map_err(|_| fail("ConfigWatch needs a tokio runtime".into()))?;
         let shared = Arc::new(Shared {
             path,
+            policies,
             current: RwLock::new(Arc::new(config)),
             text: Mutex::new(text),
             last_error: Mutex::new(None),
@@ -183,7 +214,7 @@ async fn run(shared: Weak<Shared>, mut rx: mpsc::UnboundedReceiver<()>, debounce
             continue;
         }
         *lock(&shared.text) = text;
-        match Config::from_file(&shared.path) {
+        match read_file(&shared.path, shared.policies.as_ref()) {
             Err(e) => {
                 tracing::warn!(path = %shared.path.display(), "config file is invalid; keeping the last good one:\n{e}");
                 *lock(&shared.last_error) = Some(e);

@@ -444,6 +444,24 @@ fn load_balancing_config(cx: &mut Cx<'_>, node: &Node, path: &str) -> Balancing 
         }
         let (name, kpos, config) = &entries[0];
         let np = join(&ip, name);
+        let registered = cx
+            .policies
+            .filter(|_| !POLICY_NAMES.contains(&name.as_str()))
+            .and_then(|r| r.get(name).ok());
+        if let Some(policy) = registered {
+            // A policy of the application's: configured where it was registered.
+            let empty = matches!(&config.kind, Kind::Map(m) if m.is_empty())
+                || matches!(config.kind, Kind::Null);
+            if !empty {
+                cx.err(
+                    &np,
+                    config.pos,
+                    format!("`{name}` is a policy registered in code, configured there: give it an empty block, {{{name}: {{}}}}"),
+                );
+                return (None, None);
+            }
+            return (Some((name.clone(), policy)), None);
+        }
         if !POLICY_NAMES.contains(&name.as_str()) {
             if let Some(s) = decode::suggest(name, POLICY_NAMES) {
                 cx.err(
