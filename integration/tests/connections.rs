@@ -387,3 +387,158 @@ async fn an_update_that_reorders_repeats_drops_and_adds_keeps_what_stays() {
         "all three serve: {got:?}"
     );
 }
+
+/// The kernel's timer on the client's socket to `server`, read from /proc/net/tcp: its kind
+/// ("00" none, "02" keepalive) and when it fires, in clock ticks.
+#[cfg(target_os = "linux")]
+fn client_socket_timer_now(server: std::net::SocketAddr) -> Option<(String, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = format!("{:04X}", server.port());
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (local, remote, state, timer) = (f[1], f[2], f[3], f[5]);
+        // ESTABLISHED, towards the server's port, from another port: the client's end.
+        let ours = state == "01"
+            && remote.ends_with(&format!(":{port}"))
+            && !local.ends_with(&format!(":{port}"));
+        ours.then(|| {
+            let (kind, when) = timer.split_once(':').unwrap();
+            (kind.to_owned(), u64::from_str_radix(when, 16).unwrap())
+        })
+    })
+}
+
+/// [`client_socket_timer_now`] once the socket is quiet: while bytes it sent wait for their
+/// ACK (loopback delays ACKs up to 40 ms) the kernel shows the retransmit timer ("01").
+#[cfg(target_os = "linux")]
+async fn client_socket_timer(server: std::net::SocketAddr) -> Option<(String, u64)> {
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    loop {
+        let timer = client_socket_timer_now(server);
+        if timer.as_ref().is_none_or(|(kind, _)| kind != "01")
+            || tokio::time::Instant::now() > deadline
+        {
+            return timer;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// TCP keepalive is on by default, with grpc-go's 15 s, on every connection a channel makes
+/// (seen by the kernel's keepalive timer on the socket); `.tcp_keepalive(None)` turns it off.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_keepalive_is_on_every_connection_by_default() {
+    let servers = servers(1);
+    let addr = servers[0].addr();
+    let channel = Channel::builder(static_target(&servers)).build().unwrap();
+    tokio::time::timeout(WAIT_BOUND, channel.connect())
+        .await
+        .unwrap()
+        .unwrap();
+    let (kind, when) = client_socket_timer(addr)
+        .await
+        .expect("the channel's socket");
+    assert_eq!(kind, "02", "a keepalive timer on an idle connection");
+    // In clock ticks (USER_HZ, 100 a second on Linux): at most the 15 s idle time.
+    assert!(when > 0 && when <= 1500, "fires in {when} ticks");
+    drop(channel);
+
+    let servers = meshless_integration::server::spawn_servers(1);
+    let addr = servers[0].addr();
+    let channel = Channel::builder(static_target(&servers))
+        .tcp_keepalive(None)
+        .build()
+        .unwrap();
+    tokio::time::timeout(WAIT_BOUND, channel.connect())
+        .await
+        .unwrap()
+        .unwrap();
+    let (kind, _) = client_socket_timer(addr)
+        .await
+        .expect("the channel's socket");
+    assert_eq!(kind, "00", "no timer without keepalive");
+}
+
+/// The HTTP/2 settings a channel is given are what its connections announce: the client's
+/// SETTINGS frame and its connection WINDOW_UPDATE, read off the wire by a listener that
+/// never answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_reach_the_wire() {
+    use tokio::io::AsyncReadExt;
+    async fn announced(settings: Option<meshless::Http2Settings>) -> (Vec<(u16, u32)>, u32) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut builder = Channel::builder(format!("static:///{addr}"));
+        if let Some(s) = settings {
+            builder = builder.http2(s);
+        }
+        let channel = builder.build().unwrap();
+        let (mut sock, _) = tokio::time::timeout(WAIT_BOUND, listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut preface = [0u8; 24];
+        sock.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        let mut settings = Vec::new();
+        let mut window_update = 0;
+        // SETTINGS, then the connection's WINDOW_UPDATE (when its window is above 65,535).
+        for _ in 0..2 {
+            let mut head = [0u8; 9];
+            if tokio::time::timeout(Duration::from_secs(1), sock.read_exact(&mut head))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            sock.read_exact(&mut payload).await.unwrap();
+            match head[3] {
+                0x4 => settings.extend(payload.chunks(6).map(|c| {
+                    (
+                        u16::from_be_bytes([c[0], c[1]]),
+                        u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+                    )
+                })),
+                0x8 => window_update = u32::from_be_bytes(payload[..4].try_into().unwrap()),
+                _ => {}
+            }
+        }
+        drop(channel);
+        (settings, window_update)
+    }
+    let get = |s: &[(u16, u32)], id: u16| s.iter().find(|(i, _)| *i == id).map(|(_, v)| *v);
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    const MAX_FRAME_SIZE: u16 = 0x5;
+    const MAX_HEADER_LIST_SIZE: u16 = 0x6;
+
+    // The documented defaults.
+    let (s, update) = announced(None).await;
+    assert_eq!(
+        get(&s, INITIAL_WINDOW_SIZE),
+        Some(meshless::DEFAULT_STREAM_WINDOW),
+        "{s:?}"
+    );
+    assert_eq!(
+        get(&s, MAX_HEADER_LIST_SIZE),
+        Some(meshless::DEFAULT_MAX_HEADER_LIST_SIZE),
+        "{s:?}"
+    );
+    // 16 KiB is HTTP/2's default frame size: it may go unannounced.
+    assert!(get(&s, MAX_FRAME_SIZE).is_none_or(|v| v == 16_384), "{s:?}");
+    assert_eq!(update + 65_535, meshless::DEFAULT_CONNECTION_WINDOW);
+
+    // Settings of our own.
+    let ours = meshless::Http2Settings::default()
+        .initial_stream_window(1 << 20)
+        .initial_connection_window(3 << 20)
+        .max_frame_size(1 << 15)
+        .max_header_list_size(64 << 10);
+    let (s, update) = announced(Some(ours)).await;
+    assert_eq!(get(&s, INITIAL_WINDOW_SIZE), Some(1 << 20), "{s:?}");
+    assert_eq!(get(&s, MAX_FRAME_SIZE), Some(1 << 15), "{s:?}");
+    assert_eq!(get(&s, MAX_HEADER_LIST_SIZE), Some(64 << 10), "{s:?}");
+    assert_eq!(update + 65_535, 3 << 20);
+}

@@ -281,7 +281,7 @@ async fn dropping_the_handle_kills_the_server() {
 #[tokio::test]
 async fn failure_mode_hook_and_latency() {
     // Long enough that an instant failure can't be mistaken for a delayed one on a busy machine.
-    const LATENCY: Duration = Duration::from_millis(300);
+    const LATENCY: Duration = Duration::from_secs(1);
     let server = TestServer::new("f")
         .fail_with(Code::ResourceExhausted)
         .on_call(|info| async move {
