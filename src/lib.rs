@@ -39,20 +39,29 @@ pub use meshless_middleware as middleware;
 pub use meshless_transport as transport;
 
 // What using a channel needs, from one place; the rest is in the crate modules above.
-pub use meshless_balancer::{ConnectivityState, FailureCodes, RequestHashKey};
+pub use meshless_balancer::{
+    ConnectivityState, FailureCodes, LeastRequestConfig, MaglevConfig, P2cEwmaConfig,
+    PickFirstConfig, Policy, PolicyRegistry, RandomConfig, RequestHashKey, RingHashConfig,
+    RoundRobin, WeightedRoundRobinConfig,
+};
 pub use meshless_discovery::backoff::BackoffConfig;
 pub use meshless_discovery::{
     Address, Endpoint, ManualDiscovery, ManualHandle, Registry, Target, TargetError,
 };
 pub use meshless_middleware::{
-    DefaultDeadline, DefaultDeadlineLayer, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle,
+    AdaptiveThrottleLayer, DefaultDeadline, DefaultDeadlineLayer, HedgeDelay, HedgeLayer,
+    HedgingPolicy, MethodPolicies, MethodPolicy, Resilience, RetryBudget, RetryLayer, RetryPolicy,
+    RetryThrottle, ThrottleConfig,
 };
+#[cfg(feature = "metrics")]
+pub use meshless_transport::MetricsConfig;
 #[cfg(feature = "tls")]
 pub use meshless_transport::TlsConfig;
 pub use meshless_transport::{
-    BuildError, CallMeasured, Channel, ChannelBuilder, ChannelStatus, EndpointStatus, GrpcTimeout,
-    LocallyRejected, MaxMessageBytes, OutlierDetection, ReportEndpoint, ServedBy, StatusEvent,
-    TriedEndpoints, WaitForReady,
+    BuildError, CallMeasured, Channel, ChannelBuilder, ChannelStatus, DEFAULT_CONNECTION_WINDOW,
+    DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_HEADER_LIST_SIZE, DEFAULT_STREAM_WINDOW, EndpointStatus,
+    GrpcTimeout, Http2Settings, LocallyRejected, MaxMessageBytes, OutlierDetection, ReportEndpoint,
+    ServedBy, StatusEvent, TriedEndpoints, WaitForReady,
 };
 
 /// The README's examples, compiled as doc tests so they stay true.

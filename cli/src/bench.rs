@@ -27,12 +27,6 @@ use crate::tls::TlsArgs;
 /// How often the progress bar and the per-endpoint counters are refreshed. Reading the
 /// counters often also catches endpoints that leave the set during the run.
 const PROGRESS_INTERVAL: Duration = Duration::from_millis(100);
-/// How often the start-up wait looks at the channel's status.
-const SETTLE_POLL: Duration = Duration::from_millis(10);
-/// How long to wait after the last response for the channel's counters to show every
-/// call (they are updated when a response body ends, which is before the call returns,
-/// so this is a guard, not a delay).
-const DRAIN_BOUND: Duration = Duration::from_secs(1);
 /// Upper bound of `--concurrency`: far above what one process needs to load a service.
 const MAX_CONCURRENCY: i64 = 100_000;
 
@@ -314,7 +308,9 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         }
     }
     progress.finish_and_clear();
-    drain(&channel).await;
+    // Every worker has returned, so every call's response body has ended and the channel's
+    // counters hold every call (they are updated when the body ends, before the call
+    // returns to its worker).
     tracker.observe(&channel.status());
 
     let policy = channel.status().policy;
@@ -498,14 +494,6 @@ async fn wait_until_settled(
             );
             Ok(())
         }
-    }
-}
-
-/// Waits (boundedly) until the channel has no call in flight, so its counters are final.
-async fn drain(channel: &Channel) {
-    let deadline = Instant::now() + DRAIN_BOUND;
-    while channel.status().endpoints.iter().any(|e| e.in_flight > 0) && Instant::now() < deadline {
-        tokio::time::sleep(SETTLE_POLL).await;
     }
 }
 

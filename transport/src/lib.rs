@@ -48,8 +48,12 @@ mod tried;
 pub use channel::{
     BuildError, CallMeasured, Channel, ChannelBuilder, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUESTS_PER_ENDPOINT, DEFAULT_QUEUE_TIMEOUT,
-    DEFAULT_TCP_KEEPALIVE, ReportEndpoint, ResponseFuture, ServedBy, WaitForReady, a72_name,
+    DEFAULT_TCP_KEEPALIVE, ReportEndpoint, ResponseFuture, ServedBy, WaitForReady,
 };
+// For meshless's own middleware crate, not part of the API.
+#[doc(hidden)]
+pub use channel::a72_name;
+#[doc(hidden)]
 pub use errors::grpc_status;
 pub use frame_limit::MaxMessageBytes;
 pub use grpc_timeout::GrpcTimeout;
