@@ -327,55 +327,8 @@ pub(crate) fn duration(cx: &mut Cx<'_>, node: &Node, path: &str) -> Option<Durat
     }
 }
 
-/// Parses a Go duration (which includes gRPC's `"1.5s"`): a sequence of decimal numbers,
-/// each with a unit among `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    if s.is_empty() {
-        return Err("empty duration: write \"100ms\", \"1.5s\" or \"1m30s\"".into());
-    }
-    if s.starts_with('-') {
-        return Err("a duration cannot be negative".into());
-    }
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut rest = s.strip_prefix('+').unwrap_or(s);
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            return Err("expected a number before each unit, as in \"1m30s\"".into());
-        }
-        let n: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| format!("`{}` is not a number", &rest[..num_len]))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        let scale = match unit {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "" => return Err("missing unit: write \"100ms\", \"1.5s\" or \"1m30s\"".into()),
-            other => {
-                return Err(format!(
-                    "unknown unit `{other}` (use ns, us, ms, s, m or h)"
-                ));
-            }
-        };
-        total += n * scale;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| "duration too large".into())
-}
+/// Parses a Go duration (which includes gRPC's `"1.5s"`).
+pub use meshless_discovery::text::parse_go_duration as parse_duration;
 
 /// A list; a single value where a list is expected is an error.
 pub(crate) fn list<'a>(cx: &mut Cx<'_>, node: &'a Node, path: &str) -> &'a [Node] {

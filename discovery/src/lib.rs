@@ -43,6 +43,7 @@ mod registrar;
 mod registry;
 mod static_list;
 mod target;
+pub mod text;
 
 pub use address::Address;
 pub use discovery::{Discovery, DiscoveryError, ErrorKind, Update, UpdateStream};

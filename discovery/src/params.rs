@@ -7,41 +7,8 @@ use std::time::Duration;
 /// A Go-style duration as go-zero's `mapping` and Consul take them: `14s`, `55000ms`,
 /// `1m30s`, `1.5s`, `0`.
 pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    let err = || format!("`{s}` is not a duration such as `14s`, `500ms` or `1m30s`");
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    if s.is_empty() {
-        return Err(err());
-    }
-    let mut total = 0f64;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
-        if num_len == 0 {
-            return Err(err());
-        }
-        let n: f64 = rest[..num_len].parse().map_err(|_| err())?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(err()),
-        };
-        total += n * unit;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(total).map_err(|_| err())
+    crate::text::parse_go_duration(s)
+        .map_err(|why| format!("`{s}` is not a duration such as `14s`, `500ms` or `1m30s`: {why}"))
 }
 
 /// Go's `strconv.ParseBool`, which go-zero's `mapping` uses (and an empty value is false).

@@ -47,21 +47,7 @@ pub(crate) fn is_remote_go_away(err: &hyper::Error) -> bool {
     h2_error(err).is_some_and(|h2| h2.is_remote() && h2.is_go_away())
 }
 
-/// An error and its causes, `outer: inner: innermost`. hyper's errors print only their kind
-/// ("http2 error"); what went wrong (a keepalive timeout, a GOAWAY's reason) is in the chain.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        source = e.source();
-    }
-    out
-}
+pub(crate) use meshless_discovery::text::error_chain as chain;
 
 /// The h2 error behind an error, if there is one.
 pub(crate) fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a h2::Error> {

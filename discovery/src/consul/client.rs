@@ -18,6 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+use crate::text::error_chain as chain;
 use crate::{DiscoveryError, ErrorKind};
 
 /// The largest answer read from the agent (a health list of some thousands of instances
@@ -187,21 +188,6 @@ impl Agent {
             ))),
         }
     }
-}
-
-/// An error with its sources, one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// Percent-encodes one path segment or query value.

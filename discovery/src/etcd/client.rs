@@ -8,6 +8,7 @@ use etcd_client::{Certificate, Client, ConnectOptions, Error as EtcdError, Ident
 use tonic::Code;
 
 use super::EtcdCluster;
+use crate::text::error_chain as chain;
 use crate::{DiscoveryError, ErrorKind};
 
 /// HTTP/2 keepalive to etcd: a ping every 10 s, answered within 5 s, so a member that
@@ -225,19 +226,4 @@ pub(crate) fn status_detail(
             format!("etcd answered {:?}: {msg}", s.code()),
         ),
     }
-}
-
-/// An error and its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = s.source();
-    }
-    out
 }
