@@ -40,7 +40,7 @@ pub use meshless_transport as transport;
 
 // What using a channel needs, from one place; the rest is in the crate modules above.
 pub use meshless_balancer::{
-    ConnectivityState, FailureCodes, LeastRequestConfig, MaglevConfig, P2cEwmaConfig,
+    CodeSet, ConnectivityState, FailureCodes, LeastRequestConfig, MaglevConfig, P2cEwmaConfig,
     PickFirstConfig, Policy, PolicyRegistry, RandomConfig, RequestHashKey, RingHashConfig,
     RoundRobin, WeightedRoundRobinConfig,
 };

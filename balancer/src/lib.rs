@@ -59,7 +59,7 @@ pub use ring_hash::{
 };
 pub use round_robin::RoundRobin;
 pub use stats::{
-    CODE_NAMES, CallStart, DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT,
+    CODE_NAMES, CallStart, CodeSet, DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT,
     DEFAULT_SAMPLE_WINDOW, EndpointStats, FAILURE_RATIO_WEIGHT, FailureCodes, LoadClock, Outcome,
     Signals, code_from_name, code_name,
 };

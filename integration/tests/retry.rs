@@ -463,6 +463,38 @@ async fn throttled_calls_fail_locally_and_are_not_retried() {
     assert!(throttle.reject_probability() > 0.9);
 }
 
+/// Which answers count as refusals is configurable: INTERNAL is an answer by default (never
+/// throttled however many come back), and a refusal when listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_refusal_codes_are_configurable() {
+    use meshless::CodeSet;
+    use meshless::middleware::{AdaptiveThrottleLayer, LocallyRejected, ThrottleConfig};
+    let server = TestServer::new("broken")
+        .fail_with(Code::Internal)
+        .spawn()
+        .unwrap();
+    let channel = channel_to(&[&server]);
+    wait_ready(&channel, 1).await;
+    async fn throttled(channel: &meshless::Channel, config: ThrottleConfig) -> u32 {
+        let svc = tower::ServiceBuilder::new()
+            .layer(AdaptiveThrottleLayer::new(config))
+            .service(channel.clone());
+        let mut client = GreeterClient::new(svc);
+        let mut throttled = 0;
+        for _ in 0..200 {
+            let err = client.say_hello(HelloRequest::default()).await.unwrap_err();
+            throttled += u32::from(LocallyRejected::of(&err) == Some(LocallyRejected::Throttled));
+        }
+        throttled
+    }
+    assert_eq!(throttled(&channel, ThrottleConfig::sre().seed(6)).await, 0);
+    let internal = ThrottleConfig::sre()
+        .seed(6)
+        .refusal_codes(CodeSet::of(&[Code::Internal]));
+    let n = throttled(&channel, internal).await;
+    assert!(n >= 100, "only {n} of 200 calls throttled");
+}
+
 /// A server whose calls wait until the test lets them go.
 fn gated(
     name: &str,

@@ -44,4 +44,6 @@ pub use meshless_transport::LocallyRejected;
 pub use retry::{PolicyError, Retry, RetryBudget, RetryLayer, RetryPolicy, RetryThrottle};
 pub use service::ChannelService;
 pub use stack::{MethodPolicies, MethodPolicy, Resilience, Resilient, ResilientFuture};
-pub use throttle::{AdaptiveThrottle, AdaptiveThrottleLayer, ThrottleConfig, ThrottleFuture};
+pub use throttle::{
+    AdaptiveThrottle, AdaptiveThrottleLayer, DEFAULT_REFUSAL_CODES, ThrottleConfig, ThrottleFuture,
+};

@@ -15,6 +15,13 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::retry::PolicyError;
+use meshless_balancer::CodeSet;
+
+/// The codes adaptive throttling takes for a refusal by default: `UNAVAILABLE` and
+/// `RESOURCE_EXHAUSTED`, what an overloaded or draining server answers (the SRE book's
+/// "rejected for lack of quota" and gRPC's overload signals).
+pub const DEFAULT_REFUSAL_CODES: CodeSet =
+    CodeSet::of(&[Code::Unavailable, Code::ResourceExhausted]);
 use meshless_transport::LocallyRejected;
 
 /// The settings of [`AdaptiveThrottleLayer`].
@@ -26,16 +33,18 @@ use meshless_transport::LocallyRejected;
 /// `p = max(0, (requests − K · accepts) / (requests + 1))`
 ///
 /// so that about `K` calls per accepted call still reach the backend: enough to notice
-/// when it recovers. A call counts as not accepted when it ends `UNAVAILABLE` or
-/// `RESOURCE_EXHAUSTED`, or when the channel's own deadline (or any other failure before a
-/// server answered) ends it with `DEADLINE_EXCEEDED`; every other answer, errors of the
-/// application included, is an accept.
+/// when it recovers. A call counts as not accepted when it ends with one of the
+/// [`refusal codes`](Self::refusal_codes) (default `UNAVAILABLE` and `RESOURCE_EXHAUSTED`,
+/// [`DEFAULT_REFUSAL_CODES`]), or when the channel's own deadline (or any other failure
+/// before a server answered) ends it with `DEADLINE_EXCEEDED`; every other answer, errors of
+/// the application included, is an accept.
 ///
 /// Presets: [`sre`](Self::sre) (the default), [`go_zero`](Self::go_zero),
 /// [`kratos`](Self::kratos).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ThrottleConfig {
     k: f64,
+    refused: CodeSet,
     window: Duration,
     buckets: u32,
     min_requests: u64,
@@ -55,6 +64,7 @@ impl ThrottleConfig {
     pub fn sre() -> Self {
         ThrottleConfig {
             k: 2.0,
+            refused: DEFAULT_REFUSAL_CODES,
             window: Duration::from_secs(10),
             buckets: 40,
             min_requests: 10,
@@ -129,6 +139,14 @@ impl ThrottleConfig {
     #[must_use]
     pub fn force_pass_after(mut self, d: Duration) -> Self {
         self.force_pass = d;
+        self
+    }
+
+    /// Sets the status codes that say the backend refused a call (overloaded or down), as
+    /// opposed to answering it. Default [`DEFAULT_REFUSAL_CODES`].
+    #[must_use]
+    pub fn refusal_codes(mut self, codes: CodeSet) -> Self {
+        self.refused = codes;
         self
     }
 
@@ -395,16 +413,13 @@ where
         };
         let result = std::task::ready!(inner.poll(cx));
         if let Some(state) = this.state.take() {
+            let codes = state.config.refused;
             let refused = match &result {
-                Ok(resp) => Status::from_header_map(resp.headers()).is_some_and(|s| {
-                    matches!(s.code(), Code::Unavailable | Code::ResourceExhausted)
-                }),
+                Ok(resp) => meshless_transport::grpc_status(resp.headers())
+                    .is_some_and(|c| codes.contains(c)),
                 // Failures before any server answered: the channel's own deadline, no
                 // endpoint, connections refused.
-                Err(s) => matches!(
-                    s.code(),
-                    Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
-                ),
+                Err(s) => codes.contains(s.code()) || s.code() == Code::DeadlineExceeded,
             };
             if !refused {
                 state.accepted();

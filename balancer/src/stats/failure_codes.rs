@@ -26,42 +26,43 @@ use super::Outcome;
 /// assert_eq!(codes.outcome(Code::NotFound), Outcome::Success);
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FailureCodes(u32);
-
-const fn bit(code: Code) -> u32 {
-    1 << (code as i32 as u32)
-}
+pub struct FailureCodes(CodeSet);
 
 impl FailureCodes {
     /// `UNKNOWN`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`, `RESOURCE_EXHAUSTED`.
-    pub const DEFAULT: FailureCodes = FailureCodes(
-        bit(Code::Unknown)
-            | bit(Code::Internal)
-            | bit(Code::Unavailable)
-            | bit(Code::DataLoss)
-            | bit(Code::ResourceExhausted),
-    );
+    pub const DEFAULT: FailureCodes = FailureCodes(CodeSet::of(&[
+        Code::Unknown,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::ResourceExhausted,
+    ]));
 
     /// No code counts against an endpoint (only transport failures and expired deadlines do).
     pub const fn none() -> Self {
-        FailureCodes(0)
+        FailureCodes(CodeSet::EMPTY)
     }
 
     /// This set and `code`.
     #[must_use]
     pub const fn with(self, code: Code) -> Self {
-        FailureCodes(self.0 | bit(code))
+        FailureCodes(self.0.with(code))
     }
 
     /// This set without `code`.
     #[must_use]
     pub const fn without(self, code: Code) -> Self {
-        FailureCodes(self.0 & !bit(code))
+        FailureCodes(self.0.without(code))
     }
 
     /// Whether `code` counts against the endpoint. `OK` never does.
     pub const fn contains(self, code: Code) -> bool {
-        !matches!(code, Code::Ok) && self.0 & bit(code) != 0
+        self.0.contains(code)
+    }
+
+    /// The codes, as a plain set.
+    pub const fn codes(self) -> CodeSet {
+        self.0
     }
 
     /// What a call that ended with `code` says about its endpoint.
@@ -71,6 +72,71 @@ impl FailureCodes {
         } else {
             Outcome::Success
         }
+    }
+}
+
+impl From<CodeSet> for FailureCodes {
+    fn from(codes: CodeSet) -> Self {
+        FailureCodes(codes)
+    }
+}
+
+/// A set of gRPC status codes, a bit per code: the one representation of "these codes"
+/// that every code list of meshless uses: [`FailureCodes`], a retry policy's
+/// `retryableStatusCodes`, a hedging policy's `nonFatalStatusCodes` and the codes adaptive
+/// throttling takes for a refusal. `OK` is never in a set.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CodeSet(u32);
+
+const fn bit(code: Code) -> u32 {
+    1 << (code as i32 as u32)
+}
+
+impl CodeSet {
+    /// No code.
+    pub const EMPTY: CodeSet = CodeSet(0);
+
+    /// The set of `codes` (`OK` left out).
+    pub const fn of(codes: &[Code]) -> Self {
+        let mut set = CodeSet::EMPTY;
+        let mut i = 0;
+        while i < codes.len() {
+            set = set.with(codes[i]);
+            i += 1;
+        }
+        set
+    }
+
+    /// This set and `code` (`OK` is never added).
+    #[must_use]
+    pub const fn with(self, code: Code) -> Self {
+        if matches!(code, Code::Ok) {
+            return self;
+        }
+        CodeSet(self.0 | bit(code))
+    }
+
+    /// This set without `code`.
+    #[must_use]
+    pub const fn without(self, code: Code) -> Self {
+        CodeSet(self.0 & !bit(code))
+    }
+
+    /// Whether `code` is in the set.
+    pub const fn contains(self, code: Code) -> bool {
+        !matches!(code, Code::Ok) && self.0 & bit(code) != 0
+    }
+
+    /// Whether the set holds no code.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The codes of the set, by number.
+    pub fn iter(self) -> impl Iterator<Item = Code> {
+        (1..=16)
+            .map(Code::from_i32)
+            .filter(move |&c| self.contains(c))
     }
 }
 
@@ -121,15 +187,25 @@ impl Default for FailureCodes {
 
 impl FromIterator<Code> for FailureCodes {
     fn from_iter<I: IntoIterator<Item = Code>>(iter: I) -> Self {
-        iter.into_iter()
-            .fold(FailureCodes::none(), FailureCodes::with)
+        FailureCodes(iter.into_iter().collect())
+    }
+}
+
+impl FromIterator<Code> for CodeSet {
+    fn from_iter<I: IntoIterator<Item = Code>>(iter: I) -> Self {
+        iter.into_iter().fold(CodeSet::EMPTY, CodeSet::with)
     }
 }
 
 impl std::fmt::Debug for FailureCodes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let codes = (0..=16).map(Code::from_i32).filter(|&c| self.contains(c));
-        f.debug_set().entries(codes).finish()
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Debug for CodeSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
     }
 }
 

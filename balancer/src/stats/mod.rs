@@ -10,7 +10,8 @@
 //! - `failure_ratio`: outcome counts and the decaying failure ratio;
 //! - `cost`: what pickers compare;
 //! - `call`: [`CallStart`], [`Outcome`] and [`Signals`];
-//! - `failure_codes`: [`FailureCodes`], which status codes count against an endpoint.
+//! - `failure_codes`: [`CodeSet`], a set of status codes, and [`FailureCodes`], which of them count
+//!   against an endpoint.
 
 mod call;
 mod clock;
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 
 pub use call::{CallStart, Outcome, Signals};
 pub use clock::LoadClock;
-pub use failure_codes::{CODE_NAMES, FailureCodes, code_from_name, code_name};
+pub use failure_codes::{CODE_NAMES, CodeSet, FailureCodes, code_from_name, code_name};
 pub use failure_ratio::FAILURE_RATIO_WEIGHT;
 pub use peak_ewma::{DEFAULT_DECAY, DEFAULT_FAILURE_PENALTY, DEFAULT_RTT, DEFAULT_SAMPLE_WINDOW};
 

@@ -34,7 +34,7 @@ use tower_service::Service;
 use crate::service::{ChannelService, take_ready};
 
 use crate::limits::Limits;
-use crate::retry::policy::{bit, code_bits, max_attempts as policy_max_attempts};
+use crate::retry::policy::{code_set, max_attempts as policy_max_attempts};
 use crate::retry::{
     Buffered, Ended, PREVIOUS_ATTEMPTS_HEADER, PolicyError, Pushback, RetryThrottle, classify,
 };
@@ -90,7 +90,7 @@ impl HedgeDelay {
 pub struct HedgingPolicy {
     max_attempts: u32,
     delay: HedgeDelay,
-    non_fatal: u32,
+    non_fatal: meshless_balancer::CodeSet,
 }
 
 impl HedgingPolicy {
@@ -114,11 +114,11 @@ impl HedgingPolicy {
                 ),
             ));
         }
-        let bits = code_bits("hedgingPolicy.nonFatalStatusCodes", non_fatal)?;
+        let non_fatal = code_set("hedgingPolicy.nonFatalStatusCodes", non_fatal)?;
         Ok(HedgingPolicy {
             max_attempts,
             delay,
-            non_fatal: bits,
+            non_fatal,
         })
     }
 
@@ -128,7 +128,7 @@ impl HedgingPolicy {
     }
 
     fn is_non_fatal(&self, code: Code) -> bool {
-        code != Code::Ok && self.non_fatal & bit(code) != 0
+        self.non_fatal.contains(code)
     }
 }
 

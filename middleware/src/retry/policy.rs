@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use meshless_balancer::CodeSet;
 use meshless_transport::BackoffConfig;
 use tonic::Code;
 
@@ -44,7 +45,7 @@ pub struct RetryPolicy {
     initial_backoff: Duration,
     max_backoff: Duration,
     multiplier: f64,
-    retryable: u32,
+    retryable: CodeSet,
 }
 
 /// A retry or hedging setting that gRPC's service config would reject; the message names
@@ -70,16 +71,12 @@ impl PolicyError {
     }
 }
 
-pub(crate) const fn bit(code: Code) -> u32 {
-    1 << (code as i32 as u32)
-}
-
-/// The status codes of a policy's list `field` as bits; `OK` in it is an error.
-pub(crate) fn code_bits(
+/// The status codes of a policy's list `field`; `OK` in it is an error.
+pub(crate) fn code_set(
     field: &'static str,
     codes: impl IntoIterator<Item = Code>,
-) -> Result<u32, PolicyError> {
-    let mut bits = 0;
+) -> Result<CodeSet, PolicyError> {
+    let mut set = CodeSet::EMPTY;
     for code in codes {
         if code == Code::Ok {
             return Err(PolicyError::new(
@@ -87,9 +84,9 @@ pub(crate) fn code_bits(
                 "OK is not a failure; list failure codes such as UNAVAILABLE",
             ));
         }
-        bits |= bit(code);
+        set = set.with(code);
     }
-    Ok(bits)
+    Ok(set)
 }
 
 /// `attempts` as A6's `maxAttempts` of `field`: 2 or more, and above 5 taken as 5.
@@ -110,7 +107,7 @@ impl Default for RetryPolicy {
             initial_backoff: Duration::from_millis(25),
             max_backoff: Duration::from_millis(250),
             multiplier: 2.0,
-            retryable: bit(Code::Unavailable),
+            retryable: CodeSet::of(&[Code::Unavailable]),
         }
     }
 }
@@ -119,8 +116,8 @@ impl RetryPolicy {
     /// The default policy retrying on `codes` instead of `UNAVAILABLE` alone. The list must
     /// be non-empty and must not hold `OK`.
     pub fn new(codes: impl IntoIterator<Item = Code>) -> Result<Self, PolicyError> {
-        let retryable = code_bits("retryPolicy.retryableStatusCodes", codes)?;
-        if retryable == 0 {
+        let retryable = code_set("retryPolicy.retryableStatusCodes", codes)?;
+        if retryable.is_empty() {
             return Err(PolicyError::new(
                 "retryPolicy.retryableStatusCodes",
                 "must list at least one status code, such as UNAVAILABLE",
@@ -177,7 +174,7 @@ impl RetryPolicy {
 
     /// Whether a call that ended with `code` may be retried.
     pub fn is_retryable(&self, code: Code) -> bool {
-        code != Code::Ok && self.retryable & bit(code) != 0
+        self.retryable.contains(code)
     }
 
     /// The backoff between attempts, as meshless's shared [`BackoffConfig`].
@@ -192,10 +189,7 @@ impl RetryPolicy {
 
 impl fmt::Debug for RetryPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let codes: Vec<Code> = (0..=16)
-            .map(Code::from_i32)
-            .filter(|&c| self.is_retryable(c))
-            .collect();
+        let codes: Vec<Code> = self.retryable.iter().collect();
         f.debug_struct("RetryPolicy")
             .field("max_attempts", &self.max_attempts)
             .field("initial_backoff", &self.initial_backoff)
