@@ -51,35 +51,13 @@ impl Default for RingHashConfig {
     }
 }
 
-impl RingHashConfig {
-    /// Sets [`key`](Self::key).
-    #[must_use]
-    pub fn key(mut self, key: HashKeyConfig) -> Self {
-        self.key = key;
-        self
-    }
-
-    /// Sets [`min_ring_size`](Self::min_ring_size).
-    #[must_use]
-    pub fn min_ring_size(mut self, n: usize) -> Self {
-        self.min_ring_size = n;
-        self
-    }
-
-    /// Sets [`max_ring_size`](Self::max_ring_size).
-    #[must_use]
-    pub fn max_ring_size(mut self, n: usize) -> Self {
-        self.max_ring_size = n;
-        self
-    }
-
-    /// Sets [`seed`](Self::seed).
-    #[must_use]
-    pub fn seed(mut self, seed: u64) -> Self {
-        self.seed = Some(seed);
-        self
-    }
-}
+crate::config::config_setters!(RingHashConfig {
+    key: HashKeyConfig,
+    min_ring_size: usize,
+    max_ring_size: usize,
+} optional {
+    seed: u64,
+});
 
 /// Consistent hashing: every endpoint is placed on a 64-bit ring at many points (replicas,
 /// in proportion to its weight), and a request goes to the first endpoint at or after its

@@ -6,7 +6,27 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use crate::{Address, DiscoveryError, Endpoint, ErrorKind, Update};
+use futures_util::{StreamExt as _, stream};
+
+use crate::{Address, DiscoveryError, Endpoint, ErrorKind, Update, UpdateStream};
+
+/// A watch that advances in steps: each step waits for what comes next (a blocking query's
+/// answer, a watch event, a pause after a failure) and gives the items to publish.
+pub(crate) trait Step: Send + 'static {
+    /// The next step's items (none while nothing changed).
+    fn step(&mut self) -> impl Future<Output = Vec<Result<Update, DiscoveryError>>> + Send;
+}
+
+/// The stream of a [`Step`]per's items, step after step, for as long as it is polled.
+pub(crate) fn stepped(state: impl Step) -> UpdateStream {
+    Box::pin(
+        stream::unfold(state, |mut st| async move {
+            let items = st.step().await;
+            Some((stream::iter(items), st))
+        })
+        .flatten(),
+    )
+}
 
 /// How long resolving an instance's host name may take.
 pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -135,6 +155,7 @@ pub(crate) struct Published {
 impl Published {
     /// Discovery works again with no new answer to send (a watch resumed where it was):
     /// the last set once more, when the last attempt had failed, so the channel learns it.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))] // etcd's watch resumes; Consul's polls
     pub fn recovered(&mut self) -> Option<Update> {
         if !self.failed {
             return None;

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use futures_util::stream::{self, StreamExt};
 use http::{Method, StatusCode};
 use tokio::time::Instant;
 
@@ -85,13 +84,13 @@ pub(super) fn watch(label: String, target: ConsulTarget, config: ConsulConfig) -
         pause: None,
         limit,
     };
-    Box::pin(
-        stream::unfold(state, |mut st| async move {
-            let items = st.step().await;
-            Some((stream::iter(items), st))
-        })
-        .flatten(),
-    )
+    lookup::stepped(state)
+}
+
+impl lookup::Step for State {
+    fn step(&mut self) -> impl Future<Output = Vec<Result<Update, DiscoveryError>>> + Send {
+        State::step(self)
+    }
 }
 
 impl State {

@@ -400,6 +400,17 @@ impl Task {
         Ok(c)
     }
 
+    /// Puts the registration's key and value on lease `id`, within the cluster's timeout.
+    async fn put(&self, client: &Client, id: i64) -> Result<etcd_client::PutResponse, Failure> {
+        let mut kv = client.kv_client();
+        let put = kv.put(
+            self.key.clone(),
+            self.value.clone(),
+            Some(PutOptions::new().with_lease(id)),
+        );
+        bounded(self.reg.cluster.timeout, put).await
+    }
+
     /// Makes sure a live lease holds the key: keeps the lease it had when it is still
     /// alive, else grants a new one, and puts the key. Returns the put's revision.
     async fn establish(&mut self) -> Result<i64, DiscoveryError> {
@@ -426,15 +437,7 @@ impl Task {
             }
         };
         self.key = self.reg.key(&self.instance, id);
-        let put = bounded(
-            timeout,
-            client.kv_client().put(
-                self.key.clone(),
-                self.value.clone(),
-                Some(PutOptions::new().with_lease(id)),
-            ),
-        )
-        .await;
+        let put = self.put(&client, id).await;
         match put {
             Ok(r) => Ok(r.header().map_or(0, |h| h.revision())),
             Err(f) => {
@@ -533,15 +536,7 @@ impl Task {
                         });
                         if !ours {
                             tracing::warn!(key = %self.key, "the registration's key was deleted or overwritten; putting it back");
-                            let put = bounded(
-                                timeout,
-                                client.kv_client().put(
-                                    self.key.clone(),
-                                    self.value.clone(),
-                                    Some(PutOptions::new().with_lease(id)),
-                                ),
-                            )
-                            .await;
+                            let put = self.put(&client, id).await;
                             match put {
                                 Ok(_) => reporter.registered(),
                                 Err(f) if f.lease_not_found() => {

@@ -17,7 +17,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
-use futures_util::stream::{self, StreamExt};
 use tokio::time::Instant;
 
 use super::client::{self, Failure, Need, bounded};
@@ -70,13 +69,13 @@ pub(super) fn watch(label: String, target: EtcdTarget, config: EtcdConfig) -> Up
         heard: Instant::now(),
         asked: None,
     };
-    Box::pin(
-        stream::unfold(state, |mut st| async move {
-            let items = st.step().await;
-            Some((stream::iter(items), st))
-        })
-        .flatten(),
-    )
+    lookup::stepped(state)
+}
+
+impl lookup::Step for State {
+    fn step(&mut self) -> impl Future<Output = Vec<Result<Update, DiscoveryError>>> + Send {
+        State::step(self)
+    }
 }
 
 impl State {
