@@ -591,7 +591,12 @@ impl Run {
             "{component} of `{}` panicked: {message}; the channel fails every call until it is rebuilt",
             self.c.shared.target
         );
-        tracing::error!("{what}");
+        tracing::error!(
+            target = %self.c.shared.target,
+            component,
+            message,
+            "panicked; the channel fails every call until it is rebuilt"
+        );
         self.panicked = Some(what);
         self.dirty = true;
     }
@@ -743,6 +748,7 @@ impl Run {
             .map(|(s, _)| s)
             .unwrap_or_else(|| Arc::new(self.new_stats()));
         self.next_generation += 1;
+        tracing::debug!(target = %self.c.shared.target, addr = %ep.addr, "endpoint added");
         let authority = self.authority_for(&ep);
         let tls_name = self.tls_name_for(&ep, &authority);
         let (handle, task) = subchannel::new(
@@ -783,7 +789,7 @@ impl Run {
     /// shuts down once the picker without it is out.
     fn retire(&mut self, entry: Entry, view: SubchannelView, now: Instant) {
         let addr = view.endpoint.addr;
-        tracing::debug!(%addr, "endpoint removed; draining its connection");
+        tracing::debug!(target = %self.c.shared.target, %addr, "endpoint removed; draining its connection");
         self.retired.insert(addr, (view.stats, now));
         self.removed.push(entry.handle);
     }
@@ -808,7 +814,10 @@ impl Run {
         self.changed_rows.push(i);
         entry.connecting_since = (ev.state == ConnectivityState::Connecting).then(Instant::now);
         match ev.state {
-            ConnectivityState::Ready => entry.failed_since_ready = false,
+            ConnectivityState::Ready => {
+                tracing::debug!(target = %self.c.shared.target, addr = %ev.addr, "connection ready");
+                entry.failed_since_ready = false;
+            }
             ConnectivityState::TransientFailure => entry.failed_since_ready = true,
             _ => {}
         }
@@ -871,10 +880,15 @@ impl Run {
             o.hosts.insert(v.endpoint.addr.clone(), h);
         }
         if let Some(m) = &self.c.shared.metrics {
-            m.ejections(changes.ejected.len() as u64, changes.unenforced as u64);
+            for how in &changes.enforced {
+                m.ejection_enforced(how.name());
+            }
+            for (how, why) in &changes.unenforced {
+                m.ejection_unenforced(how.name(), why.name());
+            }
         }
-        if changes.unenforced > 0 {
-            tracing::debug!(target = %self.c.shared.target, unenforced = changes.unenforced, "outliers left in (ejection limit or enforcement percentage)");
+        for (how, why) in &changes.unenforced {
+            tracing::debug!(target = %self.c.shared.target, detection = how.name(), reason = why.name(), "outlier left in");
         }
         for (addrs, eject) in [(&changes.ejected, true), (&changes.returned, false)] {
             for addr in addrs {
