@@ -344,7 +344,9 @@ fn metrics_addr_serves_the_runs_instruments() {
     };
     let bin = assert_cmd::cargo::cargo_bin("meshless");
     let mut child = std::process::Command::new(bin)
-        .args(["bench", "--json", "--duration", "4s", "--metrics-addr"])
+        .args(["bench", "--json", "--duration", "4s", "--concurrency", "2"])
+        // Every call hedged at once: A96's hedge counts, with their own buckets.
+        .args(["--hedge-attempts", "2", "--hedge-delay", "0ms", "--metrics-addr"])
         .arg(format!("127.0.0.1:{port}"))
         .arg(target_of(&servers))
         .stdout(std::process::Stdio::null())
@@ -363,7 +365,8 @@ fn metrics_addr_serves_the_runs_instruments() {
         let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let mut body = String::new();
         let _ = s.read_to_string(&mut body);
-        if body.contains("grpc_client_attempt_started") {
+        if body.contains("grpc_client_attempt_started") && body.contains("grpc_client_call_hedges")
+        {
             break body;
         }
     };
@@ -373,10 +376,31 @@ fn metrics_addr_serves_the_runs_instruments() {
         scrape.contains(r#"grpc_client_attempt_started{grpc_method="grpc.health.v1.Health/Check""#),
         "{scrape}"
     );
+    // Each histogram with its gRFC's buckets: A66's latency and size buckets, A96's counts.
+    let buckets = |name: &str| -> Vec<String> {
+        let prefix = format!("{name}_bucket{{");
+        // The bounds of the first series (each series lists them all, up to +Inf).
+        let mut les = Vec::new();
+        for l in scrape.lines().filter(|l| l.starts_with(&prefix)) {
+            let le = l.split("le=\"").nth(1).and_then(|r| r.split('"').next());
+            les.extend(le.map(str::to_owned));
+            if le == Some("+Inf") {
+                break;
+            }
+        }
+        les
+    };
+    let hedges = buckets("grpc_client_call_hedges");
     assert!(
-        scrape.contains("grpc_client_attempt_duration_bucket"),
-        "histograms with A66's buckets: {scrape}"
+        hedges == ["1", "2", "3", "4", "5", "+Inf"],
+        "A96's hedge buckets: {hedges:?}\n{scrape}"
     );
+    let duration = buckets("grpc_client_attempt_duration");
+    assert_eq!(duration.len(), 42, "A66's 41 latency buckets and +Inf: {duration:?}");
+    assert_eq!(duration[1], "0.00001");
+    let sent = buckets("grpc_client_attempt_sent_total_compressed_message_size");
+    assert_eq!(sent.len(), 15, "A66's 14 size buckets and +Inf: {sent:?}");
+    assert_eq!(sent[1], "1024");
     assert!(
         scrape.contains("grpc_subchannel_open_connections"),
         "{scrape}"
