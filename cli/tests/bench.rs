@@ -269,13 +269,23 @@ fn retries_from_flags_recover_calls_that_one_endpoint_fails() {
     );
 }
 
-/// `meshless top --json` prints one frame per interval; with round robin over two servers
-/// each frame's shares are within 5 points of an even split, each frame has the p50 and
-/// p99 of the calls each endpoint served, and each endpoint's share over all frames is
-/// within 5 points of the share its server counted.
+/// `meshless top --json` prints one frame per interval; each frame has each endpoint's share
+/// of its calls and the p50 and p99 of the calls each endpoint served, and each endpoint's
+/// share over all frames is within 5 points of the share its server counted, with shares far
+/// from even.
 #[test]
 fn top_json_prints_a_frame_per_interval() {
-    let servers = servers(2);
+    // Uneven shares, so that a count shown on the wrong endpoint shows: least_request sends
+    // most calls to the server that answers at once, few to the one that takes 3 ms.
+    let servers = vec![
+        meshless_integration::server::TestServer::new("slow")
+            .check_latency(std::time::Duration::from_millis(3))
+            .spawn()
+            .unwrap(),
+        meshless_integration::server::TestServer::new("fast")
+            .spawn()
+            .unwrap(),
+    ];
     let out = meshless()
         .args([
             "top",
@@ -284,8 +294,10 @@ fn top_json_prints_a_frame_per_interval() {
             "2600ms",
             "--interval",
             "500ms",
+            "--concurrency",
+            "8",
             "--policy",
-            "round_robin",
+            "least_request",
         ])
         .arg(target_of(&servers))
         .output()
@@ -303,34 +315,39 @@ fn top_json_prints_a_frame_per_interval() {
         assert_eq!(eps.len(), 2, "{f}");
         let calls: u64 = eps.iter().map(|e| e["calls"].as_u64().unwrap()).sum();
         for e in eps {
+            let n = e["calls"].as_u64().unwrap();
             *totals
                 .entry(e["address"].as_str().unwrap().to_owned())
-                .or_default() += e["calls"].as_u64().unwrap();
+                .or_default() += n;
             assert_eq!(e["state"], "ready", "{f}");
-            if calls >= 100 {
+            if calls > 0 {
                 let share = e["share"].as_f64().unwrap();
-                assert!((0.45..=0.55).contains(&share), "{f}");
+                assert!((share - n as f64 / calls as f64).abs() < 1e-9, "{f}");
+            }
+            if n >= 50 {
                 // The latencies of the calls it served, from the channel's report.
                 let (p50, p99) = (e["p50_ms"].as_f64().unwrap(), e["p99_ms"].as_f64().unwrap());
                 assert!(p50 > 0.0 && p50 <= p99 && p99 < 10_000.0, "{f}");
             }
         }
     }
-    let t: Vec<u64> = totals.values().copied().collect();
-    let (a, b) = (t[0] as f64, t[1] as f64);
-    assert!(a + b > 200.0, "{totals:?}");
-    assert!((a - b).abs() / (a + b) < 0.05, "{totals:?}");
+    let all: u64 = totals.values().sum();
+    assert!(all > 200, "{totals:?}");
     // Each endpoint's share in the frames is the share its server counted, within 5 points.
     let served: u64 = servers.iter().map(|s| s.health_checks()).sum();
+    let mut shown = Vec::new();
     for s in &servers {
-        let shown = totals[&s.addr().to_string()] as f64 / (a + b);
+        let share = totals[&s.addr().to_string()] as f64 / all as f64;
         let counted = s.health_checks() as f64 / served as f64;
         assert!(
-            (shown - counted).abs() < 0.05,
-            "{}: top showed {shown:.3}, the server counted {counted:.3} ({totals:?})",
+            (share - counted).abs() < 0.05,
+            "{}: top showed {share:.3}, the server counted {counted:.3} ({totals:?})",
             s.addr()
         );
+        shown.push(share);
     }
+    // Far from even: counts swapped between the endpoints would be off by more than 5 points.
+    assert!(shown[1] - shown[0] > 0.3, "slow, fast: {shown:?}");
 }
 
 /// `--metrics-addr` serves the run's gRPC instruments as Prometheus text while it runs.
