@@ -571,6 +571,43 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
+    // A78: weighted_round_robin's endpoint weights, at each scheduler build.
+    let (wrr_discovery, wrr_handle) = meshless::discovery::ManualDiscovery::new();
+    let weighted = Channel::with_discovery("wrr", std::sync::Arc::new(wrr_discovery))
+        .policy("weighted_round_robin")
+        .metrics(MetricsConfig::new().target("wrr"))
+        .build()
+        .unwrap();
+    let heavy = TestServer::new("heavy").spawn().unwrap();
+    let light = TestServer::new("light").spawn().unwrap();
+    wrr_handle.reset(vec![
+        meshless::discovery::Endpoint::new(heavy.addr()).with_weight(3),
+        meshless::discovery::Endpoint::new(light.addr()).with_weight(1),
+    ]);
+    wait_ready(&weighted, 2).await;
+    let weights = |t: &Totals| -> Vec<f64> {
+        t.histograms
+            .get(&(m::WRR_ENDPOINT_WEIGHTS.to_owned(), "grpc.target=wrr".to_owned()))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The last build had both endpoints ready (earlier ones may have had one).
+    while weights(totals.update(&snapshotter)).len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no weights");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let w = weights(&totals);
+    let mut last_two = w[w.len() - 2..].to_vec();
+    last_two.sort_by(f64::total_cmp);
+    assert_eq!(last_two, [1.0, 3.0], "{w:?}");
+    assert!(
+        !totals
+            .histograms
+            .keys()
+            .any(|(name, labels)| name == m::WRR_ENDPOINT_WEIGHTS && labels != "grpc.target=wrr"),
+        "only weighted_round_robin records weights"
+    );
+
     // A94: an endpoint the channel drops is a subchannel shutdown.
     let dropped = TestServer::new("dropped").spawn().unwrap();
     handle.reset(vec![meshless::discovery::Endpoint::new(dropped.addr())]);

@@ -1108,7 +1108,16 @@ impl Run {
         if self.any_ready() {
             let (balancer, views) = (&self.c.balancer, &self.views);
             return match std::panic::catch_unwind(AssertUnwindSafe(|| balancer.build(views))) {
-                Ok(picker) => PickerState::Pick(picker),
+                Ok(picker) => {
+                    if let Some(m) = &self.c.shared.metrics
+                        && balancer.name() == "weighted_round_robin"
+                    {
+                        // A78's endpoint weights, as the scheduler just built uses them.
+                        let weighted = meshless_balancer::ready_weighted(views);
+                        m.wrr_weights(weighted.into_iter().map(|(_, w)| w));
+                    }
+                    PickerState::Pick(picker)
+                }
                 Err(panic) => {
                     let msg = panic_message(&panic);
                     let policy = self.c.balancer.name();

@@ -62,6 +62,13 @@ pub const EJECTIONS_ENFORCED: &str = "grpc.lb.outlier_detection.ejections_enforc
 /// A91: outliers found but left in (enforcement percentage, ejection limit).
 pub const EJECTIONS_UNENFORCED: &str = "grpc.lb.outlier_detection.ejections_unenforced";
 
+/// A78: the weight of each endpoint `weighted_round_robin` schedules, recorded each time its
+/// scheduler is built (a picker rebuild, off the pick path). meshless's weights are
+/// discovery's static ones, never load reports, so A78's `grpc.lb.wrr.rr_fallback`,
+/// `endpoint_weight_not_yet_usable` and `endpoint_weight_stale` do not apply and are not
+/// recorded.
+pub const WRR_ENDPOINT_WEIGHTS: &str = "grpc.lb.wrr.endpoint_weights";
+
 /// A91's label on both ejection counters: the algorithm that found the outlier,
 /// `success_rate` or `failure_percentage` (A50's), or `consecutive_failures` for meshless's
 /// consecutive-failure rule, which A91 does not name.
@@ -381,6 +388,14 @@ impl Metrics {
         gauge!(OPEN_CONNECTIONS, "grpc.target" => self.target.clone()).increment(1.0);
     }
 
+    /// A78: the weights of the endpoints a `weighted_round_robin` scheduler was built with.
+    pub(crate) fn wrr_weights(&self, weights: impl Iterator<Item = u32>) {
+        let h = histogram!(WRR_ENDPOINT_WEIGHTS, "grpc.target" => self.target.clone());
+        for w in weights {
+            h.record(f64::from(w));
+        }
+    }
+
     /// A91: an ejection outlier detection made, by the algorithm that found the outlier.
     pub(crate) fn ejection_enforced(&self, detection: &'static str) {
         counter!(EJECTIONS_ENFORCED,
@@ -461,6 +476,10 @@ fn describe() {
     );
     describe_counter!(DISCONNECTIONS, "Connections closed, by reason (gRPC A94).");
     describe_gauge!(OPEN_CONNECTIONS, "Connections open now (gRPC A94).");
+    describe_histogram!(
+        WRR_ENDPOINT_WEIGHTS,
+        "Weight of each endpoint at each weighted_round_robin scheduler build (gRPC A78)."
+    );
     describe_counter!(
         EJECTIONS_ENFORCED,
         "Outlier-detection ejections (gRPC A91)."

@@ -52,6 +52,9 @@ impl Metrics {
     pub(crate) fn connected(&self) {
         match *self {}
     }
+    pub(crate) fn wrr_weights(&self, _: impl Iterator<Item = u32>) {
+        match *self {}
+    }
     pub(crate) fn ejection_enforced(&self, _: &'static str) {
         match *self {}
     }
