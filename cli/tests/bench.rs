@@ -363,7 +363,13 @@ fn metrics_addr_serves_the_runs_instruments() {
     let mut child = std::process::Command::new(bin)
         .args(["bench", "--json", "--duration", "4s", "--concurrency", "2"])
         // Every call hedged at once: A96's hedge counts, with their own buckets.
-        .args(["--hedge-attempts", "2", "--hedge-delay", "0ms", "--metrics-addr"])
+        .args([
+            "--hedge-attempts",
+            "2",
+            "--hedge-delay",
+            "0ms",
+            "--metrics-addr",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg(target_of(&servers))
         .stdout(std::process::Stdio::null())
@@ -413,7 +419,11 @@ fn metrics_addr_serves_the_runs_instruments() {
         "A96's hedge buckets: {hedges:?}\n{scrape}"
     );
     let duration = buckets("grpc_client_attempt_duration");
-    assert_eq!(duration.len(), 42, "A66's 41 latency buckets and +Inf: {duration:?}");
+    assert_eq!(
+        duration.len(),
+        42,
+        "A66's 41 latency buckets and +Inf: {duration:?}"
+    );
     assert_eq!(duration[1], "0.00001");
     let sent = buckets("grpc_client_attempt_sent_total_compressed_message_size");
     assert_eq!(sent.len(), 15, "A66's 14 size buckets and +Inf: {sent:?}");

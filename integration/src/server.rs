@@ -497,14 +497,13 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
         .spawn(move || {
             runtime.block_on(async move {
                 let health = tonic_health::server::HealthReporter::new();
-                let health_service = tonic_health::pb::health_server::HealthServer::new(
-                    SlowHealth {
+                let health_service =
+                    tonic_health::pb::health_server::HealthServer::new(SlowHealth {
                         inner: tonic_health::server::HealthService::from_health_reporter(
                             health.clone(),
                         ),
                         delay: check_latency,
-                    },
-                );
+                    });
                 health.set_serving::<GreeterServer<GreeterService>>().await;
                 *counted.health.lock().unwrap_or_else(|p| p.into_inner()) = Some(health.clone());
                 let signal = async move {

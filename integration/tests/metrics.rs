@@ -10,11 +10,11 @@ use std::time::Duration;
 use common::*;
 use meshless::transport::metrics::{self as m, MetricsConfig};
 use meshless::{Channel, OutlierDetection};
-use meshless_integration::greeter::{HelloReply, HelloRequest};
-use prost::Message;
 use meshless_integration::greeter::greeter_client::GreeterClient;
+use meshless_integration::greeter::{HelloReply, HelloRequest};
 use meshless_integration::server::TestServer;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use prost::Message;
 use tonic::Code;
 
 /// Name and sorted `key=value` labels.
@@ -430,7 +430,13 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         "grpc.disconnect_error=GOAWAY NO_ERROR,grpc.target=hedged".to_owned(),
     );
     let deadline = tokio::time::Instant::now() + WAIT_BOUND;
-    while !totals.update(&snapshotter).counters.contains_key(&goaway) {
+    // A counter first recorded while a snapshot is taken shows as 0 until the next one.
+    while totals
+        .update(&snapshotter)
+        .counters
+        .get(&goaway)
+        .is_none_or(|&n| n == 0)
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{:?}",
@@ -471,7 +477,10 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         attempt.len() == 1 && attempt[0] >= 0.2,
         "the attempt includes its wait for a ready endpoint: {attempt:?}"
     );
-    assert_eq!(v.counter(m::ATTEMPT_STARTED, "grpc.method=other,grpc.target=late"), 1);
+    assert_eq!(
+        v.counter(m::ATTEMPT_STARTED, "grpc.method=other,grpc.target=late"),
+        1
+    );
     assert!(v.counter(m::CONNECTION_ATTEMPTS_FAILED, "grpc.target=late") >= 1);
     assert_eq!(
         v.counter(m::CONNECTION_ATTEMPTS_SUCCEEDED, "grpc.target=late"),
@@ -526,8 +535,15 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
          grpc.lb.outlier_detection.unenforced_reason=max_ejection_overflow,grpc.target=capped"
             .to_owned(),
     );
+    let enforced = (
+        m::EJECTIONS_ENFORCED.to_owned(),
+        "grpc.lb.outlier_detection.detection_method=consecutive_failures,grpc.target=capped"
+            .to_owned(),
+    );
     let deadline = tokio::time::Instant::now() + WAIT_BOUND;
-    while !totals.update(&snapshotter).counters.contains_key(&unenforced) {
+    // A counter first recorded while a snapshot is taken shows as 0 until the next one.
+    let seen = |t: &Totals, k| t.counters.get(k).is_some_and(|&n| n > 0);
+    while !(seen(totals.update(&snapshotter), &unenforced) && seen(&totals, &enforced)) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "no unenforced ejection: {:?}",
@@ -535,13 +551,7 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         );
         let _ = hello(&mut c).await;
     }
-    assert_eq!(
-        totals.counter(
-            m::EJECTIONS_ENFORCED,
-            "grpc.lb.outlier_detection.detection_method=consecutive_failures,grpc.target=capped"
-        ),
-        1
-    );
+    assert_eq!(totals.counters[&enforced], 1);
 
     // meshless's own: discovery errors.
     let (discovery, handle) = meshless::discovery::ManualDiscovery::new();
@@ -587,7 +597,10 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
     wait_ready(&weighted, 2).await;
     let weights = |t: &Totals| -> Vec<f64> {
         t.histograms
-            .get(&(m::WRR_ENDPOINT_WEIGHTS.to_owned(), "grpc.target=wrr".to_owned()))
+            .get(&(
+                m::WRR_ENDPOINT_WEIGHTS.to_owned(),
+                "grpc.target=wrr".to_owned(),
+            ))
             .cloned()
             .unwrap_or_default()
     };
@@ -617,7 +630,13 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         m::DISCONNECTIONS.to_owned(),
         "grpc.disconnect_error=subchannel shutdown,grpc.target=discovering".to_owned(),
     );
-    while !totals.update(&snapshotter).counters.contains_key(&shutdown) {
+    // A counter first recorded while a snapshot is taken shows as 0 until the next one.
+    while totals
+        .update(&snapshotter)
+        .counters
+        .get(&shutdown)
+        .is_none_or(|&n| n == 0)
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{:?}",

@@ -781,7 +781,7 @@ async fn the_unavailable_message_names_the_most_recent_error() {
 /// discovery failing; and ends when the channel is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_status_pushes_changes_and_ends_with_the_channel() {
-    use futures_util::{FutureExt, StreamExt};
+    use futures_util::StreamExt;
     use meshless::StatusEvent;
     let good = servers(1);
     let dead = dead_addr();
@@ -868,7 +868,10 @@ async fn watch_status_pushes_ejections_and_returns() {
     // Calls until the failing endpoint is ejected; the events say so.
     let mut seen = Vec::new();
     while !seen.contains(&StatusEvent::Ejected(bad.clone())) {
-        assert!(tokio::time::Instant::now() < deadline, "never ejected: {seen:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ejected: {seen:?}"
+        );
         let _ = hello(&mut client).await;
         while let Some(Some(e)) = events.next().now_or_never() {
             seen.push(e);

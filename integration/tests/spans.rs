@@ -104,18 +104,14 @@ impl Subscriber for Recorder {
         let mut fields = HashMap::new();
         attrs.record(&mut Fields(&mut fields));
         let parent = self.0.parent(attrs.parent(), attrs.is_contextual());
-        self.0
-            .spans
-            .lock()
-            .unwrap()
-            .insert(
-                id,
-                SpanRecord {
-                    fields,
-                    parent,
-                    metadata: attrs.metadata(),
-                },
-            );
+        self.0.spans.lock().unwrap().insert(
+            id,
+            SpanRecord {
+                fields,
+                parent,
+                metadata: attrs.metadata(),
+            },
+        );
         Id::from_u64(id)
     }
     fn record(&self, span: &Id, values: &Record<'_>) {
@@ -239,7 +235,11 @@ async fn a_single_attempt_is_the_call_spans_child() {
     let seen = &recorder.0;
     let sent = seen.named(SENT);
     let attempts = seen.named(ATTEMPT);
-    assert_eq!((sent.len(), attempts.len()), (2, 2), "{sent:?} {attempts:?}");
+    assert_eq!(
+        (sent.len(), attempts.len()),
+        (2, 2),
+        "{sent:?} {attempts:?}"
+    );
     for (s, a) in sent.iter().zip(&attempts) {
         assert_eq!(a.1.parent, Some(s.0), "{sent:?} {attempts:?}");
     }
@@ -281,10 +281,7 @@ async fn a_transparent_retry_is_an_attempt_span_of_its_own() {
         .find(|(_, a)| a.fields["transparent-retry"] == "true")
         .unwrap_or_else(|| panic!("no transparent retry span: {attempts:?}"));
     let call = retry.1.parent.expect("under the call span");
-    assert_eq!(
-        seen.spans.lock().unwrap()[&call].fields["otel.name"],
-        SENT
-    );
+    assert_eq!(seen.spans.lock().unwrap()[&call].fields["otel.name"], SENT);
     let siblings: Vec<_> = attempts
         .iter()
         .filter(|(_, a)| a.parent == Some(call))

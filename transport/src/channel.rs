@@ -700,10 +700,7 @@ fn attempt_span(
         ),
     };
     if !span.is_disabled() {
-        span.record(
-            "otel.name",
-            format!("Attempt.{}", a72_name(path)),
-        );
+        span.record("otel.name", format!("Attempt.{}", a72_name(path)));
         let previous = headers
             .get(&PREVIOUS_RPC_ATTEMPTS)
             .and_then(|v| v.to_str().ok())

@@ -105,8 +105,8 @@ pub const SIZE_BUCKETS: &[f64] = &[
 
 /// A66's recommended buckets for counts.
 pub const COUNT_BUCKETS: &[f64] = &[
-    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
-    8192.0, 16384.0, 32768.0, 65536.0,
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+    16384.0, 32768.0, 65536.0,
 ];
 /// A96's recommended buckets for [`CALL_RETRIES`] (unit `{retry}`).
 pub const RETRY_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0];
