@@ -180,16 +180,20 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     .registry(args.target.registry()?);
     let builder = match args.metrics_addr {
         Some(addr) => {
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .with_http_listener(addr)
-                .set_buckets(meshless::transport::metrics::LATENCY_BUCKETS)
-                .and_then(|b| {
-                    b.set_buckets_for_metric(
-                        metrics_exporter_prometheus::Matcher::Suffix("message_size".into()),
-                        meshless::transport::metrics::SIZE_BUCKETS,
+            // Each histogram with the buckets its gRFC recommends (latency, size or count).
+            let mut prometheus =
+                metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr);
+            for (name, buckets) in meshless::transport::metrics::HISTOGRAM_BUCKETS {
+                prometheus = prometheus
+                    .set_buckets_for_metric(
+                        // The exporter matches the name as Prometheus spells it.
+                        metrics_exporter_prometheus::Matcher::Full(name.replace('.', "_")),
+                        buckets,
                     )
-                })
-                .and_then(|b| b.install())
+                    .map_err(|e| CliError::Usage(format!("--metrics-addr {addr}: {e}")))?;
+            }
+            prometheus
+                .install()
                 .map_err(|e| CliError::Usage(format!("--metrics-addr {addr}: {e}")))?;
             builder.metrics(
                 meshless::transport::MetricsConfig::new()
@@ -210,6 +214,12 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             format!("the service config of client {name}"),
         )),
         (None, None) => None,
+    };
+    // The stack records A96's per-call instruments (retries, hedges, delays) into the
+    // channel's recorder, and A66's call duration over every attempt.
+    let stack = match (stack, channel.metrics()) {
+        (Some((s, why)), Some(m)) => Some((s.metrics(m), why)),
+        (stack, _) => stack,
     };
     wait_until_settled(&channel, &target, args.timeout).await?;
 

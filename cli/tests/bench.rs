@@ -269,13 +269,23 @@ fn retries_from_flags_recover_calls_that_one_endpoint_fails() {
     );
 }
 
-/// `meshless top --json` prints one frame per interval; with round robin over two servers
-/// each frame's shares are within 5 points of an even split, each frame has the p50 and
-/// p99 of the calls each endpoint served, and each endpoint's share over all frames is
-/// within 5 points of the share its server counted.
+/// `meshless top --json` prints one frame per interval; each frame has each endpoint's share
+/// of its calls and the p50 and p99 of the calls each endpoint served, and each endpoint's
+/// share over all frames is within 5 points of the share its server counted, with shares far
+/// from even.
 #[test]
 fn top_json_prints_a_frame_per_interval() {
-    let servers = servers(2);
+    // Uneven shares, so that a count shown on the wrong endpoint shows: least_request sends
+    // most calls to the server that answers at once, few to the one that takes 3 ms.
+    let servers = vec![
+        meshless_integration::server::TestServer::new("slow")
+            .check_latency(std::time::Duration::from_millis(3))
+            .spawn()
+            .unwrap(),
+        meshless_integration::server::TestServer::new("fast")
+            .spawn()
+            .unwrap(),
+    ];
     let out = meshless()
         .args([
             "top",
@@ -284,8 +294,10 @@ fn top_json_prints_a_frame_per_interval() {
             "2600ms",
             "--interval",
             "500ms",
+            "--concurrency",
+            "8",
             "--policy",
-            "round_robin",
+            "least_request",
         ])
         .arg(target_of(&servers))
         .output()
@@ -303,34 +315,39 @@ fn top_json_prints_a_frame_per_interval() {
         assert_eq!(eps.len(), 2, "{f}");
         let calls: u64 = eps.iter().map(|e| e["calls"].as_u64().unwrap()).sum();
         for e in eps {
+            let n = e["calls"].as_u64().unwrap();
             *totals
                 .entry(e["address"].as_str().unwrap().to_owned())
-                .or_default() += e["calls"].as_u64().unwrap();
+                .or_default() += n;
             assert_eq!(e["state"], "ready", "{f}");
-            if calls >= 100 {
+            if calls > 0 {
                 let share = e["share"].as_f64().unwrap();
-                assert!((0.45..=0.55).contains(&share), "{f}");
+                assert!((share - n as f64 / calls as f64).abs() < 1e-9, "{f}");
+            }
+            if n >= 50 {
                 // The latencies of the calls it served, from the channel's report.
                 let (p50, p99) = (e["p50_ms"].as_f64().unwrap(), e["p99_ms"].as_f64().unwrap());
                 assert!(p50 > 0.0 && p50 <= p99 && p99 < 10_000.0, "{f}");
             }
         }
     }
-    let t: Vec<u64> = totals.values().copied().collect();
-    let (a, b) = (t[0] as f64, t[1] as f64);
-    assert!(a + b > 200.0, "{totals:?}");
-    assert!((a - b).abs() / (a + b) < 0.05, "{totals:?}");
+    let all: u64 = totals.values().sum();
+    assert!(all > 200, "{totals:?}");
     // Each endpoint's share in the frames is the share its server counted, within 5 points.
     let served: u64 = servers.iter().map(|s| s.health_checks()).sum();
+    let mut shown = Vec::new();
     for s in &servers {
-        let shown = totals[&s.addr().to_string()] as f64 / (a + b);
+        let share = totals[&s.addr().to_string()] as f64 / all as f64;
         let counted = s.health_checks() as f64 / served as f64;
         assert!(
-            (shown - counted).abs() < 0.05,
-            "{}: top showed {shown:.3}, the server counted {counted:.3} ({totals:?})",
+            (share - counted).abs() < 0.05,
+            "{}: top showed {share:.3}, the server counted {counted:.3} ({totals:?})",
             s.addr()
         );
+        shown.push(share);
     }
+    // Far from even: counts swapped between the endpoints would be off by more than 5 points.
+    assert!(shown[1] - shown[0] > 0.3, "slow, fast: {shown:?}");
 }
 
 /// `--metrics-addr` serves the run's gRPC instruments as Prometheus text while it runs.
@@ -344,7 +361,15 @@ fn metrics_addr_serves_the_runs_instruments() {
     };
     let bin = assert_cmd::cargo::cargo_bin("meshless");
     let mut child = std::process::Command::new(bin)
-        .args(["bench", "--json", "--duration", "4s", "--metrics-addr"])
+        .args(["bench", "--json", "--duration", "4s", "--concurrency", "2"])
+        // Every call hedged at once: A96's hedge counts, with their own buckets.
+        .args([
+            "--hedge-attempts",
+            "2",
+            "--hedge-delay",
+            "0ms",
+            "--metrics-addr",
+        ])
         .arg(format!("127.0.0.1:{port}"))
         .arg(target_of(&servers))
         .stdout(std::process::Stdio::null())
@@ -363,7 +388,8 @@ fn metrics_addr_serves_the_runs_instruments() {
         let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         let mut body = String::new();
         let _ = s.read_to_string(&mut body);
-        if body.contains("grpc_client_attempt_started") {
+        if body.contains("grpc_client_attempt_started") && body.contains("grpc_client_call_hedges")
+        {
             break body;
         }
     };
@@ -373,10 +399,35 @@ fn metrics_addr_serves_the_runs_instruments() {
         scrape.contains(r#"grpc_client_attempt_started{grpc_method="grpc.health.v1.Health/Check""#),
         "{scrape}"
     );
+    // Each histogram with its gRFC's buckets: A66's latency and size buckets, A96's counts.
+    let buckets = |name: &str| -> Vec<String> {
+        let prefix = format!("{name}_bucket{{");
+        // The bounds of the first series (each series lists them all, up to +Inf).
+        let mut les = Vec::new();
+        for l in scrape.lines().filter(|l| l.starts_with(&prefix)) {
+            let le = l.split("le=\"").nth(1).and_then(|r| r.split('"').next());
+            les.extend(le.map(str::to_owned));
+            if le == Some("+Inf") {
+                break;
+            }
+        }
+        les
+    };
+    let hedges = buckets("grpc_client_call_hedges");
     assert!(
-        scrape.contains("grpc_client_attempt_duration_bucket"),
-        "histograms with A66's buckets: {scrape}"
+        hedges == ["1", "2", "3", "4", "5", "+Inf"],
+        "A96's hedge buckets: {hedges:?}\n{scrape}"
     );
+    let duration = buckets("grpc_client_attempt_duration");
+    assert_eq!(
+        duration.len(),
+        42,
+        "A66's 41 latency buckets and +Inf: {duration:?}"
+    );
+    assert_eq!(duration[1], "0.00001");
+    let sent = buckets("grpc_client_attempt_sent_total_compressed_message_size");
+    assert_eq!(sent.len(), 15, "A66's 14 size buckets and +Inf: {sent:?}");
+    assert_eq!(sent[1], "1024");
     assert!(
         scrape.contains("grpc_subchannel_open_connections"),
         "{scrape}"

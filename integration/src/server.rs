@@ -114,6 +114,8 @@ pub struct TestServer {
     hook: Option<Hook>,
     addr: SocketAddr,
     tls: Option<crate::tls::ServerTls>,
+    /// Delay before each `grpc.health.v1.Health/Check` answer.
+    check_latency: Duration,
 }
 
 impl fmt::Debug for TestServer {
@@ -126,6 +128,7 @@ impl fmt::Debug for TestServer {
             .field("hook", &self.hook.as_ref().map(|_| ".."))
             .field("addr", &self.addr)
             .field("tls", &self.tls)
+            .field("check_latency", &self.check_latency)
             .finish()
     }
 }
@@ -141,7 +144,15 @@ impl TestServer {
             hook: None,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             tls: None,
+            check_latency: Duration::ZERO,
         }
+    }
+
+    /// Delays each `grpc.health.v1.Health/Check` answer by `latency` (what `meshless bench`
+    /// calls), so that load-aware policies send such a server fewer calls.
+    pub fn check_latency(mut self, latency: Duration) -> Self {
+        self.check_latency = latency;
+        self
     }
 
     /// Serves over TLS (or mTLS) only, with `tls`'s certificate.
@@ -476,6 +487,7 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
         stream_fail: config.stream_fail,
         shared: Arc::clone(shared),
     };
+    let check_latency = config.check_latency;
     let (graceful_tx, graceful_rx) = oneshot::channel::<()>();
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel();
@@ -484,7 +496,14 @@ fn start(config: &TestServer, addr: SocketAddr, shared: &Arc<Shared>) -> io::Res
         .name(format!("greeter-{}", config.name))
         .spawn(move || {
             runtime.block_on(async move {
-                let (health, health_service) = tonic_health::server::health_reporter();
+                let health = tonic_health::server::HealthReporter::new();
+                let health_service =
+                    tonic_health::pb::health_server::HealthServer::new(SlowHealth {
+                        inner: tonic_health::server::HealthService::from_health_reporter(
+                            health.clone(),
+                        ),
+                        delay: check_latency,
+                    });
                 health.set_serving::<GreeterServer<GreeterService>>().await;
                 *counted.health.lock().unwrap_or_else(|p| p.into_inner()) = Some(health.clone());
                 let signal = async move {
@@ -740,5 +759,33 @@ impl Greeter for GreeterService {
             }
         });
         Ok(Response::new(replies.boxed()))
+    }
+}
+
+/// The health service, with a delay before each `Check` answer.
+struct SlowHealth {
+    inner: tonic_health::server::HealthService,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for SlowHealth {
+    async fn check(
+        &self,
+        request: Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<Response<tonic_health::pb::HealthCheckResponse>, Status> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        self.inner.check(request).await
+    }
+
+    type WatchStream = tonic_health::server::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<tonic_health::pb::HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.inner.watch(request).await
     }
 }

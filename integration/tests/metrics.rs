@@ -10,10 +10,11 @@ use std::time::Duration;
 use common::*;
 use meshless::transport::metrics::{self as m, MetricsConfig};
 use meshless::{Channel, OutlierDetection};
-use meshless_integration::greeter::HelloRequest;
 use meshless_integration::greeter::greeter_client::GreeterClient;
+use meshless_integration::greeter::{HelloReply, HelloRequest};
 use meshless_integration::server::TestServer;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use prost::Message;
 use tonic::Code;
 
 /// Name and sorted `key=value` labels.
@@ -176,10 +177,66 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         2
     );
     assert_eq!(v.gauge(m::OPEN_CONNECTIONS, "grpc.target=greeter"), 2.0);
+    // A66's sizes are the messages' own bytes, without gRPC's 5-byte message prefix.
+    let request = HelloRequest {
+        name: "test".into(),
+        ..Default::default()
+    };
+    let reply = HelloReply {
+        message: "Hello test".into(),
+        server: "ok".into(),
+    };
     let rcvd = v.histogram(m::ATTEMPT_RCVD_SIZE, &ended("OK"));
     assert!(
-        rcvd.iter().all(|&b| b > 5.0),
-        "a framed reply is more than its 5-byte prefix: {rcvd:?}"
+        rcvd.iter().all(|&b| b == reply.encoded_len() as f64),
+        "{rcvd:?}, the reply is {} bytes",
+        reply.encoded_len()
+    );
+    let sent = v.histogram(m::ATTEMPT_SENT_SIZE, &ended("OK"));
+    assert!(
+        sent.iter().all(|&b| b == request.encoded_len() as f64),
+        "{sent:?}, the request is {} bytes",
+        request.encoded_len()
+    );
+
+    // A client-streaming call: every message it sent counts, also those produced after the
+    // call started.
+    let one = HelloRequest {
+        name: "n".into(),
+        ..Default::default()
+    };
+    let messages = futures_util::stream::unfold(0, {
+        let one = one.clone();
+        move |i| {
+            let one = one.clone();
+            async move {
+                if i == 3 {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Some((one, i + 1))
+            }
+        }
+    });
+    let only_ok = Channel::builder(format!("static:///{}", ok.addr()))
+        .metrics(
+            MetricsConfig::new()
+                .method("greeter.v1.Greeter/CollectHellos")
+                .target("collect"),
+        )
+        .build()
+        .unwrap();
+    let collected = GreeterClient::new(only_ok)
+        .collect_hellos(messages)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(collected.message, "3");
+    let v = totals.update(&snapshotter);
+    let collect = "grpc.method=greeter.v1.Greeter/CollectHellos,grpc.status=OK,grpc.target=collect";
+    assert_eq!(
+        v.histogram(m::ATTEMPT_SENT_SIZE, collect),
+        [3.0 * one.encoded_len() as f64]
     );
 
     // meshless's own: discovery updates, picker rebuilds, and the sampled gauges.
@@ -298,6 +355,97 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
     let ok_calls = "grpc.method=greeter.v1.Greeter/SayHello,grpc.status=OK,grpc.target=transparent";
     assert_eq!(v.histogram(m::CALL_DURATION, ok_calls).len(), 4);
 
+    // A transparent retry counts also when the call fails in the end: the only endpoint
+    // refuses the retry as well.
+    let refused = Channel::builder(format!("static:///{refusing}"))
+        .metrics(
+            MetricsConfig::new()
+                .method("greeter.v1.Greeter/SayHello")
+                .target("refused"),
+        )
+        .build()
+        .unwrap();
+    wait_ready(&refused, 1).await;
+    let status = hello(&mut GreeterClient::new(refused.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let v = totals.update(&snapshotter);
+    assert_eq!(
+        v.histogram(
+            m::CALL_TRANSPARENT_RETRIES,
+            "grpc.method=greeter.v1.Greeter/SayHello,grpc.target=refused"
+        ),
+        [1.0]
+    );
+
+    // A96's hedges: a slow server, a hedge after 5 ms to the other, through HedgeLayer.
+    let slow = TestServer::new("slow")
+        .latency(Duration::from_millis(300))
+        .spawn()
+        .unwrap();
+    let mut fast = TestServer::new("fast").spawn().unwrap();
+    let hedged = Channel::builder(format!("static:///{},{}", slow.addr(), fast.addr()))
+        .policy("round_robin")
+        .metrics(
+            MetricsConfig::new()
+                .method("greeter.v1.Greeter/SayHello")
+                .target("hedged"),
+        )
+        .build()
+        .unwrap();
+    wait_ready(&hedged, 2).await;
+    let hedging = meshless::middleware::HedgingPolicy::new(
+        2,
+        meshless::middleware::HedgeDelay::Fixed(Duration::from_millis(5)),
+        [],
+    )
+    .unwrap();
+    let layer = meshless::middleware::HedgeLayer::new(hedging)
+        .metrics(hedged.metrics().expect("built with metrics"));
+    let mut hc = GreeterClient::new(tower::Layer::layer(&layer, hedged.clone()));
+    for _ in 0..4 {
+        hc.say_hello(HelloRequest::default()).await.unwrap();
+    }
+    let v = totals.update(&snapshotter);
+    let per_call = "grpc.method=greeter.v1.Greeter/SayHello,grpc.target=hedged";
+    // Every call waited 5 ms for its first answer at least (the fast server answers at
+    // once, but the first attempt goes to the slow one half the time): those calls hedged
+    // once, the others not at all (and A96 records no zero).
+    let hedges = v.histogram(m::CALL_HEDGES, per_call);
+    assert!(
+        !hedges.is_empty() && hedges.iter().all(|&n| n == 1.0),
+        "{hedges:?}"
+    );
+    assert!(
+        !v.histograms
+            .contains_key(&(m::CALL_RETRIES.to_owned(), per_call.to_owned())),
+        "hedges are not retries"
+    );
+
+    // A94's disconnect reasons: a server that stops gracefully says GOAWAY NO_ERROR.
+    fast.stop_graceful().await;
+    let goaway = (
+        m::DISCONNECTIONS.to_owned(),
+        "grpc.disconnect_error=GOAWAY NO_ERROR,grpc.target=hedged".to_owned(),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    // A counter first recorded while a snapshot is taken shows as 0 until the next one.
+    while totals
+        .update(&snapshotter)
+        .counters
+        .get(&goaway)
+        .is_none_or(|&n| n == 0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            totals.counters.keys()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(totals.counters[&goaway], 1);
+
     // A94: a connection refused, then succeeding.
     let addr = dead_addr();
     let late = Channel::builder(format!("static:///{addr}"))
@@ -312,9 +460,27 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
             .is_some_and(|e| e.last_error.is_some())
     })
     .await;
+    // A66: an attempt's time includes its pick. The call waits (waitForReady) for the
+    // endpoint to come up; its one attempt lasted that long.
+    let mut lc = GreeterClient::new(late.clone());
+    let mut req = tonic::Request::new(HelloRequest::default());
+    req.extensions_mut().insert(meshless::WaitForReady);
+    let waiting = tokio::spawn(async move { lc.say_hello(req).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let _server = TestServer::new("late").bind(addr).spawn().unwrap();
+    waiting.await.unwrap().unwrap();
     wait_ready(&late, 1).await;
     let v = totals.update(&snapshotter);
+    let late_ok = "grpc.method=other,grpc.status=OK,grpc.target=late";
+    let attempt = v.histogram(m::ATTEMPT_DURATION, late_ok);
+    assert!(
+        attempt.len() == 1 && attempt[0] >= 0.2,
+        "the attempt includes its wait for a ready endpoint: {attempt:?}"
+    );
+    assert_eq!(
+        v.counter(m::ATTEMPT_STARTED, "grpc.method=other,grpc.target=late"),
+        1
+    );
     assert!(v.counter(m::CONNECTION_ATTEMPTS_FAILED, "grpc.target=late") >= 1);
     assert_eq!(
         v.counter(m::CONNECTION_ATTEMPTS_SUCCEEDED, "grpc.target=late"),
@@ -336,7 +502,149 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
     let mut c = GreeterClient::new(ejecting.clone());
     wait_until_async_ejected(&ejecting, &mut c).await;
     let v = totals.update(&snapshotter);
-    assert_eq!(v.counter(m::EJECTIONS_ENFORCED, "grpc.target=ejecting"), 1);
+    // Five failures in a row: meshless's consecutive-failure rule found it.
+    assert_eq!(
+        v.counter(
+            m::EJECTIONS_ENFORCED,
+            "grpc.lb.outlier_detection.detection_method=consecutive_failures,grpc.target=ejecting"
+        ),
+        1
+    );
+
+    // A91: an outlier left in. Both endpoints fail; one is ejected, and the other stays, as
+    // ejecting it would leave no endpoint (the max ejection percentage's overflow).
+    let failing: Vec<_> = (0..2)
+        .map(|i| {
+            TestServer::new(format!("x{i}"))
+                .fail_with(Code::Unavailable)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let capped = Channel::builder(static_target(&failing))
+        .policy("round_robin")
+        .outlier_detection(OutlierDetection::default().interval(Duration::from_millis(100)))
+        .metrics(MetricsConfig::new().target("capped"))
+        .build()
+        .unwrap();
+    wait_ready(&capped, 2).await;
+    let mut c = GreeterClient::new(capped.clone());
+    let unenforced = (
+        m::EJECTIONS_UNENFORCED.to_owned(),
+        "grpc.lb.outlier_detection.detection_method=consecutive_failures,\
+         grpc.lb.outlier_detection.unenforced_reason=max_ejection_overflow,grpc.target=capped"
+            .to_owned(),
+    );
+    let enforced = (
+        m::EJECTIONS_ENFORCED.to_owned(),
+        "grpc.lb.outlier_detection.detection_method=consecutive_failures,grpc.target=capped"
+            .to_owned(),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    // A counter first recorded while a snapshot is taken shows as 0 until the next one.
+    let seen = |t: &Totals, k| t.counters.get(k).is_some_and(|&n| n > 0);
+    while !(seen(totals.update(&snapshotter), &unenforced) && seen(&totals, &enforced)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no unenforced ejection: {:?}",
+            totals.counters.keys()
+        );
+        let _ = hello(&mut c).await;
+    }
+    assert_eq!(totals.counters[&enforced], 1);
+
+    // meshless's own: discovery errors.
+    let (discovery, handle) = meshless::discovery::ManualDiscovery::new();
+    let failing_discovery = Channel::with_discovery("manual", std::sync::Arc::new(discovery))
+        .metrics(MetricsConfig::new().target("discovering"))
+        .build()
+        .unwrap();
+    handle.fail(meshless::discovery::DiscoveryError::new(
+        meshless::discovery::ErrorKind::Unavailable,
+        "registry down",
+    ));
+    wait_until("discovery's error", || {
+        failing_discovery.status().discovery_error.is_some()
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    let errors = (
+        m::DISCOVERY_ERRORS.to_owned(),
+        "grpc.target=discovering".to_owned(),
+    );
+    while totals.update(&snapshotter).counters.get(&errors) != Some(&1) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            totals.counters.get(&errors)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // A78: weighted_round_robin's endpoint weights, at each scheduler build.
+    let (wrr_discovery, wrr_handle) = meshless::discovery::ManualDiscovery::new();
+    let weighted = Channel::with_discovery("wrr", std::sync::Arc::new(wrr_discovery))
+        .policy("weighted_round_robin")
+        .metrics(MetricsConfig::new().target("wrr"))
+        .build()
+        .unwrap();
+    let heavy = TestServer::new("heavy").spawn().unwrap();
+    let light = TestServer::new("light").spawn().unwrap();
+    wrr_handle.reset(vec![
+        meshless::discovery::Endpoint::new(heavy.addr()).with_weight(3),
+        meshless::discovery::Endpoint::new(light.addr()).with_weight(1),
+    ]);
+    wait_ready(&weighted, 2).await;
+    let weights = |t: &Totals| -> Vec<f64> {
+        t.histograms
+            .get(&(
+                m::WRR_ENDPOINT_WEIGHTS.to_owned(),
+                "grpc.target=wrr".to_owned(),
+            ))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The last build had both endpoints ready (earlier ones may have had one).
+    while weights(totals.update(&snapshotter)).len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no weights");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let w = weights(&totals);
+    let mut last_two = w[w.len() - 2..].to_vec();
+    last_two.sort_by(f64::total_cmp);
+    assert_eq!(last_two, [1.0, 3.0], "{w:?}");
+    assert!(
+        !totals
+            .histograms
+            .keys()
+            .any(|(name, labels)| name == m::WRR_ENDPOINT_WEIGHTS && labels != "grpc.target=wrr"),
+        "only weighted_round_robin records weights"
+    );
+
+    // A94: an endpoint the channel drops is a subchannel shutdown.
+    let dropped = TestServer::new("dropped").spawn().unwrap();
+    handle.reset(vec![meshless::discovery::Endpoint::new(dropped.addr())]);
+    wait_ready(&failing_discovery, 1).await;
+    handle.reset(Vec::new());
+    let shutdown = (
+        m::DISCONNECTIONS.to_owned(),
+        "grpc.disconnect_error=subchannel shutdown,grpc.target=discovering".to_owned(),
+    );
+    // A counter first recorded while a snapshot is taken shows as 0 until the next one.
+    while totals
+        .update(&snapshotter)
+        .counters
+        .get(&shutdown)
+        .is_none_or(|&n| n == 0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            totals.counters.keys()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(totals.counters[&shutdown], 1);
 
     // Dropping a channel closes its connections: the gauge comes back down, and each
     // closing is counted once (the reason depends on whether our side's shutdown or the end

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::*;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use meshless::Channel;
 use meshless::balancer::{
     Balancer, ConnectivityState, P2cEwmaConfig, Picker, Policy, PolicyRegistry, SubchannelView,
@@ -932,9 +932,65 @@ async fn watch_status_pushes_changes_and_ends_with_the_channel() {
             break;
         }
     }
+    // Discovery answers again.
+    handle.reset(vec![meshless::discovery::Endpoint::new(good[0].addr())]);
+    loop {
+        let e = next(&mut events).await.expect("goes on");
+        assert!(!matches!(e, StatusEvent::DiscoveryFailed(_)), "{e:?}");
+        if e == StatusEvent::DiscoveryRecovered {
+            break;
+        }
+    }
     drop(channel);
     loop {
         if next(&mut events).await.is_none() {
+            break;
+        }
+    }
+}
+
+/// Outlier detection's decisions reach `watch_status()`: the failing endpoint is ejected,
+/// and returned once its ejection time is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_status_pushes_ejections_and_returns() {
+    use meshless::StatusEvent;
+    let fleet = servers(3);
+    fleet[0].set_fail(Some(Code::Unavailable));
+    let channel = Channel::builder(static_target(&fleet))
+        .policy("round_robin")
+        .outlier_detection(
+            meshless::OutlierDetection::default()
+                .interval(Duration::from_millis(50))
+                .ejection_time(Duration::from_millis(300), Duration::from_millis(300)),
+        )
+        .build()
+        .unwrap();
+    wait_ready(&channel, 3).await;
+    let mut events = Box::pin(channel.watch_status());
+    let bad = Address::from(fleet[0].addr());
+    let mut client = GreeterClient::new(channel.clone());
+    let deadline = tokio::time::Instant::now() + WAIT_BOUND;
+    // Calls until the failing endpoint is ejected; the events say so.
+    let mut seen = Vec::new();
+    while !seen.contains(&StatusEvent::Ejected(bad.clone())) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ejected: {seen:?}"
+        );
+        let _ = hello(&mut client).await;
+        while let Some(Some(e)) = events.next().now_or_never() {
+            seen.push(e);
+        }
+    }
+    fleet[0].set_fail(None);
+    // No more calls: the ejection runs out and the endpoint comes back.
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("returned within the bound")
+            .expect("the stream goes on");
+        assert_ne!(e, StatusEvent::Ejected(bad.clone()));
+        if e == StatusEvent::Returned(bad.clone()) {
             break;
         }
     }

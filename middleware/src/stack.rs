@@ -290,7 +290,7 @@ where
                 .insert(meshless_transport::CallMeasured);
             let path = req.uri().path().to_owned();
             let start = std::time::Instant::now();
-            let call = self.call_inner(req);
+            let call = self.call_inner_in(&span, req);
             let measured = async move {
                 match call.await {
                     Ok(resp) => {
@@ -308,7 +308,8 @@ where
             };
             return Box::pin(tracing::Instrument::instrument(measured, span));
         }
-        Box::pin(tracing::Instrument::instrument(self.call_inner(req), span))
+        let call = self.call_inner_in(&span, req);
+        Box::pin(tracing::Instrument::instrument(call, span))
     }
 }
 
@@ -317,6 +318,18 @@ where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>> + ChannelService<B>,
     B: Send + 'static,
 {
+    /// [`call_inner`](Self::call_inner) inside the call's span: a call with one attempt
+    /// calls the service below at once, and that attempt's span must be the call span's
+    /// child (A72).
+    fn call_inner_in(
+        &mut self,
+        span: &tracing::Span,
+        req: http::Request<tonic::body::Body>,
+    ) -> ResilientFuture<B> {
+        let _in_call = span.enter();
+        self.call_inner(req)
+    }
+
     fn call_inner(&mut self, mut req: http::Request<tonic::body::Body>) -> ResilientFuture<B> {
         let (mut ready, template) = take_ready(&mut self.inner);
         let Some(entry) = self.methods.lookup(req.uri().path()).cloned() else {

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::control::{Control, Limits, PickerState, Shared};
-use crate::errors::{chain, code_of, is_remote_go_away, never_processed, sanitize_status_details};
+use crate::errors::{chain, code_of, go_away_code, never_processed, sanitize_status_details};
 use crate::grpc_timeout;
 use crate::rejected::LocallyRejected;
 use crate::replay::{Replay, ReqBody};
@@ -648,42 +648,60 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Channel {
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> ResponseFuture {
-        let span = attempt_span(&req);
+        let span = attempt_span(None, req.uri().path(), req.headers());
         #[cfg(feature = "otel")]
         let req = {
             let mut req = req;
             crate::otel::inject(&span, req.headers_mut());
             req
         };
-        let call = call(self.shared.clone(), self._alive.clone(), req);
-        // A span no subscriber wants is not entered on every poll.
-        let inner: Pin<Box<dyn Future<Output = _> + Send>> = if span.is_disabled() {
-            Box::pin(call)
-        } else {
-            Box::pin(tracing::Instrument::instrument(call, span))
+        // A span no subscriber wants is not entered on every poll, nor kept.
+        if span.is_disabled() {
+            let call = call(self.shared.clone(), self._alive.clone(), req, None);
+            return ResponseFuture {
+                inner: Box::pin(call),
+            };
+        }
+        let trace = Trace {
+            parent: tracing::Span::current(),
+            attempt: span.clone(),
         };
-        ResponseFuture { inner }
+        let call = call(self.shared.clone(), self._alive.clone(), req, Some(trace));
+        ResponseFuture {
+            inner: Box::pin(tracing::Instrument::instrument(call, span)),
+        }
     }
 }
 
 /// gRPC A72's attempt span, `Attempt.<service>.<method>` (as `otel.name`, the field
-/// tracing-opentelemetry names spans by), with `previous-rpc-attempts` from the request and
-/// `transparent-retry` set when the channel retries it transparently. Nothing is formatted
-/// unless a subscriber wants the span.
-fn attempt_span(req: &http::Request<tonic::body::Body>) -> tracing::Span {
-    let span = tracing::debug_span!(
-        "Attempt",
-        otel.name = tracing::field::Empty,
-        "previous-rpc-attempts" = tracing::field::Empty,
-        "transparent-retry" = false,
-    );
+/// tracing-opentelemetry names spans by), a child of the call's span, with
+/// `previous-rpc-attempts` from the request and `transparent-retry`: a transparent retry is
+/// an attempt of its own, with the same `previous-rpc-attempts` (A72 leaves transparent
+/// retries out of that count). Nothing is formatted unless a subscriber wants the span.
+fn attempt_span(
+    transparent_under: Option<&tracing::Span>,
+    path: &str,
+    headers: &http::HeaderMap,
+) -> tracing::Span {
+    let span = match transparent_under {
+        // The first attempt, in the span the call was made in.
+        None => tracing::debug_span!(
+            "Attempt",
+            otel.name = tracing::field::Empty,
+            "previous-rpc-attempts" = tracing::field::Empty,
+            "transparent-retry" = false,
+        ),
+        Some(parent) => tracing::debug_span!(
+            parent: parent,
+            "Attempt",
+            otel.name = tracing::field::Empty,
+            "previous-rpc-attempts" = tracing::field::Empty,
+            "transparent-retry" = true,
+        ),
+    };
     if !span.is_disabled() {
-        span.record(
-            "otel.name",
-            format!("Attempt.{}", a72_name(req.uri().path())),
-        );
-        let previous = req
-            .headers()
+        span.record("otel.name", format!("Attempt.{}", a72_name(path)));
+        let previous = headers
             .get(&PREVIOUS_RPC_ATTEMPTS)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
@@ -691,6 +709,49 @@ fn attempt_span(req: &http::Request<tonic::body::Body>) -> tracing::Span {
         span.record("previous-rpc-attempts", previous);
     }
     span
+}
+
+/// The spans of a call that a subscriber wants (A72): the call's span, and the span of its
+/// current attempt, which the channel's events name as their parent.
+struct Trace {
+    parent: tracing::Span,
+    attempt: tracing::Span,
+}
+
+/// What a call waited for before its pick (A72's events).
+#[derive(Clone, Copy)]
+enum Delay {
+    /// Discovery's first answer.
+    Resolution,
+    /// A ready endpoint.
+    Pick,
+}
+
+impl Delay {
+    /// A72's event name.
+    fn name(self) -> &'static str {
+        match self {
+            Delay::Resolution => "Delayed name resolution complete",
+            Delay::Pick => "Delayed LB pick complete",
+        }
+    }
+}
+
+/// Records a call's transparent retries (A96) when the call ends, however it ends.
+struct TransparentRetries<'a> {
+    metrics: Option<&'a Arc<crate::Recorder>>,
+    path: &'a Uri,
+    count: u32,
+}
+
+impl Drop for TransparentRetries<'_> {
+    fn drop(&mut self) {
+        if self.count > 0
+            && let Some(m) = self.metrics
+        {
+            m.call_ended(self.path.path(), 0, self.count, 0, Duration::ZERO);
+        }
+    }
 }
 
 /// `/package.Service/Method` as A72 writes it in span names: `package.Service.Method`.
@@ -1034,6 +1095,7 @@ async fn call(
     // the call has its response, even if every `Channel` handle is dropped meanwhile.
     _alive: Arc<oneshot::Sender<()>>,
     req: http::Request<tonic::body::Body>,
+    trace: Option<Trace>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
     // A66's call duration, unless a layer above records it (its calls carry
     // `CallMeasured`): a call that fails here ends now; one that gets a response ends
@@ -1046,7 +1108,7 @@ async fn call(
         }),
         _ => None,
     };
-    let result = call_inner(&shared, req, &mut clock).await;
+    let result = call_inner(&shared, req, &mut clock, trace).await;
     if let (Err(status), Some(clock)) = (&result, clock) {
         clock.end(status.code());
     }
@@ -1057,6 +1119,7 @@ async fn call_inner(
     shared: &Arc<Shared>,
     req: http::Request<tonic::body::Body>,
     clock: &mut Option<CallClock>,
+    trace: Option<Trace>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
     if !shared.active.load(std::sync::atomic::Ordering::Relaxed) {
         shared
@@ -1074,12 +1137,21 @@ async fn call_inner(
     // tonic's own channel does, instead of reaching the server cut short.
     let replay = Replay::new(body)?;
     let Some(timeout) = grpc_timeout::parse(&parts.headers) else {
-        return attempts(shared, parts, opts, replay, None, permit, clock).await;
+        return attempts(shared, parts, opts, replay, None, permit, clock, trace).await;
     };
     // The call's deadline bounds everything up to the response headers, as tonic's own
     // channel does: the wait for an endpoint, connecting, and a server that never answers.
     let deadline = later(Instant::now(), timeout);
-    let attempt = attempts(shared, parts, opts, replay, Some(deadline), permit, clock);
+    let attempt = attempts(
+        shared,
+        parts,
+        opts,
+        replay,
+        Some(deadline),
+        permit,
+        clock,
+        trace,
+    );
     match tokio::time::timeout_at(deadline, attempt).await {
         Ok(result) => result,
         Err(_) => Err(Status::deadline_exceeded(format!(
@@ -1098,14 +1170,16 @@ fn later(from: Instant, d: Duration) -> Instant {
 /// About 30 years: what "no bound" means where an `Instant` is needed.
 const FAR_FUTURE_SECS: u64 = 86_400 * 365 * 30;
 
+#[allow(clippy::too_many_arguments)]
 async fn attempts(
     shared: &Arc<Shared>,
-    parts: http::request::Parts,
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))] mut parts: http::request::Parts,
     opts: CallOptions,
     replay: Replay,
     deadline: Option<Instant>,
     mut permit: Option<ChannelPermit>,
     clock: &mut Option<CallClock>,
+    mut trace: Option<Trace>,
 ) -> Result<http::Response<tonic::body::Body>, Status> {
     let mut waiter = Waiter {
         rx: None,
@@ -1114,29 +1188,58 @@ async fn attempts(
         wait_for_ready: opts.wait_for_ready,
     };
     let mut transparent_retries = 1usize;
+    // A96's transparent retries of the call, recorded however the call ends (even when it
+    // is dropped at its deadline).
+    let mut transparent = TransparentRetries {
+        metrics: shared.metrics.as_ref(),
+        path: &parts.uri,
+        count: 0,
+    };
     let mut unsent = 0usize;
     let mut last_error: Option<String> = None;
     // A72's events: the call waited for discovery's first answer, or for a pick.
-    let mut delayed: Option<&'static str> = None;
+    let mut delayed: Option<Delay> = None;
+    // A66: an attempt's clock starts before its pick (its duration includes the time to
+    // pick an endpoint), once discovery has answered.
+    let mut attempt_start: Option<Instant> = None;
     loop {
+        if shared.metrics.is_some() && attempt_start.is_none() {
+            attempt_start = Some(Instant::now());
+        }
         let tried = opts.tried.as_ref();
         let (sub, conn) = match pick(shared, &parts, tried) {
             Picked::Send(sub, conn) => {
-                if let Some(what) = delayed.take() {
-                    tracing::debug!(endpoint = %sub.addr, "{what}");
+                match (delayed.take(), &trace) {
+                    (Some(Delay::Resolution), Some(t)) => {
+                        tracing::debug!(parent: &t.parent, endpoint = %sub.addr, "Delayed name resolution complete");
+                    }
+                    (Some(Delay::Pick), Some(t)) => {
+                        tracing::debug!(parent: &t.attempt, endpoint = %sub.addr, "Delayed LB pick complete");
+                    }
+                    // The endpoint of every attempt, only for a subscriber that wants the
+                    // attempt's span: an event per call is no cost to pay otherwise.
+                    (None, Some(t)) => {
+                        tracing::debug!(parent: &t.attempt, endpoint = %sub.addr, "Picked endpoint");
+                    }
+                    (Some(d), None) => tracing::debug!(endpoint = %sub.addr, "{}", d.name()),
+                    (None, None) => {}
                 }
                 (sub, conn)
             }
             Picked::Wait => {
+                let unresolved = shared
+                    .endpoint_count
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 0;
+                if unresolved {
+                    // Waiting for discovery is no part of an attempt.
+                    attempt_start = None;
+                }
                 if delayed.is_none() {
-                    let unresolved = shared
-                        .endpoint_count
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        == 0;
                     delayed = Some(if unresolved {
-                        "Delayed name resolution complete"
+                        Delay::Resolution
                     } else {
-                        "Delayed LB pick complete"
+                        Delay::Pick
                     });
                 }
                 waiter.wait(shared, &last_error).await?;
@@ -1155,6 +1258,15 @@ async fn attempts(
                 // gRPC's waitForReady: wait through TRANSIENT_FAILURE for a ready
                 // endpoint, bounded by the call's deadline (or the queue timeout).
                 last_error.get_or_insert_with(|| status.message().to_owned());
+                let unresolved = shared
+                    .endpoint_count
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 0;
+                delayed.get_or_insert(if unresolved {
+                    Delay::Resolution
+                } else {
+                    Delay::Pick
+                });
                 waiter.wait(shared, &last_error).await?;
                 continue;
             }
@@ -1162,7 +1274,12 @@ async fn attempts(
         if let Some(tried) = tried {
             tried.record(&sub.addr);
         }
-        let Some(body) = replay.attempt() else {
+        let attempt = if shared.metrics.is_some() {
+            replay.attempt_counted().map(|(b, n)| (b, Some(n)))
+        } else {
+            replay.attempt().map(|b| (b, None))
+        };
+        let Some((body, sent)) = attempt else {
             return Err(Status::unavailable(format!(
                 "{}: {}",
                 shared.target,
@@ -1194,12 +1311,13 @@ async fn attempts(
             waiter.wait_busy(shared, &last_error, busy).await?;
             continue;
         };
-        if let Some(m) = &shared.metrics {
+        if let (Some(m), Some(sent)) = (&shared.metrics, sent) {
             // The call's clock looked the method up already.
             let method = clock
                 .as_ref()
                 .map_or_else(|| m.method(parts.uri.path()), CallClock::method);
-            guard.observe(m.clone(), method, replay.known_len());
+            let start = attempt_start.take().unwrap_or_else(Instant::now);
+            guard.observe(m.clone(), method, sent, start);
         }
         let mut sender = conn.tx.clone();
         match sender.try_send_request(req).await {
@@ -1217,11 +1335,6 @@ async fn attempts(
                     tracked = tracked.limit_messages(limit);
                 }
                 let body = tonic::body::Body::new(tracked);
-                if transparent_retries == 0
-                    && let Some(m) = &shared.metrics
-                {
-                    m.call_ended(parts.uri.path(), 0, 1, 0, Duration::ZERO);
-                }
                 return Ok(http::Response::from_parts(rparts, body));
             }
             Err(mut err) => {
@@ -1236,13 +1349,20 @@ async fn attempts(
                         continue;
                     }
                 } else if transparent_retries > 0 && never_processed(&error) {
-                    if is_remote_go_away(&error) {
-                        sub.drained(&conn);
+                    if let Some(code) = go_away_code(&error) {
+                        sub.drained(&conn, code);
                     }
                     guard.abandon();
                     transparent_retries -= 1;
-                    tracing::Span::current().record("transparent-retry", true);
+                    transparent.count += 1;
                     tracing::debug!(addr = %sub.addr, "call refused before processing; retrying transparently: {error}");
+                    if let Some(t) = &mut trace {
+                        // A72: the transparent retry is an attempt of its own, beside the
+                        // first under the call's span.
+                        t.attempt = attempt_span(Some(&t.parent), parts.uri.path(), &parts.headers);
+                        #[cfg(feature = "otel")]
+                        crate::otel::inject(&t.attempt, &mut parts.headers);
+                    }
                     continue;
                 } else {
                     guard.set_outcome(meshless_balancer::Outcome::Failure);

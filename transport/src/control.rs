@@ -643,7 +643,12 @@ impl Run {
             "{component} of `{}` panicked: {message}; the channel fails every call until it is rebuilt",
             self.c.shared.target
         );
-        tracing::error!("{what}");
+        tracing::error!(
+            target = %self.c.shared.target,
+            component,
+            message,
+            "panicked; the channel fails every call until it is rebuilt"
+        );
         self.panicked = Some(what);
         self.dirty = true;
     }
@@ -796,6 +801,7 @@ impl Run {
             .map(|(s, _)| s)
             .unwrap_or_else(|| Arc::new(self.new_stats()));
         self.next_generation += 1;
+        tracing::debug!(target = %self.c.shared.target, addr = %ep.addr, "endpoint added");
         let authority = self.authority_for(&ep);
         let tls_name = self.tls_name_for(&ep, &authority);
         let (handle, task) = subchannel::new(
@@ -836,7 +842,7 @@ impl Run {
     /// shuts down once the picker without it is out.
     fn retire(&mut self, entry: Entry, view: SubchannelView, now: Instant) {
         let addr = view.endpoint.addr;
-        tracing::debug!(%addr, "endpoint removed; draining its connection");
+        tracing::debug!(target = %self.c.shared.target, %addr, "endpoint removed; draining its connection");
         self.retired.insert(addr, (view.stats, now));
         self.removed.push(entry.handle);
     }
@@ -861,7 +867,10 @@ impl Run {
         self.changed_rows.push(i);
         entry.connecting_since = (ev.state == ConnectivityState::Connecting).then(Instant::now);
         match ev.state {
-            ConnectivityState::Ready => entry.failed_since_ready = false,
+            ConnectivityState::Ready => {
+                tracing::debug!(target = %self.c.shared.target, addr = %ev.addr, "connection ready");
+                entry.failed_since_ready = false;
+            }
             ConnectivityState::TransientFailure => entry.failed_since_ready = true,
             _ => {}
         }
@@ -942,10 +951,15 @@ impl Run {
             o.hosts.insert(v.endpoint.addr.clone(), h);
         }
         if let Some(m) = &self.c.shared.metrics {
-            m.ejections(changes.ejected.len() as u64, changes.unenforced as u64);
+            for how in &changes.enforced {
+                m.ejection_enforced(how.name());
+            }
+            for (how, why) in &changes.unenforced {
+                m.ejection_unenforced(how.name(), why.name());
+            }
         }
-        if changes.unenforced > 0 {
-            tracing::debug!(target = %self.c.shared.target, unenforced = changes.unenforced, "outliers left in (ejection limit or enforcement percentage)");
+        for (how, why) in &changes.unenforced {
+            tracing::debug!(target = %self.c.shared.target, detection = how.name(), reason = why.name(), "outlier left in");
         }
         for (addrs, eject) in [(&changes.ejected, true), (&changes.returned, false)] {
             for addr in addrs {
@@ -1184,7 +1198,16 @@ impl Run {
         if self.any_ready() {
             let (balancer, views) = (&self.c.balancer, &self.views);
             return match std::panic::catch_unwind(AssertUnwindSafe(|| balancer.build(views))) {
-                Ok(picker) => PickerState::Pick(picker),
+                Ok(picker) => {
+                    if let Some(m) = &self.c.shared.metrics
+                        && balancer.name() == "weighted_round_robin"
+                    {
+                        // A78's endpoint weights, as the scheduler just built uses them.
+                        let weighted = meshless_balancer::ready_weighted(views);
+                        m.wrr_weights(weighted.into_iter().map(|(_, w)| w));
+                    }
+                    PickerState::Pick(picker)
+                }
                 Err(panic) => {
                     let msg = panic_message(&panic);
                     let policy = self.c.balancer.name();

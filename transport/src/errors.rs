@@ -42,11 +42,6 @@ pub(crate) fn code_of(err: &hyper::Error, never_sent: bool) -> Code {
     }
 }
 
-/// True when the error is the server's GOAWAY.
-pub(crate) fn is_remote_go_away(err: &hyper::Error) -> bool {
-    h2_error(err).is_some_and(|h2| h2.is_remote() && h2.is_go_away())
-}
-
 pub(crate) use meshless_discovery::text::error_chain as chain;
 
 /// The h2 error behind an error, if there is one.
@@ -59,6 +54,76 @@ pub(crate) fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option
         source = e.source();
     }
     None
+}
+
+/// A94's `grpc.disconnect_error` for a connection that ended with `err`: the first reason
+/// seen, as A94 asks. The server's GOAWAY gives `GOAWAY <its error code>`; a socket error
+/// gives `connection reset`, `connection timed out` (with a keepalive ping that went
+/// unanswered), `connection aborted` or `socket error`; anything else is `unknown`.
+pub(crate) fn disconnect_reason(err: &hyper::Error) -> &'static str {
+    let h2 = h2_error(err);
+    if let Some(h2) = h2
+        && h2.is_remote()
+        && h2.is_go_away()
+    {
+        return go_away_reason(h2.reason().map_or(u32::MAX, u32::from));
+    }
+    // hyper's keepalive timeout is a private error type; its message is all it shows.
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io_reason(io);
+        }
+        if e.to_string() == "keep-alive timed out" {
+            return "connection timed out";
+        }
+        source = e.source();
+    }
+    match h2.and_then(h2::Error::get_io) {
+        Some(io) => io_reason(io),
+        None => "unknown",
+    }
+}
+
+fn io_reason(io: &std::io::Error) -> &'static str {
+    match io.kind() {
+        std::io::ErrorKind::ConnectionReset => "connection reset",
+        std::io::ErrorKind::TimedOut => "connection timed out",
+        std::io::ErrorKind::ConnectionAborted => "connection aborted",
+        _ => "socket error",
+    }
+}
+
+/// `GOAWAY <code>` as A94 writes it, with RFC 9113's name of the error code (a code RFC
+/// 9113 does not define is `unknown`).
+pub(crate) fn go_away_reason(code: u32) -> &'static str {
+    const NAMES: [&str; 14] = [
+        "GOAWAY NO_ERROR",
+        "GOAWAY PROTOCOL_ERROR",
+        "GOAWAY INTERNAL_ERROR",
+        "GOAWAY FLOW_CONTROL_ERROR",
+        "GOAWAY SETTINGS_TIMEOUT",
+        "GOAWAY STREAM_CLOSED",
+        "GOAWAY FRAME_SIZE_ERROR",
+        "GOAWAY REFUSED_STREAM",
+        "GOAWAY CANCEL",
+        "GOAWAY COMPRESSION_ERROR",
+        "GOAWAY CONNECT_ERROR",
+        "GOAWAY ENHANCE_YOUR_CALM",
+        "GOAWAY INADEQUATE_SECURITY",
+        "GOAWAY HTTP_1_1_REQUIRED",
+    ];
+    usize::try_from(code)
+        .ok()
+        .and_then(|i| NAMES.get(i))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// The error code of the server's GOAWAY behind `err`, if that is what it is.
+pub(crate) fn go_away_code(err: &hyper::Error) -> Option<u32> {
+    let h2 = h2_error(err)?;
+    (h2.is_remote() && h2.is_go_away()).then(|| h2.reason().map_or(u32::MAX, u32::from))
 }
 
 /// True when the server provably did not process the stream: it refused it
@@ -102,5 +167,22 @@ pub(crate) fn sanitize_status_details(headers: &mut HeaderMap) {
     if bad {
         tracing::warn!("dropping a grpc-status-details-bin trailer that is not base64");
         headers.remove(&STATUS_DETAILS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_away_reasons_are_named_as_rfc_9113_names_the_codes() {
+        assert_eq!(go_away_reason(0), "GOAWAY NO_ERROR");
+        assert_eq!(go_away_reason(0xb), "GOAWAY ENHANCE_YOUR_CALM");
+        assert_eq!(go_away_reason(0xd), "GOAWAY HTTP_1_1_REQUIRED");
+        assert_eq!(go_away_reason(0xe), "unknown");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(io_reason(&reset), "connection reset");
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert_eq!(io_reason(&pipe), "socket error");
     }
 }

@@ -84,6 +84,58 @@ impl FrameCheck {
     }
 }
 
+/// Counts the message bytes of a gRPC body as it passes, without the 5-byte prefix (flag and
+/// length) of each message: A66's message sizes leave out gRPC and transport framing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MessageBytes {
+    /// The current message's prefix, as far as it has passed.
+    header: [u8; 5],
+    have: usize,
+    /// Bytes of the current message still to pass.
+    remaining: u64,
+    total: u64,
+}
+
+impl MessageBytes {
+    /// Feeds the next bytes of the body.
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.remaining > 0 {
+                let n = (self.remaining as usize).min(data.len());
+                self.remaining -= n as u64;
+                self.total += n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = (5 - self.have).min(data.len());
+            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.have = 0;
+                self.remaining = u64::from(u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]));
+            }
+        }
+    }
+
+    /// The message bytes seen so far.
+    pub(crate) fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The message bytes of a whole body.
+    pub(crate) fn of(body: &[u8]) -> u64 {
+        let mut m = MessageBytes::default();
+        m.feed(body);
+        m.total
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A request body whose messages are checked against the request limit.
     pub(crate) struct CheckedRequest {
@@ -160,5 +212,18 @@ mod tests {
         let big = frame(11);
         assert_eq!(c.feed(&big[..3]), Ok(()));
         assert_eq!(c.feed(&big[3..]), Err(11));
+    }
+
+    #[test]
+    fn message_bytes_leave_out_every_prefix() {
+        let mut bytes = frame(10);
+        bytes.extend(frame(0));
+        bytes.extend(frame(3));
+        assert_eq!(MessageBytes::of(&bytes), 13);
+        let mut m = MessageBytes::default();
+        for b in &bytes {
+            m.feed(std::slice::from_ref(b));
+        }
+        assert_eq!(m.total(), 13);
     }
 }

@@ -40,11 +40,14 @@ pub const PICKER_REBUILDS: &str = "meshless.picker.rebuilds";
 pub const CALL_DURATION: &str = "grpc.client.call.duration";
 /// A66: attempts started.
 pub const ATTEMPT_STARTED: &str = "grpc.client.attempt.started";
-/// A66: attempt duration, from its start to the end of its response, in seconds.
+/// A66: attempt duration, in seconds: from before its pick (A66 counts the time to pick an
+/// endpoint, not the wait for discovery's first answer) to the end of its response.
 pub const ATTEMPT_DURATION: &str = "grpc.client.attempt.duration";
-/// A66: bytes of the request messages an attempt sent (as framed, compressed if so).
+/// A66: bytes of the request messages an attempt sent, compressed if so, without gRPC's
+/// 5-byte message prefixes (A66 leaves out gRPC and transport framing); every message of a
+/// client-streaming request counts.
 pub const ATTEMPT_SENT_SIZE: &str = "grpc.client.attempt.sent_total_compressed_message_size";
-/// A66: bytes of the response messages an attempt received.
+/// A66: bytes of the response messages an attempt received, without the prefixes.
 pub const ATTEMPT_RCVD_SIZE: &str = "grpc.client.attempt.rcvd_total_compressed_message_size";
 /// A94: connection attempts that succeeded.
 pub const CONNECTION_ATTEMPTS_SUCCEEDED: &str = "grpc.subchannel.connection_attempts_succeeded";
@@ -58,6 +61,22 @@ pub const OPEN_CONNECTIONS: &str = "grpc.subchannel.open_connections";
 pub const EJECTIONS_ENFORCED: &str = "grpc.lb.outlier_detection.ejections_enforced";
 /// A91: outliers found but left in (enforcement percentage, ejection limit).
 pub const EJECTIONS_UNENFORCED: &str = "grpc.lb.outlier_detection.ejections_unenforced";
+
+/// A78: the weight of each endpoint `weighted_round_robin` schedules, recorded each time its
+/// scheduler is built (a picker rebuild, off the pick path). meshless's weights are
+/// discovery's static ones, never load reports, so A78's `grpc.lb.wrr.rr_fallback`,
+/// `endpoint_weight_not_yet_usable` and `endpoint_weight_stale` do not apply and are not
+/// recorded.
+pub const WRR_ENDPOINT_WEIGHTS: &str = "grpc.lb.wrr.endpoint_weights";
+
+/// A91's label on both ejection counters: the algorithm that found the outlier,
+/// `success_rate` or `failure_percentage` (A50's), or `consecutive_failures` for meshless's
+/// consecutive-failure rule, which A91 does not name.
+pub const DETECTION_METHOD: &str = "grpc.lb.outlier_detection.detection_method";
+/// A91's label on [`EJECTIONS_UNENFORCED`]: `enforcement_percentage` (the algorithm's
+/// enforcement roll said no) or `max_ejection_overflow` (ejecting it would pass
+/// `max_ejection_percent`, or take out the last ready endpoint).
+pub const UNENFORCED_REASON: &str = "grpc.lb.outlier_detection.unenforced_reason";
 
 /// A66's recommended latency buckets, in seconds, for the exporter's histogram settings
 /// (such as `metrics_exporter_prometheus::PrometheusBuilder::set_buckets_for_metric`).
@@ -82,6 +101,33 @@ pub const SIZE_BUCKETS: &[f64] = &[
     268435456.0,
     1073741824.0,
     4294967296.0,
+];
+
+/// A66's recommended buckets for counts.
+pub const COUNT_BUCKETS: &[f64] = &[
+    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+    16384.0, 32768.0, 65536.0,
+];
+/// A96's recommended buckets for [`CALL_RETRIES`] (unit `{retry}`).
+pub const RETRY_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0];
+/// A96's recommended buckets for [`CALL_TRANSPARENT_RETRIES`] (unit `{transparent_retry}`).
+pub const TRANSPARENT_RETRY_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 10.0];
+/// A96's recommended buckets for [`CALL_HEDGES`] (unit `{hedge}`).
+pub const HEDGE_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0];
+
+/// Every histogram this crate records, with the buckets its gRFC recommends: A66's latency
+/// buckets for the durations and A96's retry delay, A66's size buckets for the message
+/// sizes, A96's own for its counts. For the exporter's per-metric histogram settings, since
+/// the `metrics` facade carries no bucket hints.
+pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
+    (CALL_DURATION, LATENCY_BUCKETS),
+    (ATTEMPT_DURATION, LATENCY_BUCKETS),
+    (CALL_RETRY_DELAY, LATENCY_BUCKETS),
+    (ATTEMPT_SENT_SIZE, SIZE_BUCKETS),
+    (ATTEMPT_RCVD_SIZE, SIZE_BUCKETS),
+    (CALL_RETRIES, RETRY_BUCKETS),
+    (CALL_TRANSPARENT_RETRIES, TRANSPARENT_RETRY_BUCKETS),
+    (CALL_HEDGES, HEDGE_BUCKETS),
 ];
 
 /// Which instruments a channel records, and the methods it names. Methods the application
@@ -342,14 +388,29 @@ impl Metrics {
         gauge!(OPEN_CONNECTIONS, "grpc.target" => self.target.clone()).increment(1.0);
     }
 
-    pub(crate) fn ejections(&self, enforced: u64, unenforced: u64) {
-        if enforced > 0 {
-            counter!(EJECTIONS_ENFORCED, "grpc.target" => self.target.clone()).increment(enforced);
+    /// A78: the weights of the endpoints a `weighted_round_robin` scheduler was built with.
+    pub(crate) fn wrr_weights(&self, weights: impl Iterator<Item = u32>) {
+        let h = histogram!(WRR_ENDPOINT_WEIGHTS, "grpc.target" => self.target.clone());
+        for w in weights {
+            h.record(f64::from(w));
         }
-        if unenforced > 0 {
-            counter!(EJECTIONS_UNENFORCED, "grpc.target" => self.target.clone())
-                .increment(unenforced);
-        }
+    }
+
+    /// A91: an ejection outlier detection made, by the algorithm that found the outlier.
+    pub(crate) fn ejection_enforced(&self, detection: &'static str) {
+        counter!(EJECTIONS_ENFORCED,
+            "grpc.target" => self.target.clone(),
+            DETECTION_METHOD => detection)
+        .increment(1);
+    }
+
+    /// A91: an outlier found and left in, by algorithm and reason.
+    pub(crate) fn ejection_unenforced(&self, detection: &'static str, reason: &'static str) {
+        counter!(EJECTIONS_UNENFORCED,
+            "grpc.target" => self.target.clone(),
+            DETECTION_METHOD => detection,
+            UNENFORCED_REASON => reason)
+        .increment(1);
     }
 }
 
@@ -415,6 +476,10 @@ fn describe() {
     );
     describe_counter!(DISCONNECTIONS, "Connections closed, by reason (gRPC A94).");
     describe_gauge!(OPEN_CONNECTIONS, "Connections open now (gRPC A94).");
+    describe_histogram!(
+        WRR_ENDPOINT_WEIGHTS,
+        "Weight of each endpoint at each weighted_round_robin scheduler build (gRPC A78)."
+    );
     describe_counter!(
         EJECTIONS_ENFORCED,
         "Outlier-detection ejections (gRPC A91)."

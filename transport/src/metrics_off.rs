@@ -52,7 +52,13 @@ impl Metrics {
     pub(crate) fn connected(&self) {
         match *self {}
     }
-    pub(crate) fn ejections(&self, _: u64, _: u64) {
+    pub(crate) fn wrr_weights(&self, _: impl Iterator<Item = u32>) {
+        match *self {}
+    }
+    pub(crate) fn ejection_enforced(&self, _: &'static str) {
+        match *self {}
+    }
+    pub(crate) fn ejection_unenforced(&self, _: &'static str, _: &'static str) {
         match *self {}
     }
 }

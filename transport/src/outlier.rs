@@ -213,9 +213,53 @@ pub(crate) struct Detector {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Changes {
     pub ejected: Vec<Address>,
+    /// The algorithm behind each ejection of `ejected`, at the same index.
+    pub enforced: Vec<Detection>,
     pub returned: Vec<Address>,
-    /// Outliers found but left in: enforcement said no, or the ejection limit was reached.
-    pub unenforced: usize,
+    /// Outliers found but left in, each with its algorithm and why it stayed.
+    pub unenforced: Vec<(Detection, Unenforced)>,
+}
+
+/// The algorithm that found an outlier: A91's `grpc.lb.outlier_detection.detection_method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Detection {
+    /// A50's success-rate ejection.
+    SuccessRate,
+    /// A50's failure-percentage ejection.
+    FailurePercentage,
+    /// meshless's consecutive-failure rule (Envoy's `consecutive_5xx`), which A50 lacks.
+    ConsecutiveFailures,
+}
+
+impl Detection {
+    /// The label value: A91's `success_rate` and `failure_percentage`, and
+    /// `consecutive_failures` (after the setting's name) for the rule A91 does not know.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Detection::SuccessRate => "success_rate",
+            Detection::FailurePercentage => "failure_percentage",
+            Detection::ConsecutiveFailures => "consecutive_failures",
+        }
+    }
+}
+
+/// Why a detected outlier was left in: A91's `grpc.lb.outlier_detection.unenforced_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unenforced {
+    /// The algorithm's `enforcement_percentage` roll said no.
+    EnforcementPercentage,
+    /// Ejecting it would pass `max_ejection_percent`, or leave no ready endpoint.
+    MaxEjectionOverflow,
+}
+
+impl Unenforced {
+    /// The label value, as A91 spells it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Unenforced::EnforcementPercentage => "enforcement_percentage",
+            Unenforced::MaxEjectionOverflow => "max_ejection_overflow",
+        }
+    }
 }
 
 impl Detector {
@@ -262,6 +306,7 @@ impl Detector {
             under_percent && ready_in > 1
         };
         let eject = |i: usize,
+                     how: Detection,
                      hosts: &mut [Host],
                      changes: &mut Changes,
                      ejected: &mut usize,
@@ -275,6 +320,7 @@ impl Detector {
                 *ready_in -= 1;
             }
             changes.ejected.push(samples[i].addr.clone());
+            changes.enforced.push(how);
         };
 
         // Consecutive failures: at every tick.
@@ -290,10 +336,13 @@ impl Detector {
                 if stats.consecutive_failures().min(since_ejection) < u64::from(n) {
                     continue;
                 }
+                let how = Detection::ConsecutiveFailures;
                 if limit(ejected, ready_in, &self.config) {
-                    eject(i, hosts, &mut changes, &mut ejected, &mut ready_in);
+                    eject(i, how, hosts, &mut changes, &mut ejected, &mut ready_in);
                 } else {
-                    changes.unenforced += 1;
+                    changes
+                        .unenforced
+                        .push((how, Unenforced::MaxEjectionOverflow));
                 }
             }
         }
@@ -341,12 +390,17 @@ impl Detector {
                     if rate >= floor || hosts[i].is_ejected() {
                         continue;
                     }
-                    if limit(ejected, ready_in, &self.config)
-                        && self.roll(sr.enforcement_percentage)
-                    {
-                        eject(i, hosts, &mut changes, &mut ejected, &mut ready_in);
+                    let how = Detection::SuccessRate;
+                    if !limit(ejected, ready_in, &self.config) {
+                        changes
+                            .unenforced
+                            .push((how, Unenforced::MaxEjectionOverflow));
+                    } else if self.roll(sr.enforcement_percentage) {
+                        eject(i, how, hosts, &mut changes, &mut ejected, &mut ready_in);
                     } else {
-                        changes.unenforced += 1;
+                        changes
+                            .unenforced
+                            .push((how, Unenforced::EnforcementPercentage));
                     }
                 }
             }
@@ -366,12 +420,17 @@ impl Detector {
                     if percent <= f64::from(fp.threshold) || hosts[i].is_ejected() {
                         continue;
                     }
-                    if limit(ejected, ready_in, &self.config)
-                        && self.roll(fp.enforcement_percentage)
-                    {
-                        eject(i, hosts, &mut changes, &mut ejected, &mut ready_in);
+                    let how = Detection::FailurePercentage;
+                    if !limit(ejected, ready_in, &self.config) {
+                        changes
+                            .unenforced
+                            .push((how, Unenforced::MaxEjectionOverflow));
+                    } else if self.roll(fp.enforcement_percentage) {
+                        eject(i, how, hosts, &mut changes, &mut ejected, &mut ready_in);
                     } else {
-                        changes.unenforced += 1;
+                        changes
+                            .unenforced
+                            .push((how, Unenforced::EnforcementPercentage));
                     }
                 }
             }
@@ -554,6 +613,38 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn an_outlier_the_enforcement_roll_spares_is_counted_with_its_algorithm() {
+        let (mut d, start) = only(
+            OutlierDetection::default()
+                .consecutive_failures(None)
+                .success_rate(None)
+                .failure_percentage(Some(FailurePercentageEjection {
+                    enforcement_percentage: 0,
+                    ..FailurePercentageEjection::default()
+                })),
+        );
+        let mut fleet = Fleet::new(6);
+        for i in 0..6 {
+            let bad = i == 0;
+            fleet.calls(i, if bad { 0 } else { 100 }, if bad { 100 } else { 0 });
+        }
+        let c = fleet.tick(&mut d, start + Duration::from_secs(10));
+        assert!(c.ejected.is_empty() && c.enforced.is_empty(), "{c:?}");
+        assert_eq!(
+            c.unenforced,
+            [(
+                Detection::FailurePercentage,
+                Unenforced::EnforcementPercentage
+            )]
+        );
+        assert_eq!(Detection::FailurePercentage.name(), "failure_percentage");
+        assert_eq!(
+            Unenforced::EnforcementPercentage.name(),
+            "enforcement_percentage"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn max_ejection_percent_and_the_last_ready_endpoint() {
         // 10 % of 20 is 2: three failing endpoints, two ejected, one left unenforced.
         let (mut d, start) = only(
@@ -567,7 +658,13 @@ mod tests {
             fleet.calls(i, if bad { 0 } else { 100 }, if bad { 100 } else { 0 });
         }
         let c = fleet.tick(&mut d, start + Duration::from_secs(10));
-        assert_eq!((c.ejected.len(), c.unenforced), (2, 1), "{c:?}");
+        assert_eq!(c.ejected.len(), 2, "{c:?}");
+        assert_eq!(c.enforced, [Detection::SuccessRate; 2], "{c:?}");
+        assert_eq!(
+            c.unenforced,
+            [(Detection::SuccessRate, Unenforced::MaxEjectionOverflow)],
+            "{c:?}"
+        );
 
         // 10 % of 3 rounds to nothing, but one may always go; never the last ready one.
         let (mut d, start) = only(OutlierDetection::default());
@@ -575,7 +672,16 @@ mod tests {
         fleet.calls(0, 0, 10);
         fleet.calls(1, 0, 10);
         let c = fleet.tick(&mut d, start + Duration::from_secs(1));
-        assert_eq!((c.ejected.len(), c.unenforced), (1, 1), "{c:?}");
+        assert_eq!(c.ejected.len(), 1, "{c:?}");
+        assert_eq!(c.enforced, [Detection::ConsecutiveFailures], "{c:?}");
+        assert_eq!(
+            c.unenforced,
+            [(
+                Detection::ConsecutiveFailures,
+                Unenforced::MaxEjectionOverflow
+            )],
+            "{c:?}"
+        );
     }
 
     #[test]

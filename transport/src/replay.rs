@@ -5,9 +5,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use tonic::Status;
+
+use crate::frame_limit::MessageBytes;
 
 /// Request bodies up to this size are kept so that a call the server never processed can be
 /// sent again (gRPC transparent retry). Unary calls almost always fit.
@@ -80,14 +84,6 @@ impl Replay {
         })
     }
 
-    /// The request bytes known now: the whole body, or the part read so far of a stream.
-    pub(crate) fn known_len(&self) -> u64 {
-        match self {
-            Replay::Full(b) => b.len() as u64,
-            Replay::Stream { prefix, .. } => prefix.iter().map(|b| b.len() as u64).sum(),
-        }
-    }
-
     /// A body for one attempt, or `None` when the original body was already consumed by an
     /// earlier attempt and cannot be sent again.
     pub(crate) fn attempt(&self) -> Option<ReqBody> {
@@ -102,6 +98,51 @@ impl Replay {
             }
         }
     }
+
+    /// As [`attempt`](Self::attempt), with the attempt's request message bytes (A66): known
+    /// now for a whole body, counted as they are sent for a stream (every message of a
+    /// client-streaming call).
+    pub(crate) fn attempt_counted(&self) -> Option<(ReqBody, SentBytes)> {
+        let body = self.attempt()?;
+        Some(match (self, body) {
+            (Replay::Full(b), body) => (body, SentBytes::Known(MessageBytes::of(b))),
+            (Replay::Stream { .. }, body) => {
+                let total = Arc::new(AtomicU64::new(0));
+                let counted = ReqBody::Counted(Box::new(Counted {
+                    inner: body,
+                    bytes: MessageBytes::default(),
+                    total: total.clone(),
+                }));
+                (counted, SentBytes::Counted(total))
+            }
+        })
+    }
+}
+
+/// An attempt's request message bytes, without gRPC's framing.
+#[derive(Debug)]
+pub(crate) enum SentBytes {
+    /// A whole body, measured before it was sent.
+    Known(u64),
+    /// A stream's, as far as it has been sent.
+    Counted(Arc<AtomicU64>),
+}
+
+impl SentBytes {
+    /// The bytes sent so far.
+    pub(crate) fn get(&self) -> u64 {
+        match self {
+            SentBytes::Known(n) => *n,
+            SentBytes::Counted(n) => n.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A streamed body whose message bytes are counted as they go.
+pub(crate) struct Counted {
+    inner: ReqBody,
+    bytes: MessageBytes,
+    total: Arc<AtomicU64>,
 }
 
 pub(crate) enum Rest {
@@ -115,7 +156,12 @@ pub(crate) enum Rest {
 /// The body of one attempt of a call.
 pub(crate) enum ReqBody {
     Full(Option<Bytes>),
-    Stream { prefix: VecDeque<Bytes>, rest: Rest },
+    Stream {
+        prefix: VecDeque<Bytes>,
+        rest: Rest,
+    },
+    /// A stream whose message bytes are counted (metrics on).
+    Counted(Box<Counted>),
 }
 
 impl Body for ReqBody {
@@ -127,6 +173,16 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         match self.get_mut() {
+            ReqBody::Counted(c) => {
+                let res = std::task::ready!(Pin::new(&mut c.inner).poll_frame(cx));
+                if let Some(Ok(frame)) = &res
+                    && let Some(data) = frame.data_ref()
+                {
+                    c.bytes.feed(data);
+                    c.total.store(c.bytes.total(), Ordering::Relaxed);
+                }
+                Poll::Ready(res)
+            }
             ReqBody::Full(b) => Poll::Ready(
                 b.take()
                     .filter(|b| b.has_remaining())
@@ -161,6 +217,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Full(b) => b.as_ref().is_none_or(|b| !b.has_remaining()),
             ReqBody::Stream { .. } => false,
+            ReqBody::Counted(c) => c.inner.is_end_stream(),
         }
     }
 
@@ -168,6 +225,7 @@ impl Body for ReqBody {
         match self {
             ReqBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ReqBody::Stream { .. } => SizeHint::default(),
+            ReqBody::Counted(c) => c.inner.size_hint(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! One endpoint's HTTP/2 connection, its connectivity state and its reconnect loop.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -62,6 +62,8 @@ pub(crate) struct Conn {
     /// stale signal from calls on an old connection cannot drop a new one.
     drained: Notify,
     drained_flag: AtomicBool,
+    /// The error code of the GOAWAY a call met, for A94's disconnect reason.
+    go_away: AtomicU32,
 }
 
 /// The request path's view of one endpoint: where to send and where to record.
@@ -79,13 +81,14 @@ pub(crate) struct Subchannel {
 }
 
 impl Subchannel {
-    /// The server said GOAWAY on `conn`: stop using that connection and open a new one now.
-    /// Only the first signal per connection counts; signals about an older connection do
-    /// nothing.
-    pub(crate) fn drained(&self, conn: &Arc<Conn>) {
+    /// The server said GOAWAY with error `code` on `conn`: stop using that connection and
+    /// open a new one now. Only the first signal per connection counts; signals about an
+    /// older connection do nothing.
+    pub(crate) fn drained(&self, conn: &Arc<Conn>, code: u32) {
         if conn.drained_flag.swap(true, Ordering::AcqRel) {
             return;
         }
+        conn.go_away.store(code, Ordering::Relaxed);
         let current = self.conn.load();
         if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
             self.conn.store(None);
@@ -258,6 +261,7 @@ async fn connection_loop(
                     max_streams,
                     drained: Notify::new(),
                     drained_flag: AtomicBool::new(false),
+                    go_away: AtomicU32::new(0),
                 });
                 sub.conn.store(Some(c.clone()));
                 if let Some(m) = &config.metrics {
@@ -279,17 +283,28 @@ async fn connection_loop(
                 // polled inside this select it would poll every branch below on each of
                 // its wake-ups (several per call). Aborted when this loop lets it go.
                 let mut dispatch = crate::channel::AbortOnDrop(tokio::spawn(conn));
-                let end = tokio::select! {
-                    r = &mut dispatch.0 => r.unwrap_or_else(|e| {
-                        tracing::warn!(addr = %sub.addr, "connection task ended abnormally: {e}");
-                        Ok(())
-                    }),
+                let (end, reason) = tokio::select! {
+                    r = &mut dispatch.0 => match r {
+                        Ok(Ok(())) => (Ok(()), "GOAWAY NO_ERROR"),
+                        Ok(Err(e)) => {
+                            let reason = crate::errors::disconnect_reason(&e);
+                            (Err(e), reason)
+                        }
+                        Err(e) => {
+                            tracing::warn!(addr = %sub.addr, "connection task ended abnormally: {e}");
+                            (Ok(()), "unknown")
+                        }
+                    },
                     // It never ends: UNIMPLEMENTED leaves it pending.
-                    () = health => Ok(()),
+                    () = health => (Ok(()), "unknown"),
                     // In-flight streams carry on in hyper's connection task.
-                    _ = c.drained.notified() => Ok(()),
-                    // Let go: calls in flight finish on the connection, then it closes.
-                    _ = wanted.wait_for(|w| !*w) => Ok(()),
+                    _ = c.drained.notified() => (
+                        Ok(()),
+                        crate::errors::go_away_reason(c.go_away.load(Ordering::Relaxed)),
+                    ),
+                    // Let go (idle, or pick_first chose another endpoint): calls in flight
+                    // finish on the connection, then it closes.
+                    _ = wanted.wait_for(|w| !*w) => (Ok(()), "subchannel shutdown"),
                     _ = stopped(&mut stop) => {
                         // Dropping `conn` here ends our side of the dispatch; hyper keeps
                         // the connection until in-flight streams are done, then closes it.
@@ -301,12 +316,10 @@ async fn connection_loop(
                 };
                 drop(dispatch);
                 if let Some(m) = &config.metrics {
-                    // A94's reasons: a normal close (GOAWAY, EOF, let go) or a failure.
-                    m.disconnected(if end.is_ok() {
-                        "GOAWAY NO_ERROR"
-                    } else {
-                        "unknown"
-                    });
+                    // A94's reason. h2 ends a connection without an error both on the
+                    // server's GOAWAY NO_ERROR and when the server closes the socket cleanly
+                    // without one, so both count as GOAWAY NO_ERROR.
+                    m.disconnected(reason);
                 }
                 if sub
                     .conn
@@ -328,7 +341,7 @@ async fn connection_loop(
                         Some(format!("connection to {} lost: {}", sub.addr, chain(&e)))
                     }
                 };
-                tracing::debug!(addr = %sub.addr, "connection ended: {}", error.as_deref().unwrap_or("closed by the server (GOAWAY or EOF)"));
+                tracing::debug!(addr = %sub.addr, reason, error = error.as_deref(), "connection ended");
                 report(ConnectivityState::Idle, error);
                 // A connection that lived a while earns an immediate reconnect; one that
                 // dies at once (a server accepting and dropping) must not spin.
@@ -343,7 +356,7 @@ async fn connection_loop(
                 if let Some(m) = &config.metrics {
                     m.connection_attempt(false);
                 }
-                tracing::debug!("{msg}");
+                tracing::debug!(addr = %sub.addr, error = %chain(&e), "connecting failed");
                 report(ConnectivityState::TransientFailure, Some(msg));
                 if wait_or_stop(backoff.next_delay(), &mut stop).await {
                     break;
@@ -357,7 +370,7 @@ async fn connection_loop(
                     "connecting to {} timed out after {:?} (no TCP connection, or no HTTP/2 preface from the server)",
                     sub.addr, config.connect_timeout
                 );
-                tracing::debug!("{msg}");
+                tracing::debug!(addr = %sub.addr, timeout = ?config.connect_timeout, "connecting timed out");
                 report(ConnectivityState::TransientFailure, Some(msg));
                 if wait_or_stop(backoff.next_delay(), &mut stop).await {
                     break;

@@ -67,9 +67,12 @@ pub(crate) struct CallGuard {
 struct AttemptMetrics {
     metrics: Arc<crate::Recorder>,
     method: crate::Label,
+    /// Before the attempt's pick: A66 counts the time to pick an endpoint in the attempt.
     start: Instant,
-    sent: u64,
-    rcvd: u64,
+    /// Request message bytes, without gRPC's 5-byte message prefixes.
+    sent: crate::replay::SentBytes,
+    /// Response message bytes, without the prefixes.
+    rcvd: crate::frame_limit::MessageBytes,
     code: Option<tonic::Code>,
     /// The call's clock, when the call ends with this attempt (A66's call duration).
     call: Option<crate::channel::CallClock>,
@@ -126,20 +129,22 @@ impl CallGuard {
         }
     }
 
-    /// Records this attempt in `metrics` (A66): started now, `sent` request bytes.
+    /// Records this attempt in `metrics` (A66): started at `start` (before its pick), its
+    /// request message bytes `sent`.
     pub(crate) fn observe(
         &mut self,
         metrics: Arc<crate::Recorder>,
         method: crate::Label,
-        sent: u64,
+        sent: crate::replay::SentBytes,
+        start: Instant,
     ) {
         metrics.attempt_started(&method);
         self.attempt = Some(Box::new(AttemptMetrics {
             metrics,
             method,
-            start: Instant::now(),
+            start,
             sent,
-            rcvd: 0,
+            rcvd: crate::frame_limit::MessageBytes::default(),
             code: None,
             call: None,
         }));
@@ -159,10 +164,10 @@ impl CallGuard {
         }
     }
 
-    /// Response bytes received.
-    fn add_rcvd(&mut self, n: usize) {
+    /// Response bytes received (their message prefixes are left out).
+    fn add_rcvd(&mut self, data: &[u8]) {
         if let Some(a) = &mut self.attempt {
-            a.rcvd += n as u64;
+            a.rcvd.feed(data);
         }
     }
 
@@ -195,8 +200,13 @@ impl Drop for CallGuard {
                     Outcome::Failure => tonic::Code::DeadlineExceeded,
                     Outcome::Success => tonic::Code::Unknown,
                 });
-                a.metrics
-                    .attempt_ended(&a.method, code, a.start.elapsed(), a.sent, a.rcvd);
+                a.metrics.attempt_ended(
+                    &a.method,
+                    code,
+                    a.start.elapsed(),
+                    a.sent.get(),
+                    a.rcvd.total(),
+                );
                 if let Some(call) = a.call {
                     call.end(code);
                 }
@@ -257,7 +267,7 @@ impl Body for TrackedBody {
                     sanitize_status_details(trailers);
                 }
                 if let (Some(data), Some(g)) = (frame.data_ref(), this.guard.as_mut()) {
-                    g.add_rcvd(data.len());
+                    g.add_rcvd(data);
                 }
                 if let (Some(data), Some(check)) = (frame.data_ref(), this.limit.as_mut())
                     && let Err(len) = check.feed(data)
