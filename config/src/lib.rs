@@ -232,14 +232,21 @@ pub enum ClientError {
 impl Config {
     /// Reads and validates `path`, choosing the format by its extension.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
+        Self::read_and_parse(path.as_ref(), None)
+    }
+
+    /// Reads `path` and parses it, with `policies` selectable by name when given.
+    fn read_and_parse(
+        path: &Path,
+        policies: Option<&meshless_balancer::PolicyRegistry>,
+    ) -> Result<Config, ConfigError> {
         let (text, format) = Self::read(path)?;
         Self::parse(
             &text,
             format,
             Some(path.to_path_buf()),
             &|k| std::env::var(k).ok(),
-            None,
+            policies,
         )
     }
 
@@ -274,15 +281,7 @@ impl Config {
         path: impl AsRef<Path>,
         policies: &meshless_balancer::PolicyRegistry,
     ) -> Result<Config, ConfigError> {
-        let path = path.as_ref();
-        let (text, format) = Self::read(path)?;
-        Self::parse(
-            &text,
-            format,
-            Some(path.to_path_buf()),
-            &|k| std::env::var(k).ok(),
-            Some(policies),
-        )
+        Self::read_and_parse(path.as_ref(), Some(policies))
     }
 
     /// [`from_str`](Self::from_str) with the policies of `policies` selectable by name, as

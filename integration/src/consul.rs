@@ -591,7 +591,9 @@ fn query_pairs(q: &str) -> Vec<(String, String)> {
 }
 
 /// A Go duration (`55000ms`, `1m30s`, `10s`). Consul parses `wait` and check durations
-/// with `time.ParseDuration`, which rejects a bare number other than 0.
+/// with `time.ParseDuration`, which rejects a bare number other than 0. Written apart from
+/// meshless's own parser on purpose: the double stands for Consul, so a bug in meshless's
+/// parsing must not be mirrored by the agent it is tested against.
 fn go_duration(s: &str) -> Option<Duration> {
     if s == "0" {
         return Some(Duration::ZERO);
