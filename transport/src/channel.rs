@@ -581,7 +581,7 @@ impl ChannelBuilder {
 }
 
 /// Aborts a background task when dropped: the channel's TLS reload task, with the control
-/// task that owns it; a connection's hyper dispatch, with its subchannel's loop.
+/// task that owns it.
 pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
 
 impl<T> Drop for AbortOnDrop<T> {
@@ -1319,8 +1319,7 @@ async fn attempts(
             let start = attempt_start.take().unwrap_or_else(Instant::now);
             guard.observe(m.clone(), method, sent, start);
         }
-        let mut sender = conn.tx.clone();
-        match sender.try_send_request(req).await {
+        match crate::h2client::send(&conn.tx, &conn.shared, req).await {
             Ok(resp) => {
                 let (mut rparts, incoming) = resp.into_parts();
                 sanitize_status_details(&mut rparts.headers);
@@ -1337,12 +1336,15 @@ async fn attempts(
                 let body = tonic::body::Body::new(tracked);
                 return Ok(http::Response::from_parts(rparts, body));
             }
-            Err(mut err) => {
-                let never_sent = err.take_message().is_some();
-                let error = err.into_error();
+            Err(err) => {
+                let never_sent = err.never_sent;
+                let error = err.error;
                 last_error = Some(format!("{}: {}", sub.addr, chain(&error)));
                 if never_sent {
-                    // The connection closed before the call reached it; nothing was sent.
+                    // The connection refused the call before anything was sent (it met a
+                    // GOAWAY, or it is closing): let the subchannel replace it, and try
+                    // again.
+                    sub.drained(&conn, go_away_code(&error).unwrap_or(0));
                     guard.abandon();
                     unsent += 1;
                     if unsent < MAX_UNSENT_ATTEMPTS {
@@ -1378,7 +1380,7 @@ async fn attempts(
 }
 
 /// One attempt's request: the call's method, URI, version and headers, kept in `parts` for
-/// a transparent retry. The extensions stay behind: they are for the layers above, and hyper
+/// a transparent retry. The extensions stay behind: they are for the layers above, and h2
 /// reads none of them for a gRPC call (only `Protocol`, for extended CONNECT), so cloning
 /// them (a boxed clone of each) on every attempt would be waste.
 fn attempt_request(parts: &http::request::Parts, body: ReqBody) -> http::Request<ReqBody> {

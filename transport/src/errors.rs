@@ -2,6 +2,8 @@
 //! described. Which codes count against an endpoint is `meshless_balancer::FailureCodes`.
 
 use http::{HeaderMap, HeaderName};
+
+use crate::h2client::ConnError;
 use tonic::Code;
 
 /// `grpc-status`, parsed once: a lookup by `&str` parses the name on every call.
@@ -23,12 +25,14 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<Code> {
 /// INTERNAL. Spelled out here rather than taken from tonic, whose mapping depends on which
 /// of its cargo features the application happens to enable (without `server`, every error
 /// after the response headers would read as UNKNOWN).
-pub(crate) fn code_of(err: &hyper::Error, never_sent: bool) -> Code {
-    if never_sent || err.is_canceled() || err.is_closed() {
+pub(crate) fn code_of(err: &ConnError, never_sent: bool) -> Code {
+    if never_sent {
         return Code::Unavailable;
     }
-    let Some(h2) = h2_error(err) else {
-        return Code::Unavailable;
+    let h2 = match err {
+        ConnError::H2(h2) => h2,
+        ConnError::KeepaliveTimeout(_) => return Code::Unavailable,
+        ConnError::Body(status) => return status.code(),
     };
     if h2.is_io() || h2.is_go_away() {
         return Code::Unavailable;
@@ -60,26 +64,16 @@ pub(crate) fn h2_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option
 /// seen, as A94 asks. The server's GOAWAY gives `GOAWAY <its error code>`; a socket error
 /// gives `connection reset`, `connection timed out` (with a keepalive ping that went
 /// unanswered), `connection aborted` or `socket error`; anything else is `unknown`.
-pub(crate) fn disconnect_reason(err: &hyper::Error) -> &'static str {
-    let h2 = h2_error(err);
-    if let Some(h2) = h2
-        && h2.is_remote()
-        && h2.is_go_away()
-    {
+pub(crate) fn disconnect_reason(err: &ConnError) -> &'static str {
+    let h2 = match err {
+        ConnError::H2(h2) => h2,
+        ConnError::KeepaliveTimeout(_) => return "connection timed out",
+        ConnError::Body(_) => return "unknown",
+    };
+    if h2.is_remote() && h2.is_go_away() {
         return go_away_reason(h2.reason().map_or(u32::MAX, u32::from));
     }
-    // hyper's keepalive timeout is a private error type; its message is all it shows.
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return io_reason(io);
-        }
-        if e.to_string() == "keep-alive timed out" {
-            return "connection timed out";
-        }
-        source = e.source();
-    }
-    match h2.and_then(h2::Error::get_io) {
+    match h2.get_io() {
         Some(io) => io_reason(io),
         None => "unknown",
     }
@@ -121,7 +115,7 @@ pub(crate) fn go_away_reason(code: u32) -> &'static str {
 }
 
 /// The error code of the server's GOAWAY behind `err`, if that is what it is.
-pub(crate) fn go_away_code(err: &hyper::Error) -> Option<u32> {
+pub(crate) fn go_away_code(err: &ConnError) -> Option<u32> {
     let h2 = h2_error(err)?;
     (h2.is_remote() && h2.is_go_away()).then(|| h2.reason().map_or(u32::MAX, u32::from))
 }
@@ -129,7 +123,7 @@ pub(crate) fn go_away_code(err: &hyper::Error) -> Option<u32> {
 /// True when the server provably did not process the stream: it refused it
 /// (`REFUSED_STREAM`) or its GOAWAY's last stream id is below ours. gRPC retries these
 /// transparently.
-pub(crate) fn never_processed(err: &hyper::Error) -> bool {
+pub(crate) fn never_processed(err: &ConnError) -> bool {
     // h2 gives streams above a GOAWAY's last id the remote GOAWAY error itself; streams
     // below it that die later see a broken pipe instead.
     h2_error(err).is_some_and(|h2| {
@@ -140,7 +134,7 @@ pub(crate) fn never_processed(err: &hyper::Error) -> bool {
 /// True when a connection ended with the server's GOAWAY ENHANCE_YOUR_CALM, which gRPC
 /// servers send with "too_many_pings" when our keepalive pings come faster than their
 /// policy allows (h2 does not expose the debug data, so the reason stands for it).
-pub(crate) fn is_too_many_pings(err: &hyper::Error) -> bool {
+pub(crate) fn is_too_many_pings(err: &ConnError) -> bool {
     h2_error(err).is_some_and(|h2| {
         h2.is_remote() && h2.is_go_away() && h2.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)
     })

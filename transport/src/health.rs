@@ -10,7 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use hyper::client::conn::http2;
+use std::sync::Arc;
+
 use meshless_balancer::ConnectivityState;
 use meshless_discovery::backoff::{Backoff, BackoffConfig};
 use tonic::{Code, Status};
@@ -18,26 +19,27 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::h2client::{ConnError, ConnShared, H2Body};
 use crate::replay::{ReqBody, Rest};
 
 /// A tower service over one HTTP/2 connection, for the Watch call.
 #[derive(Clone)]
 struct WatchConn {
-    tx: http2::SendRequest<ReqBody>,
+    tx: h2::client::SendRequest<bytes::Bytes>,
+    shared: Arc<ConnShared>,
     authority: http::uri::Authority,
 }
 
-type WatchFuture = Pin<
-    Box<dyn Future<Output = Result<http::Response<hyper::body::Incoming>, hyper::Error>> + Send>,
->;
+type WatchFuture = Pin<Box<dyn Future<Output = Result<http::Response<H2Body>, ConnError>> + Send>>;
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for WatchConn {
-    type Response = http::Response<hyper::body::Incoming>;
-    type Error = hyper::Error;
+    type Response = http::Response<H2Body>;
+    type Error = ConnError;
     type Future = WatchFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.tx.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        // The send waits for the connection itself.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: http::Request<tonic::body::Body>) -> WatchFuture {
@@ -50,7 +52,12 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for WatchConn {
                 rest: Rest::Owned(body),
             },
         );
-        Box::pin(self.tx.send_request(req))
+        let (tx, shared) = (self.tx.clone(), self.shared.clone());
+        Box::pin(async move {
+            crate::h2client::send(&tx, &shared, req)
+                .await
+                .map_err(|e| e.error)
+        })
     }
 }
 
@@ -62,14 +69,19 @@ pub(crate) type Report<'a> = &'a (dyn Fn(ConnectivityState, Option<String>) + Sy
 /// which starts over whenever a message arrives; treats UNIMPLEMENTED as healthy, once per
 /// connection, and never calls Watch again on it.
 pub(crate) async fn watch(
-    tx: http2::SendRequest<ReqBody>,
+    tx: h2::client::SendRequest<bytes::Bytes>,
+    shared: Arc<ConnShared>,
     authority: http::uri::Authority,
     service: &str,
     backoff: &BackoffConfig,
     addr: &meshless_discovery::Address,
     report: Report<'_>,
 ) {
-    let mut client = HealthClient::new(WatchConn { tx, authority });
+    let mut client = HealthClient::new(WatchConn {
+        tx,
+        shared,
+        authority,
+    });
     let mut backoff = Backoff::new(backoff.clone());
     let mut failed_before = false;
     loop {

@@ -19,6 +19,7 @@ mod control;
 mod errors;
 mod frame_limit;
 mod grpc_timeout;
+mod h2client;
 mod health;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -1,6 +1,6 @@
 //! Waiting for the server's HTTP/2 preface before calling a connection ready.
 //!
-//! hyper's client handshake only writes our preface; it returns before the server has said
+//! h2's client handshake only writes our preface; it returns before the server has said
 //! anything. A TCP port that accepts but does not speak HTTP/2 (a sidecar whose app is not up
 //! yet, a TLS or HTTP/1 port, a black-holing proxy) would look ready. grpc-go waits for the
 //! server's SETTINGS frame; so do we, by watching the first bytes the connection reads.

@@ -1,8 +1,5 @@
 //! HTTP/2 settings of a channel's connections, with documented defaults.
 
-use crate::subchannel::BoxingExecutor;
-use hyper::client::conn::http2;
-
 /// Default stream flow-control window: 2 MiB (hyper's, as tonic uses it).
 pub const DEFAULT_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 /// Default connection flow-control window: 5 MiB (hyper's).
@@ -80,17 +77,5 @@ impl Http2Settings {
     pub fn max_header_list_size(mut self, bytes: u32) -> Self {
         self.max_header_list_size = bytes;
         self
-    }
-
-    pub(crate) fn apply(&self, b: &mut http2::Builder<BoxingExecutor>) {
-        // RFC 9113 §6.5.2: frame sizes outside 2^14..2^24-1 are a protocol error.
-        let frame = self.max_frame_size.clamp(1 << 14, (1 << 24) - 1);
-        b.initial_stream_window_size(self.initial_stream_window)
-            .initial_connection_window_size(self.initial_connection_window)
-            .max_frame_size(frame)
-            .max_header_list_size(self.max_header_list_size);
-        if self.adaptive_window {
-            b.adaptive_window(true);
-        }
     }
 }

@@ -5,15 +5,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use meshless_balancer::{ConnectivityState, EndpointStats};
 use meshless_discovery::Address;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::errors::{chain, is_too_many_pings};
+use crate::h2client::{self, ConnShared, Driver, Keepalive};
 use crate::preface::{Preface, PrefaceWatch};
-use crate::replay::ReqBody;
 use crate::settings::Http2Settings;
 use meshless_discovery::backoff::{Backoff, BackoffConfig};
 
@@ -53,13 +51,15 @@ pub(crate) struct StateEvent {
 
 /// One HTTP/2 connection of a subchannel, as calls see it.
 pub(crate) struct Conn {
-    pub tx: http2::SendRequest<ReqBody>,
+    pub tx: h2::client::SendRequest<bytes::Bytes>,
+    /// What the connection's calls and its task share (open streams, closed).
+    pub shared: Arc<ConnShared>,
     /// The server's SETTINGS_MAX_CONCURRENT_STREAMS (u32::MAX when it announced none).
     pub max_streams: u32,
-    /// Told by a call that met this connection's GOAWAY. hyper's dispatch task notices a
-    /// GOAWAY only when the next request arrives if streams are still open, so without this
-    /// the first call after every drain would pay for the reconnect. Per connection, so a
-    /// stale signal from calls on an old connection cannot drop a new one.
+    /// Told by a call that met this connection's GOAWAY: the connection's task ends only
+    /// once its open streams are done, so without this the subchannel would wait for them
+    /// before it reconnects. Per connection, so a stale signal from calls on an old
+    /// connection cannot drop a new one.
     drained: Notify,
     drained_flag: AtomicBool,
     /// The error code of the GOAWAY a call met, for A94's disconnect reason.
@@ -100,7 +100,7 @@ impl Subchannel {
     pub(crate) fn connection(&self) -> Option<Arc<Conn>> {
         let guard = self.conn.load();
         let c = guard.as_ref()?;
-        if c.tx.is_closed() {
+        if c.shared.is_closed() {
             return None;
         }
         Some(Arc::clone(c))
@@ -113,8 +113,8 @@ impl Subchannel {
     }
 }
 
-/// Stops the connection loop when dropped or told to. In-flight calls finish: hyper keeps
-/// the HTTP/2 connection open until their streams end.
+/// Stops the connection loop when dropped or told to. In-flight calls finish: the
+/// connection's task runs until their streams end.
 pub(crate) struct SubchannelHandle {
     pub sub: Arc<Subchannel>,
     pub generation: u64,
@@ -240,10 +240,11 @@ async fn connection_loop(
             }
         };
         match outcome {
-            Ok(Ok((tx, conn, max_streams))) => {
+            Ok(Ok((tx, driver, max_streams, shared))) => {
                 let health = config.health_service.as_deref().map(|service| {
                     crate::health::watch(
                         tx.clone(),
+                        shared.clone(),
                         sub.authority.clone(),
                         service,
                         &config.backoff,
@@ -258,6 +259,7 @@ async fn connection_loop(
                 };
                 let c = Arc::new(Conn {
                     tx,
+                    shared,
                     max_streams,
                     drained: Notify::new(),
                     drained_flag: AtomicBool::new(false),
@@ -279,12 +281,14 @@ async fn connection_loop(
                         None => std::future::pending().await,
                     }
                 };
-                // hyper's dispatch runs as a task of its own, woken by its own I/O alone;
-                // polled inside this select it would poll every branch below on each of
-                // its wake-ups (several per call). Aborted when this loop lets it go.
-                let mut dispatch = crate::channel::AbortOnDrop(tokio::spawn(conn));
+                // The connection's task runs on its own, woken by its own I/O alone (polled
+                // inside this select it would poll every branch below on each of its
+                // wake-ups, several per call). It is never aborted: when this loop lets the
+                // connection go, the calls on it finish, the last handle to it drops, and
+                // h2 closes it.
+                let mut driver = tokio::spawn(driver);
                 let (end, reason) = tokio::select! {
-                    r = &mut dispatch.0 => match r {
+                    r = &mut driver => match r {
                         Ok(Ok(())) => (Ok(()), "GOAWAY NO_ERROR"),
                         Ok(Err(e)) => {
                             let reason = crate::errors::disconnect_reason(&e);
@@ -297,7 +301,7 @@ async fn connection_loop(
                     },
                     // It never ends: UNIMPLEMENTED leaves it pending.
                     () = health => (Ok(()), "unknown"),
-                    // In-flight streams carry on in hyper's connection task.
+                    // In-flight streams carry on in the connection's task.
                     _ = c.drained.notified() => (
                         Ok(()),
                         crate::errors::go_away_reason(c.go_away.load(Ordering::Relaxed)),
@@ -306,15 +310,14 @@ async fn connection_loop(
                     // finish on the connection, then it closes.
                     _ = wanted.wait_for(|w| !*w) => (Ok(()), "subchannel shutdown"),
                     _ = stopped(&mut stop) => {
-                        // Dropping `conn` here ends our side of the dispatch; hyper keeps
-                        // the connection until in-flight streams are done, then closes it.
+                        // The connection stays until in-flight streams are done, then closes.
                         if let Some(m) = &config.metrics {
                             m.disconnected("subchannel shutdown");
                         }
                         break;
                     }
                 };
-                drop(dispatch);
+                drop(driver);
                 if let Some(m) = &config.metrics {
                     // A94's reason. h2 ends a connection without an error both on the
                     // server's GOAWAY NO_ERROR and when the server closes the socket cleanly
@@ -394,25 +397,14 @@ async fn wait_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-type Connection = std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>;
-
-/// hyper's executor for a connection's background futures: each one is boxed before it is
-/// spawned, as tonic's executor does. hyper spawns two futures per request (the body pipe and
-/// the response hand-off), all of one enum type whose largest variant is the whole HTTP/2
-/// connection; spawned unboxed, tokio copies that size several times per spawn (about 3,000
-/// instructions per call, measured with the `instructions` bench), boxed it copies a pointer.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BoxingExecutor;
-
-impl<F> hyper::rt::Executor<F> for BoxingExecutor
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(Box::pin(fut));
-    }
-}
+/// A new connection: its sender, its task, the server's SETTINGS_MAX_CONCURRENT_STREAMS
+/// (`u32::MAX` when it announced none), and what its calls and task share.
+type Connected = (
+    h2::client::SendRequest<bytes::Bytes>,
+    Driver,
+    u32,
+    Arc<ConnShared>,
+);
 
 #[cfg_attr(not(feature = "tls"), allow(unused_variables))]
 async fn connect(
@@ -420,16 +412,15 @@ async fn connect(
     tls_name: Option<&str>,
     config: &ConnectConfig,
     keepalive: Option<Duration>,
-) -> Result<(http2::SendRequest<ReqBody>, Connection, u32), ConnectError> {
-    let mut builder = http2::Builder::new(BoxingExecutor);
-    builder.timer(TokioTimer::new());
-    config.http2.apply(&mut builder);
-    if let Some(interval) = keepalive {
-        builder
-            .keep_alive_interval(interval)
-            .keep_alive_timeout(config.keepalive_timeout)
-            .keep_alive_while_idle(config.keepalive_while_idle);
-    }
+) -> Result<Connected, ConnectError> {
+    let builder = (
+        &config.http2,
+        keepalive.map(|interval| Keepalive {
+            interval,
+            timeout: config.keepalive_timeout,
+            while_idle: config.keepalive_while_idle,
+        }),
+    );
     match addr {
         Address::Tcp(sa) => {
             let tcp = tokio::net::TcpStream::connect(sa).await?;
@@ -482,20 +473,19 @@ async fn connect(
     }
 }
 
-/// The HTTP/2 handshake, done only when the server has sent its SETTINGS frame (hyper's
+/// The HTTP/2 handshake, done only when the server has sent its SETTINGS frame (h2's
 /// returns as soon as our preface is written). The caller's connect timeout bounds the wait.
 async fn handshake<T>(
-    builder: &http2::Builder<BoxingExecutor>,
+    (settings, keepalive): &(&Http2Settings, Option<Keepalive>),
     io: T,
-) -> Result<(http2::SendRequest<ReqBody>, Connection, u32), ConnectError>
+) -> Result<Connected, ConnectError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let (io, mut preface) = PrefaceWatch::new(io);
-    let (tx, conn) = builder.handshake(TokioIo::new(io)).await?;
-    let mut conn: Connection = Box::pin(conn);
-    // Drive our side of the dispatch too, so a connection that fails meanwhile is seen; what
-    // the server sent says more than h2's protocol error, so it is looked at first.
+    let (tx, mut conn) = h2client::handshake(io, settings).await?;
+    // Drive the connection too, so a connection that fails meanwhile is seen; what the
+    // server sent says more than h2's protocol error, so it is looked at first.
     let seen = tokio::select! {
         biased;
         p = &mut preface => p.unwrap_or(Preface::Closed),
@@ -508,7 +498,16 @@ where
     match seen {
         Preface::Http2 {
             max_concurrent_streams,
-        } => Ok((tx, conn, max_concurrent_streams.unwrap_or(u32::MAX))),
+        } => {
+            let shared = h2client::shared(settings);
+            let driver = h2client::drive(conn, shared.clone(), *keepalive);
+            Ok((
+                tx,
+                driver,
+                max_concurrent_streams.unwrap_or(u32::MAX),
+                shared,
+            ))
+        }
         Preface::Tls => Err(ConnectError::AnsweredTls),
         Preface::Http1 => Err(ConnectError::AnsweredHttp1),
         Preface::Other => Err(ConnectError::NotHttp2),
@@ -568,7 +567,7 @@ enum ConnectError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("HTTP/2 handshake failed: {0}")]
-    Handshake(#[from] hyper::Error),
+    Handshake(#[from] h2::Error),
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     #[error("{0}")]
     Tls(String),

@@ -228,7 +228,7 @@ pin_project_lite::pin_project! {
     /// and turns transport errors into gRPC statuses itself.
     pub(crate) struct TrackedBody {
         #[pin]
-        inner: hyper::body::Incoming,
+        inner: crate::h2client::H2Body,
         guard: Option<CallGuard>,
         // The method's response message limit, when it has one.
         limit: Option<crate::frame_limit::FrameCheck>,
@@ -236,7 +236,7 @@ pin_project_lite::pin_project! {
 }
 
 impl TrackedBody {
-    pub(crate) fn new(inner: hyper::body::Incoming, guard: CallGuard) -> Self {
+    pub(crate) fn new(inner: crate::h2client::H2Body, guard: CallGuard) -> Self {
         TrackedBody {
             inner,
             guard: Some(guard),
