@@ -542,3 +542,111 @@ async fn http2_settings_reach_the_wire() {
     assert_eq!(get(&s, MAX_HEADER_LIST_SIZE), Some(64 << 10), "{s:?}");
     assert_eq!(update + 65_535, 3 << 20);
 }
+
+/// The largest send capacity (the client's window) a server saw while it sent `total`
+/// bytes of response as fast as the client's windows allowed, and the bytes the client
+/// read.
+async fn largest_window_seen(settings: meshless::Http2Settings, total: usize) -> (usize, usize) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = largest.clone();
+    tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        // Without it, Nagle holds each window's last segment for the client's delayed ACK.
+        sock.set_nodelay(true).unwrap();
+        let mut conn = h2::server::handshake(sock).await.unwrap();
+        let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while conn.accept().await.is_some() {} });
+        let resp = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .body(())
+            .unwrap();
+        let mut stream = respond.send_response(resp, false).unwrap();
+        let mut sent = 0;
+        while sent < total {
+            stream.reserve_capacity(total - sent);
+            let Some(Ok(cap)) = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await else {
+                return;
+            };
+            seen.fetch_max(cap, std::sync::atomic::Ordering::Relaxed);
+            let n = cap.min(total - sent);
+            stream
+                .send_data(bytes::Bytes::from(vec![0u8; n]), false)
+                .unwrap();
+            sent += n;
+        }
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        stream.send_trailers(trailers).unwrap();
+    });
+    // What the client sends (its WINDOW_UPDATEs and pings) reaches the server 5 ms late,
+    // as over a network: on bare loopback one round trip carries too little to be worth a
+    // larger window.
+    let delayed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = delayed.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, _) = delayed.accept().await.unwrap();
+        client.set_nodelay(true).unwrap();
+        let server = tokio::net::TcpStream::connect(addr).await.unwrap();
+        server.set_nodelay(true).unwrap();
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        tokio::spawn(async move { tokio::io::copy(&mut sr, &mut cw).await });
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = cr.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let channel = Channel::builder(format!("static:///{proxy}"))
+        .http2(settings)
+        .build()
+        .unwrap();
+    let req = http::Request::post(format!("http://{addr}/bulk.Service/Download"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT_BOUND, channel.oneshot(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let body = tokio::time::timeout(WAIT_BOUND, resp.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    let read = body.to_bytes().len();
+    (largest.load(std::sync::atomic::Ordering::Relaxed), read)
+}
+
+/// With the adaptive window on, the client grows its windows past HTTP/2's 64 KiB default
+/// when a stream is limited by them (BDP pings measure what one round trip carries); with
+/// the same start and no adaptive window, the server never gets more than 64 KiB of credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_window_grows_the_windows_of_a_busy_stream() {
+    const TOTAL: usize = 8 << 20;
+    let fixed = meshless::Http2Settings::default()
+        .initial_stream_window(65_535)
+        .initial_connection_window(65_535);
+    let t = Instant::now();
+    let (largest, read) = largest_window_seen(fixed, TOTAL).await;
+    eprintln!("fixed {:?} {largest}", t.elapsed());
+    assert_eq!(read, TOTAL);
+    assert!(largest <= 65_535, "{largest}");
+
+    let adaptive = meshless::Http2Settings::default().adaptive_window(true);
+    let t = Instant::now();
+    let (largest, read) = largest_window_seen(adaptive, TOTAL).await;
+    eprintln!("adaptive {:?} {largest}", t.elapsed());
+    assert_eq!(read, TOTAL);
+    assert!(largest > 65_535, "the window never grew: {largest}");
+}
