@@ -32,3 +32,37 @@ macro_rules! config_setters {
 }
 
 pub(crate) use config_setters;
+
+/// A load-aware policy's balancer: its configuration and the one [`LoadClock`] the
+/// statistics it makes share (so that an idle endpoint's estimate still sees time pass), with
+/// `Default` and `new(config)`. The doc comment and attributes given go on the struct.
+///
+/// [`LoadClock`]: crate::LoadClock
+macro_rules! clocked_balancer {
+    ($(#[$meta:meta])* $name:ident($config:ty), $policy:literal) => {
+        $(#[$meta])*
+        #[derive(Debug)]
+        pub struct $name {
+            config: $config,
+            clock: std::sync::Arc<crate::LoadClock>,
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new(<$config>::default())
+            }
+        }
+
+        impl $name {
+            #[doc = concat!("A ", $policy, " policy with `config`.")]
+            pub fn new(config: $config) -> Self {
+                $name {
+                    config,
+                    clock: std::sync::Arc::new(crate::LoadClock::new()),
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use clocked_balancer;

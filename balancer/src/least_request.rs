@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::choice::BestOf;
 use crate::config::config_setters;
-use crate::stats::{DEFAULT_DECAY, DEFAULT_RTT, LoadClock, Signals};
+use crate::stats::{DEFAULT_DECAY, DEFAULT_RTT, Signals};
 use crate::{Balancer, EndpointStats, Pick, PickRequest, Picker, SubchannelView, ready_weighted};
 
 /// Candidates compared per pick by default: 2 (gRPC A48 `choice_count` default).
@@ -51,51 +51,34 @@ config_setters!(LeastRequestConfig {
     seed: u64,
 });
 
-/// gRPC's `least_request_experimental` (A48): each request draws
-/// [`choice_count`](LeastRequestConfig::choice_count) distinct ready endpoints at random
-/// and takes the one with the fewest calls in flight.
-///
-/// Weights are honoured as Envoy's least-request balancer does: candidates are compared by
-/// `(in_flight + 1) / weight`, so under load an endpoint of weight 2 carries about twice the
-/// calls of one of weight 1 (the `+ 1` makes the heavier one win between idle endpoints).
-/// Endpoints of weight 0 are used only when all ready ones are.
-///
-/// **Deviation from A48: failures count.** A48 looks at calls in flight only, so an
-/// endpoint that fails every call at once is always idle and wins every comparison it takes
-/// part in: with two choices it draws about `2/n` of the traffic, twice its fair share, and
-/// turns most of it into errors. meshless divides the cost by the endpoint's recent success
-/// ratio, `(in_flight + 1) / (weight × (1 − failure_ratio))` (see
-/// [`EndpointStats::scale_by_success`]; go-zero's p2c divides by a success EWMA the same way).
-/// An endpoint failing half its calls then counts double; one failing all of them loses
-/// after a handful of calls, and is retried only as its failure ratio decays with
-/// [`failure_decay`](LeastRequestConfig::failure_decay): a few probes a second whatever the
-/// request rate, so its share falls toward 0 over time, and it wins its share back within
-/// tens of calls once it answers again. For endpoints that have not failed lately the ratio
-/// is exactly 0 and the choice is A48's.
-///
-/// The statistics must come from [`new_stats`](Balancer::new_stats) for the failure ratio to
-/// decay while an endpoint is shunned (they share one [`LoadClock`]).
-#[derive(Debug)]
-pub struct LeastRequest {
-    config: LeastRequestConfig,
-    clock: Arc<LoadClock>,
-}
-
-impl Default for LeastRequest {
-    fn default() -> Self {
-        Self::new(LeastRequestConfig::default())
-    }
-}
-
-impl LeastRequest {
-    /// A least_request policy with `config`.
-    pub fn new(config: LeastRequestConfig) -> Self {
-        LeastRequest {
-            config,
-            clock: Arc::new(LoadClock::new()),
-        }
-    }
-}
+crate::config::clocked_balancer!(
+    /// gRPC's `least_request_experimental` (A48): each request draws
+    /// [`choice_count`](LeastRequestConfig::choice_count) distinct ready endpoints at random
+    /// and takes the one with the fewest calls in flight.
+    ///
+    /// Weights are honoured as Envoy's least-request balancer does: candidates are compared by
+    /// `(in_flight + 1) / weight`, so under load an endpoint of weight 2 carries about twice the
+    /// calls of one of weight 1 (the `+ 1` makes the heavier one win between idle endpoints).
+    /// Endpoints of weight 0 are used only when all ready ones are.
+    ///
+    /// **Deviation from A48: failures count.** A48 looks at calls in flight only, so an
+    /// endpoint that fails every call at once is always idle and wins every comparison it takes
+    /// part in: with two choices it draws about `2/n` of the traffic, twice its fair share, and
+    /// turns most of it into errors. meshless divides the cost by the endpoint's recent success
+    /// ratio, `(in_flight + 1) / (weight × (1 − failure_ratio))` (see
+    /// [`EndpointStats::scale_by_success`]; go-zero's p2c divides by a success EWMA the same way).
+    /// An endpoint failing half its calls then counts double; one failing all of them loses
+    /// after a handful of calls, and is retried only as its failure ratio decays with
+    /// [`failure_decay`](LeastRequestConfig::failure_decay): a few probes a second whatever the
+    /// request rate, so its share falls toward 0 over time, and it wins its share back within
+    /// tens of calls once it answers again. For endpoints that have not failed lately the ratio
+    /// is exactly 0 and the choice is A48's.
+    ///
+    /// The statistics must come from [`new_stats`](Balancer::new_stats) for the failure ratio to
+    /// decay while an endpoint is shunned (they share one [`LoadClock`](crate::LoadClock)).
+    LeastRequest(LeastRequestConfig),
+    "least_request"
+);
 
 impl Balancer for LeastRequest {
     fn name(&self) -> &'static str {

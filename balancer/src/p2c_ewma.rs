@@ -137,66 +137,49 @@ config_setters!(P2cEwmaConfig {
     seed: u64,
 });
 
-/// Power of two choices over peak-EWMA cost, after Finagle's and tower's `p2c` + `PeakEwma`:
-/// each request compares two distinct ready endpoints and takes the one with the lower
-/// `latency × (1 + in_flight / (load_scale × mean_in_flight + 1))`, where latency is
-/// `max(latency estimate, mean age of its pending calls)` and `mean_in_flight` the calls in
-/// flight per ready endpoint. With [`load_scale`](P2cEwmaConfig::load_scale) 0 that is
-/// Finagle's `latency × (in_flight + 1)`; the default (4) weighs in-flight calls against
-/// the mean instead, so latency still counts at high concurrency (see there). The latency
-/// estimate remembers about the last [`sample_window`](P2cEwmaConfig::sample_window) calls
-/// per endpoint, not only the last τ of time, so that one slow call does not mark a busy
-/// endpoint slow for seconds. By default
-/// one candidate is random and the other is the previous pick's winner
-/// ([`memory`](P2cEwmaConfig::memory)); without memory both are random.
-///
-/// An endpoint that has not answered yet costs 0 while it has nothing in flight, so it is
-/// tried at once (see [`EndpointStats::latency_and_load`]); while its first call is pending
-/// it costs the [`default_rtt`](P2cEwmaConfig::default_rtt).
-///
-/// The pending calls' age (see [`EndpointStats::load_cost`]) is what keeps a slow endpoint
-/// that has not answered yet, such as a new one still at the default RTT, from taking
-/// call after call until its first slow answer comes back.
-///
-/// The estimate is a peak EWMA (see [`EndpointStats`]): it jumps up at once on a slow call
-/// and decays with time constant [`decay`](P2cEwmaConfig::decay), also while the endpoint
-/// receives nothing, so a shunned endpoint is retried. A failed call counts as at least
-/// [`failure_penalty`](P2cEwmaConfig::failure_penalty), so an endpoint that fails fast looks
-/// slow instead of fast, and the cost is divided by the endpoint's recent success ratio
-/// ([`EndpointStats::scale_by_success`]). The penalty alone is not enough: under load, when
-/// healthy latency × (in-flight + 1) nears the penalty, a failing endpoint would win again;
-/// the ratio keeps it a thousand times dearer whatever the healthy endpoints' latency. Endpoints of weight 0 are used only when all ready ones are;
-/// other weights are ignored.
-///
-/// The statistics must come from [`new_stats`](Balancer::new_stats) for the configured
-/// decay, starting RTT and penalty to apply, and for idle endpoints to see time pass.
-///
-/// Give each channel a `P2cEwma` of its own (`.policy("p2c_ewma")` does): the mean load is
-/// counted over every endpoint whose statistics this instance made, so two channels sharing
-/// one would weigh each other's calls. Calls still in flight on endpoints that left the
-/// picker (removed, or no longer ready) count toward that mean until they end, which makes
-/// the load weigh a little less meanwhile.
-#[derive(Debug)]
-pub struct P2cEwma {
-    config: P2cEwmaConfig,
-    clock: Arc<LoadClock>,
-}
-
-impl Default for P2cEwma {
-    fn default() -> Self {
-        Self::new(P2cEwmaConfig::default())
-    }
-}
-
-impl P2cEwma {
-    /// A p2c_ewma policy with `config`.
-    pub fn new(config: P2cEwmaConfig) -> Self {
-        P2cEwma {
-            config,
-            clock: Arc::new(LoadClock::new()),
-        }
-    }
-}
+crate::config::clocked_balancer!(
+    /// Power of two choices over peak-EWMA cost, after Finagle's and tower's `p2c` + `PeakEwma`:
+    /// each request compares two distinct ready endpoints and takes the one with the lower
+    /// `latency × (1 + in_flight / (load_scale × mean_in_flight + 1))`, where latency is
+    /// `max(latency estimate, mean age of its pending calls)` and `mean_in_flight` the calls in
+    /// flight per ready endpoint. With [`load_scale`](P2cEwmaConfig::load_scale) 0 that is
+    /// Finagle's `latency × (in_flight + 1)`; the default (4) weighs in-flight calls against
+    /// the mean instead, so latency still counts at high concurrency (see there). The latency
+    /// estimate remembers about the last [`sample_window`](P2cEwmaConfig::sample_window) calls
+    /// per endpoint, not only the last τ of time, so that one slow call does not mark a busy
+    /// endpoint slow for seconds. By default
+    /// one candidate is random and the other is the previous pick's winner
+    /// ([`memory`](P2cEwmaConfig::memory)); without memory both are random.
+    ///
+    /// An endpoint that has not answered yet costs 0 while it has nothing in flight, so it is
+    /// tried at once (see [`EndpointStats::latency_and_load`]); while its first call is pending
+    /// it costs the [`default_rtt`](P2cEwmaConfig::default_rtt).
+    ///
+    /// The pending calls' age (see [`EndpointStats::load_cost`]) is what keeps a slow endpoint
+    /// that has not answered yet, such as a new one still at the default RTT, from taking
+    /// call after call until its first slow answer comes back.
+    ///
+    /// The estimate is a peak EWMA (see [`EndpointStats`]): it jumps up at once on a slow call
+    /// and decays with time constant [`decay`](P2cEwmaConfig::decay), also while the endpoint
+    /// receives nothing, so a shunned endpoint is retried. A failed call counts as at least
+    /// [`failure_penalty`](P2cEwmaConfig::failure_penalty), so an endpoint that fails fast looks
+    /// slow instead of fast, and the cost is divided by the endpoint's recent success ratio
+    /// ([`EndpointStats::scale_by_success`]). The penalty alone is not enough: under load, when
+    /// healthy latency × (in-flight + 1) nears the penalty, a failing endpoint would win again;
+    /// the ratio keeps it a thousand times dearer whatever the healthy endpoints' latency. Endpoints of weight 0 are used only when all ready ones are;
+    /// other weights are ignored.
+    ///
+    /// The statistics must come from [`new_stats`](Balancer::new_stats) for the configured
+    /// decay, starting RTT and penalty to apply, and for idle endpoints to see time pass.
+    ///
+    /// Give each channel a `P2cEwma` of its own (`.policy("p2c_ewma")` does): the mean load is
+    /// counted over every endpoint whose statistics this instance made, so two channels sharing
+    /// one would weigh each other's calls. Calls still in flight on endpoints that left the
+    /// picker (removed, or no longer ready) count toward that mean until they end, which makes
+    /// the load weigh a little less meanwhile.
+    P2cEwma(P2cEwmaConfig),
+    "p2c_ewma"
+);
 
 impl Balancer for P2cEwma {
     fn name(&self) -> &'static str {

@@ -20,33 +20,32 @@ pub struct MaxMessageBytes {
     pub response: Option<usize>,
 }
 
-/// Reads gRPC's framing (1 flag byte, a 4-byte big-endian length, the message) as bytes
-/// pass, and says when a message is over the limit.
-#[derive(Debug, Clone)]
-pub(crate) struct FrameCheck {
-    limit: usize,
+/// gRPC's framing read as bytes pass: each message is 1 flag byte, a 4-byte big-endian
+/// length, then the message.
+#[derive(Debug, Clone, Default)]
+struct Framing {
+    /// The current message's prefix, as far as it has passed.
     header: [u8; 5],
     have: usize,
     /// Bytes of the current message still to pass.
     remaining: u64,
 }
 
-impl FrameCheck {
-    pub(crate) fn new(limit: usize) -> Self {
-        FrameCheck {
-            limit,
-            header: [0; 5],
-            have: 0,
-            remaining: 0,
-        }
-    }
-
-    /// Feeds `data`; `Err(length)` for a message over the limit.
-    pub(crate) fn feed(&mut self, mut data: &[u8]) -> Result<(), u64> {
+impl Framing {
+    /// Feeds `data`, calling `on_prefix` with each message's length once its prefix has
+    /// passed (its `Err` stops the reading and is returned); returns how many message bytes,
+    /// prefixes left out, passed.
+    fn feed(
+        &mut self,
+        mut data: &[u8],
+        mut on_prefix: impl FnMut(u64) -> Result<(), u64>,
+    ) -> Result<u64, u64> {
+        let mut message_bytes = 0;
         while !data.is_empty() {
             if self.remaining > 0 {
                 let n = (self.remaining as usize).min(data.len());
                 self.remaining -= n as u64;
+                message_bytes += n as u64;
                 data = &data[n..];
                 continue;
             }
@@ -55,20 +54,38 @@ impl FrameCheck {
             self.have += n;
             data = &data[n..];
             if self.have == 5 {
-                let len = u64::from(u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]));
-                if len > self.limit as u64 {
-                    return Err(len);
-                }
+                let [_, a, b, c, d] = self.header;
+                let len = u64::from(u32::from_be_bytes([a, b, c, d]));
+                on_prefix(len)?;
                 self.have = 0;
                 self.remaining = len;
             }
         }
-        Ok(())
+        Ok(message_bytes)
+    }
+}
+
+/// Reads gRPC's framing as bytes pass, and says when a message is over the limit.
+#[derive(Debug, Clone)]
+pub(crate) struct FrameCheck {
+    limit: usize,
+    framing: Framing,
+}
+
+impl FrameCheck {
+    pub(crate) fn new(limit: usize) -> Self {
+        FrameCheck {
+            limit,
+            framing: Framing::default(),
+        }
+    }
+
+    /// Feeds `data`; `Err(length)` for a message over the limit.
+    pub(crate) fn feed(&mut self, data: &[u8]) -> Result<(), u64> {
+        let limit = self.limit as u64;
+        self.framing
+            .feed(data, |len| if len > limit { Err(len) } else { Ok(()) })
+            .map(drop)
     }
 
     pub(crate) fn status(&self, what: &str, len: u64) -> Status {
@@ -88,39 +105,14 @@ impl FrameCheck {
 /// length) of each message: A66's message sizes leave out gRPC and transport framing.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct MessageBytes {
-    /// The current message's prefix, as far as it has passed.
-    header: [u8; 5],
-    have: usize,
-    /// Bytes of the current message still to pass.
-    remaining: u64,
+    framing: Framing,
     total: u64,
 }
 
 impl MessageBytes {
     /// Feeds the next bytes of the body.
-    pub(crate) fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            if self.remaining > 0 {
-                let n = (self.remaining as usize).min(data.len());
-                self.remaining -= n as u64;
-                self.total += n as u64;
-                data = &data[n..];
-                continue;
-            }
-            let n = (5 - self.have).min(data.len());
-            self.header[self.have..self.have + n].copy_from_slice(&data[..n]);
-            self.have += n;
-            data = &data[n..];
-            if self.have == 5 {
-                self.have = 0;
-                self.remaining = u64::from(u32::from_be_bytes([
-                    self.header[1],
-                    self.header[2],
-                    self.header[3],
-                    self.header[4],
-                ]));
-            }
-        }
+    pub(crate) fn feed(&mut self, data: &[u8]) {
+        self.total += self.framing.feed(data, |_| Ok(())).unwrap_or(0);
     }
 
     /// The message bytes seen so far.
