@@ -17,6 +17,10 @@ pub const EXIT_DISCOVERY: u8 = 3;
 /// `resolve --connect`: some endpoint did not connect.
 pub const EXIT_CALLS: u8 = 4;
 
+/// Exit code when `top --scrape` read no metrics: no scrape of its URL succeeded during the
+/// run (nothing listening, an HTTP error, no answer in time).
+pub const EXIT_SCRAPE: u8 = 5;
+
 /// The exit codes, as `meshless --help` shows them.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -27,7 +31,8 @@ Exit codes:
      or no answer within --timeout; watch: discovery was failing when it stopped;
      register: the instance was never registered
   4  calls failed: bench reached no endpoint, or some of its calls failed;
-     resolve --connect (or --tls-*): some endpoint did not connect";
+     resolve --connect (or --tls-*): some endpoint did not connect
+  5  top --scrape: no scrape of its URL succeeded during the run";
 
 /// A failed command. Each variant's message is complete: it names what failed and, where the
 /// cause is known, what to do.
@@ -42,6 +47,9 @@ pub enum CliError {
     /// Calls failed.
     #[error("{0}")]
     Calls(String),
+    /// `top --scrape` read no metrics.
+    #[error("{0}")]
+    Scrape(String),
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
@@ -57,6 +65,7 @@ impl CliError {
             CliError::Usage(_) => EXIT_USAGE,
             CliError::Discovery(_) => EXIT_DISCOVERY,
             CliError::Calls(_) => EXIT_CALLS,
+            CliError::Scrape(_) => EXIT_SCRAPE,
             CliError::Output(_) | CliError::Internal(_) => EXIT_INTERNAL,
         }
     }

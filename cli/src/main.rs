@@ -11,6 +11,7 @@ mod percentiles;
 mod register;
 mod resilience;
 mod resolve;
+mod scrape;
 mod target;
 mod tls;
 mod top;
@@ -55,7 +56,8 @@ enum Command {
     #[command(after_help = EXIT_CODES_HELP)]
     Register(register::RegisterArgs),
     /// Like bench, with a live view that refreshes every second: each endpoint's state,
-    /// share, rate, calls in flight, failures, ejection and latency estimate.
+    /// share, rate, calls in flight, failures, ejection and latency estimate. With
+    /// --scrape URL, the same view of a running application, from its metrics exporter.
     #[command(after_help = EXIT_CODES_HELP)]
     Top(Box<top::TopArgs>),
     /// Validate a config file (.yaml, .toml, .json) and print every problem with its line,

@@ -433,3 +433,148 @@ fn metrics_addr_serves_the_runs_instruments() {
         "{scrape}"
     );
 }
+
+/// A loopback port nothing listens on yet, for a child process to bind.
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `top --scrape` watches an application that is already running (here `bench
+/// --metrics-addr`, a meshless channel with a Prometheus exporter) and sends nothing itself:
+/// the shares it shows are those the servers counted, from the sampled success and failure
+/// counters of the exposition.
+#[test]
+fn top_scrape_shows_a_running_applications_endpoints() {
+    // Uneven shares, as in `top_json_prints_a_frame_per_interval`.
+    let servers = vec![
+        meshless_integration::server::TestServer::new("slow")
+            .check_latency(std::time::Duration::from_millis(3))
+            .spawn()
+            .unwrap(),
+        meshless_integration::server::TestServer::new("fast")
+            .spawn()
+            .unwrap(),
+    ];
+    let port = free_port();
+    let bin = assert_cmd::cargo::cargo_bin("meshless");
+    // The application: 7 s of calls, its metrics served on `port`.
+    let mut app = std::process::Command::new(bin)
+        .args(["bench", "--json", "--duration", "7s", "--concurrency", "8"])
+        .args(["--policy", "least_request", "--metrics-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(target_of(&servers))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the exporter answers with the sampled counters, so that top's run lies
+    // inside the application's.
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the exporter never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            continue;
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        if body.contains("meshless_endpoint_successes") {
+            break;
+        }
+    }
+    let before: Vec<u64> = servers.iter().map(|s| s.health_checks()).collect();
+    let out = meshless()
+        .args(["top", "--scrape", &url, "--json", "--duration", "4s"])
+        .args(["--interval", "1s", "--target", &target_of(&servers)])
+        .output()
+        .expect("run");
+    let after: Vec<u64> = servers.iter().map(|s| s.health_checks()).collect();
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let frames: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(frames.len() >= 2, "{text}");
+    let mut totals = BTreeMap::<String, u64>::new();
+    for f in &frames {
+        let eps = f["endpoints"].as_array().unwrap();
+        assert_eq!(eps.len(), 2, "{f}");
+        for e in eps {
+            assert_eq!(e["state"], "ready", "{f}");
+            assert_eq!(e["ejected"], false, "{f}");
+            assert_eq!(e["target"], target_of(&servers), "{f}");
+            assert!(e["in_flight"].as_u64().is_some(), "{f}");
+            // No per-endpoint distribution in the exposition; least_request keeps no
+            // latency estimate.
+            assert!(e["p50_ms"].is_null() && e["p99_ms"].is_null(), "{f}");
+            *totals
+                .entry(e["address"].as_str().unwrap().to_owned())
+                .or_default() += e["calls"].as_u64().unwrap();
+        }
+    }
+    let app = app.wait().unwrap();
+    assert!(app.success());
+    let all: u64 = totals.values().sum();
+    assert!(all > 200, "{totals:?}\n{text}");
+    // Each endpoint's share over top's frames against its server's count over top's run
+    // (the frames' window is the samples' one, a second or so apart from the run's; the
+    // split is steady, so the shares agree within 5 points).
+    let served: u64 = before.iter().zip(&after).map(|(b, a)| a - b).sum();
+    let mut shown = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let share = totals[&s.addr().to_string()] as f64 / all as f64;
+        let counted = (after[i] - before[i]) as f64 / served as f64;
+        assert!(
+            (share - counted).abs() < 0.05,
+            "{}: top showed {share:.3}, the server counted {counted:.3} ({totals:?})",
+            s.addr()
+        );
+        shown.push(share);
+    }
+    assert!(shown[1] - shown[0] > 0.3, "slow, fast: {shown:?}");
+}
+
+/// A scrape URL with nothing listening: a line per failed scrape, then exit code 5 (no
+/// scrape succeeded), never a panic.
+#[test]
+fn top_scrape_of_nothing_reports_each_failure_and_exits_5() {
+    let url = format!("http://{}/metrics", closed_port());
+    let out = meshless()
+        .args(["top", "--scrape", &url, "--json", "--interval", "200ms"])
+        .args(["--duration", "1s"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    for l in &lines {
+        assert!(l.starts_with("meshless: ") && l.contains(&url), "{l}");
+        assert!(!l.contains("panicked"), "{l}");
+    }
+    assert!(lines[0].contains("failed"), "{stderr}");
+    assert!(lines.last().unwrap().contains("no scrape of"), "{stderr}");
+}
+
+/// A malformed scrape URL is a usage error that names it; `--target` needs `--scrape`.
+#[test]
+fn top_scrape_url_must_be_http() {
+    let out = meshless()
+        .args(["top", "--scrape", "https://127.0.0.1:9090/metrics"])
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, 2, "--scrape https://127.0.0.1:9090/metrics");
+    let out = meshless()
+        .args(["top", "--target", "x", "static:///127.0.0.1:1"])
+        .output()
+        .expect("run");
+    assert_one_line_error(&out, 2, "--target");
+}

@@ -261,6 +261,38 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         m::DISCOVERY_STALENESS.to_owned(),
         "grpc.target=greeter".to_owned()
     )));
+    // The sampled per-endpoint counts (the calls above, at a sample after them), state
+    // (one series per state name) and ejection.
+    while totals
+        .update(&snapshotter)
+        .counters
+        .get(&(m::ENDPOINT_SUCCESSES.to_owned(), gauge_of_ok.clone()))
+        .is_none_or(|&n| n == 0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no sampled success count: {:?}",
+            totals.counters.keys()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        totals
+            .counters
+            .contains_key(&(m::ENDPOINT_FAILURES.to_owned(), gauge_of_ok.clone()))
+    );
+    for state in m::STATES {
+        let series = (
+            m::ENDPOINT_STATE.to_owned(),
+            format!("endpoint={},grpc.target=greeter,state={state}", ok.addr()),
+        );
+        assert!(totals.gauges.contains_key(&series), "{series:?}");
+    }
+    assert!(
+        totals
+            .gauges
+            .contains_key(&(m::ENDPOINT_EJECTED.to_owned(), gauge_of_ok.clone()))
+    );
 
     // A96: retries per call, through the channel's own recorder.
     let n = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

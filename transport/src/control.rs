@@ -1039,13 +1039,14 @@ impl Run {
         let Some(m) = &self.c.shared.metrics else {
             return;
         };
-        for v in &self.views {
-            m.sample_endpoint(
-                &v.endpoint.addr.to_string(),
-                v.stats.in_flight(),
-                v.stats.load_cost(),
-            );
-        }
+        // The connection's own state (an ejected endpoint's view reads TransientFailure),
+        // with the ejection beside it.
+        m.sample_endpoints(
+            self.entries
+                .iter()
+                .zip(&self.views)
+                .map(|(e, v)| (&v.endpoint.addr, &*v.stats, e.conn_state, e.ejected)),
+        );
         m.sample_staleness(self.last_good_discovery.elapsed().as_secs_f64());
     }
 

@@ -5,13 +5,16 @@
 //! nothing and pays nothing.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use ::metrics::{
-    Counter, Histogram, SharedString, Unit, counter, describe_counter, describe_gauge,
+    Counter, Gauge, Histogram, SharedString, Unit, counter, describe_counter, describe_gauge,
     describe_histogram, gauge, histogram,
 };
+use meshless_balancer::ConnectivityState;
+use meshless_balancer::EndpointStats;
+use meshless_discovery::Address;
 use tonic::Code;
 
 /// A96: retries of a call (recorded only for calls that had some).
@@ -26,6 +29,25 @@ pub const CALL_RETRY_DELAY: &str = "grpc.client.call.retry_delay";
 pub const ENDPOINT_IN_FLIGHT: &str = "meshless.endpoint.in_flight";
 /// meshless: an endpoint's load cost as p2c_ewma and least_request weigh it (sampled).
 pub const ENDPOINT_COST: &str = "meshless.endpoint.cost";
+/// meshless: calls an endpoint completed successfully since the channel has known it, a
+/// counter sampled every second from the endpoint's own count (set with `absolute`, so a
+/// scrape sees it move once a second and never pays on the call path).
+pub const ENDPOINT_SUCCESSES: &str = "meshless.endpoint.successes";
+/// meshless: calls that failed on an endpoint in a way that counts against it (the
+/// channel's failure codes, transport failures, its own deadlines), sampled as
+/// [`ENDPOINT_SUCCESSES`]. Calls the caller cancelled count in neither.
+pub const ENDPOINT_FAILURES: &str = "meshless.endpoint.failures";
+/// meshless: an endpoint's connectivity state, as a gauge per [`STATE`] label value (like
+/// kube-state-metrics' state series): 1 for the state it is in, 0 for the others, sampled
+/// every second. The values are [`STATES`]. An endpoint that left the channel reads
+/// `shutdown` once; its series then stay (with that value) until the exporter forgets them.
+pub const ENDPOINT_STATE: &str = "meshless.endpoint.state";
+/// meshless: 1 while outlier detection has an endpoint ejected (its connection stays and
+/// its [`ENDPOINT_STATE`] is the connection's), 0 otherwise; sampled.
+pub const ENDPOINT_EJECTED: &str = "meshless.endpoint.ejected";
+/// meshless: an endpoint's latency estimate in seconds (the peak EWMA that p2c_ewma
+/// compares), sampled; recorded only for endpoints whose policy keeps an estimate.
+pub const ENDPOINT_LATENCY_EWMA: &str = "meshless.endpoint.latency_ewma";
 /// meshless: endpoint sets and changes discovery delivered.
 pub const DISCOVERY_UPDATES: &str = "meshless.discovery.updates";
 /// meshless: errors discovery reported.
@@ -68,6 +90,19 @@ pub const EJECTIONS_UNENFORCED: &str = "grpc.lb.outlier_detection.ejections_unen
 /// `endpoint_weight_not_yet_usable` and `endpoint_weight_stale` do not apply and are not
 /// recorded.
 pub const WRR_ENDPOINT_WEIGHTS: &str = "grpc.lb.wrr.endpoint_weights";
+
+/// The label of the endpoint's address on the `meshless.endpoint.*` instruments.
+pub const ENDPOINT: &str = "endpoint";
+/// The label of [`ENDPOINT_STATE`]: one of [`STATES`].
+pub const STATE: &str = "state";
+/// The values of the [`STATE`] label, gRPC's connectivity state names.
+pub const STATES: [&str; 5] = [
+    "idle",
+    "connecting",
+    "ready",
+    "transient_failure",
+    "shutdown",
+];
 
 /// A91's label on both ejection counters: the algorithm that found the outlier,
 /// `success_rate` or `failure_percentage` (A50's), or `consecutive_failures` for meshless's
@@ -183,6 +218,70 @@ pub struct Metrics {
     methods: HashMap<String, Label>,
     other: Label,
     target: SharedString,
+    /// The sampled instruments of each endpoint of the last sample, by address: registered
+    /// once, so a sample of 1,000 endpoints is stores, not registry lookups. Only the
+    /// control task's once-a-second sample takes the lock.
+    endpoints: Mutex<HashMap<Address, EndpointInstruments>>,
+}
+
+/// The sampled `meshless.endpoint.*` instruments of one endpoint.
+#[derive(Debug)]
+struct EndpointInstruments {
+    in_flight: Gauge,
+    cost: Gauge,
+    /// Registered once the endpoint's statistics keep a latency estimate, so an exporter
+    /// shows no made-up value for the policies that keep none.
+    latency: Option<Gauge>,
+    successes: Counter,
+    failures: Counter,
+    ejected: Gauge,
+    /// One per [`STATES`] value, in that order.
+    state: [Gauge; 5],
+    /// Set by the sample in progress; an entry a sample did not set has left the channel.
+    seen: bool,
+}
+
+impl EndpointInstruments {
+    fn new(target: &SharedString, endpoint: &Address) -> Self {
+        let labels = [
+            ("grpc.target", target.clone()),
+            (ENDPOINT, SharedString::from(endpoint.to_string())),
+        ];
+        let state = STATES.map(|s| {
+            let mut l = labels.to_vec();
+            l.push((STATE, SharedString::const_str(s)));
+            gauge!(ENDPOINT_STATE, &l)
+        });
+        EndpointInstruments {
+            in_flight: gauge!(ENDPOINT_IN_FLIGHT, &labels),
+            cost: gauge!(ENDPOINT_COST, &labels),
+            latency: None,
+            successes: counter!(ENDPOINT_SUCCESSES, &labels),
+            failures: counter!(ENDPOINT_FAILURES, &labels),
+            ejected: gauge!(ENDPOINT_EJECTED, &labels),
+            state,
+            seen: true,
+        }
+    }
+
+    /// Sets the state series: 1 for `now`, 0 for the others.
+    fn set_state(&self, now: ConnectivityState) {
+        let now = state_index(now);
+        for (i, g) in self.state.iter().enumerate() {
+            g.set(if i == now { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+/// The position of `state`'s name in [`STATES`].
+fn state_index(state: ConnectivityState) -> usize {
+    match state {
+        ConnectivityState::Idle => 0,
+        ConnectivityState::Connecting => 1,
+        ConnectivityState::Ready => 2,
+        ConnectivityState::TransientFailure => 3,
+        ConnectivityState::Shutdown => 4,
+    }
 }
 
 /// The per-call instruments of one `grpc.method` value.
@@ -274,6 +373,7 @@ impl Metrics {
             methods,
             other: MethodInstruments::new(SharedString::const_str(OTHER), target.clone()),
             target,
+            endpoints: Mutex::default(),
         })
     }
 
@@ -354,14 +454,50 @@ impl Metrics {
         counter!(PICKER_REBUILDS, "grpc.target" => self.target.clone()).increment(1);
     }
 
-    /// The per-endpoint gauges, sampled (never per pick).
-    pub(crate) fn sample_endpoint(&self, endpoint: &str, in_flight: u64, cost: f64) {
-        let labels = [
-            ("grpc.target", self.target.clone()),
-            ("endpoint", SharedString::from(endpoint.to_owned())),
-        ];
-        gauge!(ENDPOINT_IN_FLIGHT, &labels).set(in_flight as f64);
-        gauge!(ENDPOINT_COST, &labels).set(cost);
+    /// The per-endpoint instruments, sampled on the control task (never per pick or per
+    /// call): each endpoint's address, statistics, connection state and ejection. An
+    /// endpoint of the previous sample that is not in this one has left: its state reads
+    /// `shutdown` and its in-flight count and ejection 0, and it is forgotten.
+    pub(crate) fn sample_endpoints<'a>(
+        &self,
+        endpoints: impl Iterator<Item = (&'a Address, &'a EndpointStats, ConnectivityState, bool)>,
+    ) {
+        let mut known = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        for (addr, stats, state, ejected) in endpoints {
+            let i = match known.get_mut(addr) {
+                Some(i) => {
+                    i.seen = true;
+                    i
+                }
+                None => known
+                    .entry(addr.clone())
+                    .or_insert_with(|| EndpointInstruments::new(&self.target, addr)),
+            };
+            i.in_flight.set(stats.in_flight() as f64);
+            i.cost.set(stats.load_cost());
+            if stats.signals().latency {
+                i.latency
+                    .get_or_insert_with(|| {
+                        gauge!(ENDPOINT_LATENCY_EWMA,
+                            "grpc.target" => self.target.clone(),
+                            ENDPOINT => addr.to_string())
+                    })
+                    .set(stats.latency_ewma().as_secs_f64());
+            }
+            i.successes.absolute(stats.successes());
+            i.failures.absolute(stats.failures());
+            i.ejected.set(if ejected { 1.0 } else { 0.0 });
+            i.set_state(state);
+        }
+        known.retain(|_, i| {
+            if !std::mem::take(&mut i.seen) {
+                i.set_state(ConnectivityState::Shutdown);
+                i.in_flight.set(0.0);
+                i.ejected.set(0.0);
+                return false;
+            }
+            true
+        });
     }
 
     pub(crate) fn sample_staleness(&self, seconds: f64) {
@@ -423,6 +559,27 @@ fn describe() {
     describe_gauge!(
         ENDPOINT_COST,
         "An endpoint's load cost as p2c_ewma and least_request weigh it, sampled."
+    );
+    describe_counter!(
+        ENDPOINT_SUCCESSES,
+        "Calls an endpoint completed successfully, sampled every second."
+    );
+    describe_counter!(
+        ENDPOINT_FAILURES,
+        "Calls that failed against an endpoint, sampled every second."
+    );
+    describe_gauge!(
+        ENDPOINT_STATE,
+        "1 for an endpoint's connectivity state (label `state`), 0 for the others, sampled."
+    );
+    describe_gauge!(
+        ENDPOINT_EJECTED,
+        "1 while outlier detection has an endpoint ejected, sampled."
+    );
+    describe_gauge!(
+        ENDPOINT_LATENCY_EWMA,
+        Unit::Seconds,
+        "An endpoint's latency estimate (peak EWMA), sampled."
     );
     describe_counter!(
         DISCOVERY_UPDATES,

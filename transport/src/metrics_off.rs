@@ -37,7 +37,17 @@ impl Metrics {
     pub(crate) fn picker_rebuilt(&self) {
         match *self {}
     }
-    pub(crate) fn sample_endpoint(&self, _: &str, _: u64, _: f64) {
+    pub(crate) fn sample_endpoints<'a>(
+        &self,
+        _: impl Iterator<
+            Item = (
+                &'a meshless_discovery::Address,
+                &'a meshless_balancer::EndpointStats,
+                meshless_balancer::ConnectivityState,
+                bool,
+            ),
+        >,
+    ) {
         match *self {}
     }
     pub(crate) fn sample_staleness(&self, _: f64) {
