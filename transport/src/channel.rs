@@ -582,8 +582,10 @@ impl ChannelBuilder {
 
 /// Aborts a background task when dropped: the channel's TLS reload task, with the control
 /// task that owns it.
+#[cfg(feature = "tls")]
 pub(crate) struct AbortOnDrop<T = ()>(pub(crate) tokio::task::JoinHandle<T>);
 
+#[cfg(feature = "tls")]
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
