@@ -937,7 +937,6 @@ pub struct CallMeasured;
 
 /// A call's start, for A66's call duration.
 pub(crate) struct CallClock {
-    metrics: Arc<crate::Recorder>,
     method: crate::Label,
     start: Instant,
 }
@@ -950,8 +949,7 @@ impl CallClock {
 
     /// The call ended with `code`.
     pub(crate) fn end(self, code: tonic::Code) {
-        self.metrics
-            .call_duration_of(&self.method, code, self.start.elapsed());
+        crate::Recorder::call_duration_of(&self.method, code, self.start.elapsed());
     }
 }
 
@@ -1105,7 +1103,6 @@ async fn call(
     let mut clock = match &shared.metrics {
         Some(m) if req.extensions().get::<CallMeasured>().is_none() => Some(CallClock {
             method: m.method(req.uri().path()),
-            metrics: m.clone(),
             start: Instant::now(),
         }),
         _ => None,
@@ -1319,7 +1316,7 @@ async fn attempts(
                 .as_ref()
                 .map_or_else(|| m.method(parts.uri.path()), CallClock::method);
             let start = attempt_start.take().unwrap_or_else(Instant::now);
-            guard.observe(m.clone(), method, sent, start);
+            guard.observe(m, method, sent, start);
         }
         match crate::h2client::send(&conn.tx, &conn.shared, req).await {
             Ok(resp) => {

@@ -19,12 +19,8 @@ impl Metrics {
     pub(crate) fn attempt_started(&self, _: &SharedString) {
         match *self {}
     }
-    pub(crate) fn attempt_ended(&self, _: &SharedString, _: Code, _: Duration, _: u64, _: u64) {
-        match *self {}
-    }
-    pub(crate) fn call_duration_of(&self, _: &SharedString, _: Code, _: Duration) {
-        match *self {}
-    }
+    pub(crate) fn attempt_ended(_: &SharedString, _: Code, _: Duration, _: u64, _: u64) {}
+    pub(crate) fn call_duration_of(_: &SharedString, _: Code, _: Duration) {}
     pub(crate) fn call_ended(&self, _: &str, _: u32, _: u32, _: u32, _: Duration) {
         match *self {}
     }

@@ -65,7 +65,6 @@ pub(crate) struct CallGuard {
 
 /// An attempt as the A66 instruments see it.
 struct AttemptMetrics {
-    metrics: Arc<crate::Recorder>,
     method: crate::Label,
     /// Before the attempt's pick: A66 counts the time to pick an endpoint in the attempt.
     start: Instant,
@@ -133,14 +132,13 @@ impl CallGuard {
     /// request message bytes `sent`.
     pub(crate) fn observe(
         &mut self,
-        metrics: Arc<crate::Recorder>,
+        metrics: &crate::Recorder,
         method: crate::Label,
         sent: crate::replay::SentBytes,
         start: Instant,
     ) {
         metrics.attempt_started(&method);
         self.attempt = Some(Box::new(AttemptMetrics {
-            metrics,
             method,
             start,
             sent,
@@ -200,7 +198,7 @@ impl Drop for CallGuard {
                     Outcome::Failure => tonic::Code::DeadlineExceeded,
                     Outcome::Success => tonic::Code::Unknown,
                 });
-                a.metrics.attempt_ended(
+                crate::Recorder::attempt_ended(
                     &a.method,
                     code,
                     a.start.elapsed(),
