@@ -4,8 +4,9 @@
 //! Every interval it GETs the exposition, reads the `meshless.endpoint.*` series the
 //! channel samples once a second (Prometheus spells them `meshless_endpoint_*`, counters
 //! perhaps with `_total`), and prints the same frame as `top` from the change of the
-//! success and failure counters since the previous scrape. The channel keeps no
-//! per-endpoint latency distribution, so a frame shows its latency estimate and no p50/p99.
+//! success and failure counters since the previous scrape, and each endpoint's p50 and p99
+//! from `meshless.endpoint.duration` (over the interval from a histogram's buckets, or the
+//! exporter's own quantiles when it renders a summary).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -161,6 +162,12 @@ pub struct Scraped {
     pub ejected: Option<f64>,
     /// The `state` label of the `meshless.endpoint.state` series at 1.
     pub state: Option<String>,
+    /// `meshless.endpoint.duration` as a histogram: cumulative counts by upper bound
+    /// (`le`, in seconds), in the order written.
+    pub duration_buckets: Vec<(f64, f64)>,
+    /// `meshless.endpoint.duration` as a summary (the exporter's default without buckets):
+    /// its p50 and p99, in seconds.
+    pub duration_quantiles: (Option<f64>, Option<f64>),
 }
 
 /// One scrape: each endpoint by (`grpc.target`, `endpoint`) label.
@@ -177,9 +184,15 @@ pub fn parse(text: &str) -> Exposition {
         let Some((name, labels, value)) = split_sample(rest) else {
             continue;
         };
-        // Counters may carry `_total`, and OpenTelemetry's exporter adds the unit.
+        // Counters may carry `_total`, and OpenTelemetry's exporter adds the unit (before a
+        // histogram's `_bucket`).
         let name = name.strip_suffix("_total").unwrap_or(name);
         let name = name.strip_suffix("_seconds").unwrap_or(name);
+        let name = if name == "duration_seconds_bucket" {
+            "duration_bucket"
+        } else {
+            name
+        };
         let label = |k: &str| {
             labels
                 .iter()
@@ -191,6 +204,23 @@ pub fn parse(text: &str) -> Exposition {
         };
         let e = out.entry((target, endpoint)).or_default();
         match name {
+            "duration_bucket" => {
+                let le = label("le").and_then(|v| {
+                    if v == "+Inf" {
+                        Some(f64::INFINITY)
+                    } else {
+                        v.parse().ok()
+                    }
+                });
+                if let Some(le) = le {
+                    e.duration_buckets.push((le, value));
+                }
+            }
+            "duration" => match label("quantile").as_deref() {
+                Some("0.5") => e.duration_quantiles.0 = Some(value),
+                Some("0.99") => e.duration_quantiles.1 = Some(value),
+                _ => {}
+            },
             "successes" => e.successes = Some(value),
             "failures" => e.failures = Some(value),
             "in_flight" => e.in_flight = Some(value),
@@ -271,6 +301,51 @@ fn delta(last: Option<f64>, now: Option<f64>) -> u64 {
     }
 }
 
+/// The `q` quantile of an endpoint's call durations, in ms: over the interval, from a
+/// histogram's bucket counts (linear within the bucket it falls in, as Prometheus's
+/// `histogram_quantile` does), or the summary's own figure (over the exporter's window).
+fn percentile(before: Option<&Scraped>, now: &Scraped, q: f64) -> Option<f64> {
+    if !now.duration_buckets.is_empty() {
+        let mut buckets = now.duration_buckets.clone();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let earlier = |le: f64| {
+            before
+                .and_then(|b| b.duration_buckets.iter().find(|(l, _)| *l == le))
+                .map(|(_, c)| *c)
+        };
+        let counts: Vec<(f64, f64)> = buckets
+            .iter()
+            .map(|&(le, c)| (le, delta(earlier(le), Some(c)) as f64))
+            .collect();
+        let total = counts.last()?.1;
+        if total <= 0.0 {
+            return None;
+        }
+        let rank = q * total;
+        let mut lower = (0.0, 0.0);
+        for &(le, c) in &counts {
+            if c >= rank {
+                if le.is_infinite() {
+                    // Beyond the largest finite bound: that bound is all that is known.
+                    return Some(lower.0 * 1000.0);
+                }
+                let width = c - lower.1;
+                let frac = if width > 0.0 {
+                    (rank - lower.1) / width
+                } else {
+                    1.0
+                };
+                return Some((lower.0 + (le - lower.0) * frac) * 1000.0);
+            }
+            lower = (le, c);
+        }
+        return None;
+    }
+    let (p50, p99) = now.duration_quantiles;
+    let v = if q <= 0.5 { p50 } else { p99 };
+    v.map(|s| s * 1000.0)
+}
+
 /// The frame between two scrapes `dt` apart, `since` after the first, of the channels whose
 /// `grpc.target` is `target` (all when `None`). Each endpoint's share is of its channel's
 /// calls. Endpoints that left their channel (state `shutdown`) are left out.
@@ -302,8 +377,8 @@ pub fn frame(
                 in_flight: s.in_flight.map_or(0, |v| v.max(0.0).round() as u64),
                 failures,
                 latency_ms: s.latency.map(|v| v * 1000.0),
-                p50_ms: None,
-                p99_ms: None,
+                p50_ms: percentile(before, s, 0.5),
+                p99_ms: percentile(before, s, 0.99),
             }
         })
         .collect();
@@ -460,6 +535,40 @@ grpc_client_attempt_started{grpc_method="m",grpc_target="bench"} 100
 
     fn key(t: &str, e: &str) -> (String, String) {
         (t.to_owned(), e.to_owned())
+    }
+
+    /// An endpoint's duration histogram at two scrapes: 100 calls in the interval, 40 under
+    /// 1 ms, 40 more under 2 ms, 18 more under 5 ms, 2 above 10 ms.
+    #[test]
+    fn percentiles_come_from_the_intervals_buckets_or_the_summary() {
+        let at = |counts: [u64; 5]| {
+            let les = ["0.001", "0.002", "0.005", "0.01", "+Inf"];
+            let mut text = String::new();
+            for (le, c) in les.iter().zip(counts) {
+                text.push_str(&format!(
+                    "meshless_endpoint_duration_bucket{{grpc_target=\"t\",endpoint=\"e\",le=\"{le}\"}} {c}\n"
+                ));
+            }
+            parse(&text)
+        };
+        let before = at([1000, 1000, 1000, 1000, 1000]);
+        let now = at([1040, 1080, 1098, 1098, 1100]);
+        let (b, n) = (&before[&key("t", "e")], &now[&key("t", "e")]);
+        // The 50th of 100 is the 10th of the 40 in (1 ms, 2 ms]: 1.25 ms.
+        let p50 = percentile(Some(b), n, 0.5).unwrap();
+        assert!((p50 - 1.25).abs() < 1e-9, "{p50}");
+        // The 99th lies beyond the largest finite bound: that bound, 10 ms.
+        assert_eq!(percentile(Some(b), n, 0.99), Some(10.0));
+        // No calls in the interval: none.
+        assert_eq!(percentile(Some(n), n, 0.5), None);
+        // Rendered as a summary, with the unit in the name: its own quantiles.
+        let summary = parse(
+            "meshless_endpoint_duration_seconds{grpc_target=\"t\",endpoint=\"e\",quantile=\"0.5\"} 0.003\n\
+             meshless_endpoint_duration_seconds{grpc_target=\"t\",endpoint=\"e\",quantile=\"0.99\"} 0.02\n",
+        );
+        let s = &summary[&key("t", "e")];
+        assert_eq!(percentile(None, s, 0.5), Some(3.0));
+        assert_eq!(percentile(None, s, 0.99), Some(20.0));
     }
 
     #[test]

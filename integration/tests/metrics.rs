@@ -157,6 +157,30 @@ async fn standard_instruments_have_the_grfc_names_attributes_and_counts() {
         calls_sorted.iter().zip(&attempts_ok).all(|(c, a)| c >= a),
         "calls {calls_sorted:?} attempts {attempts_ok:?}"
     );
+    // meshless's per-endpoint duration: every attempt, by the endpoint that served it,
+    // each as long as A66's attempt duration says.
+    let mut by_endpoint: Vec<f64> = v
+        .histograms
+        .iter()
+        .filter(|((name, _), _)| name == m::ENDPOINT_DURATION)
+        .flat_map(|(_, samples)| samples.iter().copied())
+        .collect();
+    let mut all_attempts: Vec<f64> = v
+        .histograms
+        .iter()
+        .filter(|((name, _), _)| name == m::ATTEMPT_DURATION)
+        .flat_map(|(_, samples)| samples.iter().copied())
+        .collect();
+    by_endpoint.sort_by(f64::total_cmp);
+    all_attempts.sort_by(f64::total_cmp);
+    assert_eq!(by_endpoint, all_attempts);
+    assert!(
+        v.histograms
+            .keys()
+            .any(|(name, labels)| name == m::ENDPOINT_DURATION
+                && labels.contains("endpoint=")
+                && labels.contains("grpc.target=greeter"))
+    );
     // The units of A66: seconds and bytes.
     for (name, unit) in [
         (m::CALL_DURATION, metrics::Unit::Seconds),

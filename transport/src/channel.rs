@@ -1294,8 +1294,7 @@ async fn attempts(
                 .insert(grpc_timeout::HEADER.clone(), grpc_timeout::encode(left));
         }
         let slot = StreamSlot::of(shared, &sub, &conn);
-        let Some(mut guard) =
-            CallGuard::start(sub.stats.clone(), shared.failure_codes, deadline, slot)
+        let Some(mut guard) = CallGuard::start(sub.clone(), shared.failure_codes, deadline, slot)
         else {
             if shared
                 .limits

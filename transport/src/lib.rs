@@ -29,9 +29,9 @@ mod metrics_off;
 pub(crate) use crate::metrics::Label;
 /// The channel's recorder and its method labels, real or (without the feature) never made.
 #[cfg(feature = "metrics")]
-pub(crate) use crate::metrics::Metrics as Recorder;
+pub(crate) use crate::metrics::{EndpointLatency, Metrics as Recorder};
 #[cfg(not(feature = "metrics"))]
-pub(crate) use metrics_off::{Metrics as Recorder, SharedString as Label};
+pub(crate) use metrics_off::{EndpointLatency, Metrics as Recorder, SharedString as Label};
 #[cfg(feature = "otel")]
 mod otel;
 mod outlier;

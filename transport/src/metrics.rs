@@ -48,6 +48,9 @@ pub const ENDPOINT_EJECTED: &str = "meshless.endpoint.ejected";
 /// meshless: an endpoint's latency estimate in seconds (the peak EWMA that p2c_ewma
 /// compares), sampled; recorded only for endpoints whose policy keeps an estimate.
 pub const ENDPOINT_LATENCY_EWMA: &str = "meshless.endpoint.latency_ewma";
+/// meshless: the duration of each attempt an endpoint served, in seconds (A66's attempt
+/// duration, by endpoint), for per-endpoint percentiles (`meshless top --scrape`).
+pub const ENDPOINT_DURATION: &str = "meshless.endpoint.duration";
 /// meshless: endpoint sets and changes discovery delivered.
 pub const DISCOVERY_UPDATES: &str = "meshless.discovery.updates";
 /// meshless: errors discovery reported.
@@ -93,6 +96,9 @@ pub const WRR_ENDPOINT_WEIGHTS: &str = "grpc.lb.wrr.endpoint_weights";
 
 /// The label of the endpoint's address on the `meshless.endpoint.*` instruments.
 pub const ENDPOINT: &str = "endpoint";
+
+/// A per-endpoint latency instrument.
+pub(crate) type EndpointLatency = Histogram;
 /// The label of [`ENDPOINT_STATE`]: one of [`STATES`].
 pub const STATE: &str = "state";
 /// The values of the [`STATE`] label, gRPC's connectivity state names.
@@ -163,6 +169,7 @@ pub const HISTOGRAM_BUCKETS: &[(&str, &[f64])] = &[
     (CALL_RETRIES, RETRY_BUCKETS),
     (CALL_TRANSPARENT_RETRIES, TRANSPARENT_RETRY_BUCKETS),
     (CALL_HEDGES, HEDGE_BUCKETS),
+    (ENDPOINT_DURATION, LATENCY_BUCKETS),
 ];
 
 /// Which instruments a channel records, and the methods it names. Methods the application
@@ -459,6 +466,16 @@ impl Metrics {
     /// call): each endpoint's address, statistics, connection state and ejection. An
     /// endpoint of the previous sample that is not in this one has left: its state reads
     /// `shutdown` and its in-flight count and ejection 0, and it is forgotten.
+    /// The latency instrument of the endpoint at `addr`, held by its subchannel so that a
+    /// call records into it without a lookup.
+    pub(crate) fn endpoint_latency(&self, addr: &Address) -> EndpointLatency {
+        histogram!(
+            ENDPOINT_DURATION,
+            "grpc.target" => self.target.clone(),
+            ENDPOINT => SharedString::from(addr.to_string())
+        )
+    }
+
     pub(crate) fn sample_endpoints<'a>(
         &self,
         endpoints: impl Iterator<Item = (&'a Address, &'a EndpointStats, ConnectivityState, bool)>,
@@ -581,6 +598,11 @@ fn describe() {
         ENDPOINT_LATENCY_EWMA,
         Unit::Seconds,
         "An endpoint's latency estimate (peak EWMA), sampled."
+    );
+    describe_histogram!(
+        ENDPOINT_DURATION,
+        Unit::Seconds,
+        "Duration of each attempt an endpoint served, from before its pick to the end of its response."
     );
     describe_counter!(
         DISCOVERY_UPDATES,

@@ -12,7 +12,20 @@ pub(crate) enum Metrics {}
 /// A method label, never made.
 pub(crate) type SharedString = String;
 
+/// A per-endpoint latency instrument, never made without the feature.
+#[derive(Debug, Clone)]
+pub(crate) enum EndpointLatency {}
+
+impl EndpointLatency {
+    pub(crate) fn record(&self, _: f64) {
+        match *self {}
+    }
+}
+
 impl Metrics {
+    pub(crate) fn endpoint_latency(&self, _: &meshless_discovery::Address) -> EndpointLatency {
+        match *self {}
+    }
     pub(crate) fn method(&self, _: &str) -> SharedString {
         match *self {}
     }

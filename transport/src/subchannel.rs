@@ -73,6 +73,8 @@ pub(crate) struct Subchannel {
     /// The TLS server name to verify (with TLS on).
     pub tls_name: Option<Arc<str>>,
     pub stats: Arc<EndpointStats>,
+    /// Where its calls' durations are recorded, with metrics on.
+    pub latency: Option<crate::EndpointLatency>,
     conn: ArcSwapOption<Conn>,
     /// Whether the policy may pick it: ready, healthy and not ejected, as the control task
     /// last saw it. Read only where the channel picks without the policy (a retry's
@@ -169,11 +171,13 @@ pub(crate) fn new(
     config: Arc<ConnectConfig>,
     events: mpsc::UnboundedSender<StateEvent>,
 ) -> (SubchannelHandle, Unstarted) {
+    let latency = config.metrics.as_ref().map(|m| m.endpoint_latency(&addr));
     let sub = Arc::new(Subchannel {
         addr,
         authority,
         tls_name,
         stats,
+        latency,
         conn: ArcSwapOption::empty(),
         pickable: AtomicBool::new(false),
     });

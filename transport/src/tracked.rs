@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use meshless_balancer::{CallStart, EndpointStats, FailureCodes, Outcome};
+use meshless_balancer::{CallStart, FailureCodes, Outcome};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -48,7 +48,8 @@ impl StreamSlot {
 /// ends the call on the endpoint's statistics, so a cancelled or abandoned call is counted
 /// too.
 pub(crate) struct CallGuard {
-    stats: Arc<EndpointStats>,
+    /// The endpoint's subchannel: its statistics, and its latency instrument with metrics on.
+    sub: Arc<crate::subchannel::Subchannel>,
     codes: FailureCodes,
     call: CallStart,
     outcome: Option<Outcome>,
@@ -81,18 +82,18 @@ impl CallGuard {
     /// Starts a call on `stats`; `None` when the connection's stream limit is reached (the
     /// check and the count are one atomic step).
     pub(crate) fn start(
-        stats: Arc<EndpointStats>,
+        sub: Arc<crate::subchannel::Subchannel>,
         codes: FailureCodes,
         deadline: Option<Instant>,
         slot: Option<StreamSlot>,
     ) -> Option<Self> {
         let call = match &slot {
-            Some(s) => stats.try_start(s.max)?,
-            None => stats.start(),
+            Some(s) => sub.stats.try_start(s.max)?,
+            None => sub.stats.start(),
         };
         Some(CallGuard {
             call,
-            stats,
+            sub,
             codes,
             outcome: None,
             deadline,
@@ -121,7 +122,8 @@ impl CallGuard {
             }
             code.map(|c| self.codes.outcome(c))
         };
-        self.stats
+        self.sub
+            .stats
             .respond(&mut self.call, outcome == Some(Outcome::Failure));
         if let Some(o) = outcome {
             self.set_outcome(o);
@@ -182,7 +184,7 @@ impl CallGuard {
 impl Drop for CallGuard {
     fn drop(&mut self) {
         if self.abandoned {
-            self.stats.abandon(self.call);
+            self.sub.stats.abandon(self.call);
         } else {
             let outcome = self.outcome.unwrap_or_else(|| {
                 if self.deadline.is_some_and(|d| Instant::now() >= d) {
@@ -191,17 +193,21 @@ impl Drop for CallGuard {
                     Outcome::Cancelled
                 }
             });
-            self.stats.end(self.call, outcome);
+            self.sub.stats.end(self.call, outcome);
             if let Some(a) = self.attempt.take() {
                 let code = a.code.unwrap_or(match outcome {
                     Outcome::Cancelled => tonic::Code::Cancelled,
                     Outcome::Failure => tonic::Code::DeadlineExceeded,
                     Outcome::Success => tonic::Code::Unknown,
                 });
+                let elapsed = a.start.elapsed();
+                if let Some(latency) = &self.sub.latency {
+                    latency.record(elapsed.as_secs_f64());
+                }
                 crate::Recorder::attempt_ended(
                     &a.method,
                     code,
-                    a.start.elapsed(),
+                    elapsed,
                     a.sent.get(),
                     a.rcvd.total(),
                 );
@@ -211,7 +217,7 @@ impl Drop for CallGuard {
             }
         }
         if let Some(slot) = &self.slot
-            && self.stats.in_flight() + 1 >= slot.max
+            && self.sub.stats.in_flight() + 1 >= slot.max
         {
             // It was at the limit: a stream is free now.
             slot.shared.capacity.notify_waiters();
