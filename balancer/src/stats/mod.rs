@@ -67,7 +67,10 @@ use peak_ewma::{UNPROBED, is_unsampled, pack_base, unpack_base};
 /// What a pick reads fits one 64-byte line at the start of the struct (`repr(C)` keeps the
 /// order): at 1,000 endpoints the picker's reads are mostly cache misses, so lines, not
 /// instructions, are what a pick costs. That is why the rates are `f32` and the average
-/// shares a word with a call count.
+/// shares a word with a call count. The benchmark that shows it is `cargo bench -p
+/// meshless-balancer --bench pick` (`pick/p2c_ewma/1000` and `pick/least_request/1000`
+/// against the 10-endpoint figures, where every line is in cache; see docs/benchmarks.md,
+/// "Pick cost").
 #[derive(Debug)]
 #[repr(C, align(64))]
 pub struct EndpointStats {
