@@ -650,3 +650,41 @@ async fn the_adaptive_window_grows_the_windows_of_a_busy_stream() {
     assert_eq!(read, TOTAL);
     assert!(largest > 65_535, "the window never grew: {largest}");
 }
+
+/// A call's deadline bounds its whole response, not only the wait for its headers: a server
+/// (or a network) that stops after the response headers fails the call with
+/// DEADLINE_EXCEEDED at the deadline, and that counts against the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deadline_bounds_a_response_that_stops_after_its_headers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut conn = h2::server::handshake(sock).await.unwrap();
+        let mut held = Vec::new();
+        while let Some(Ok((_req, mut respond))) = conn.accept().await {
+            let resp = http::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(())
+                .unwrap();
+            // Headers, then nothing: the stream stays open.
+            held.push(respond.send_response(resp, false).unwrap());
+        }
+    });
+    let channel = Channel::builder(format!("static:///{addr}"))
+        .build()
+        .unwrap();
+    let mut client = GreeterClient::new(channel.clone());
+    let mut req = tonic::Request::new(HelloRequest::default());
+    req.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = tokio::time::timeout(WAIT_BOUND, client.say_hello(req))
+        .await
+        .expect("the deadline ends the call")
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let status = channel.status();
+    let ep = status.endpoint(&Address::from(addr)).unwrap();
+    assert_eq!((ep.failures, ep.in_flight), (1, 0), "{ep:?}");
+}

@@ -236,6 +236,10 @@ pin_project_lite::pin_project! {
         guard: Option<CallGuard>,
         // The method's response message limit, when it has one.
         limit: Option<crate::frame_limit::FrameCheck>,
+        // The call's deadline, armed the first time the body has to wait: the deadline
+        // bounds the whole call, its body too, as in grpc-go, so a peer that stops
+        // mid-response (a frozen network after the headers) cannot hold the caller past it.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
     }
 }
 
@@ -245,6 +249,7 @@ impl TrackedBody {
             inner,
             guard: Some(guard),
             limit: None,
+            timer: None,
         }
     }
 
@@ -264,7 +269,30 @@ impl Body for TrackedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.project();
-        let res = std::task::ready!(this.inner.poll_frame(cx));
+        let res = match this.inner.poll_frame(cx) {
+            Poll::Ready(res) => res,
+            Poll::Pending => {
+                // Only a body that waits pays for a timer.
+                let deadline = this.guard.as_ref().and_then(|g| g.deadline);
+                if let Some(at) = deadline {
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        let status = Status::deadline_exceeded(
+                            "the call's deadline passed while its response was still arriving",
+                        );
+                        if let Some(mut g) = this.guard.take() {
+                            // Our own deadline: it counts against the endpoint.
+                            g.set_code(status.code());
+                            g.set_outcome(Outcome::Failure);
+                        }
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                }
+                return Poll::Pending;
+            }
+        };
         Poll::Ready(match res {
             Some(Ok(mut frame)) => {
                 if let Some(trailers) = frame.trailers_mut() {
