@@ -334,18 +334,8 @@ fn top_json_prints_a_frame_per_interval() {
     let all: u64 = totals.values().sum();
     assert!(all > 200, "{totals:?}");
     // Each endpoint's share in the frames is the share its server counted, within 5 points.
-    let served: u64 = servers.iter().map(|s| s.health_checks()).sum();
-    let mut shown = Vec::new();
-    for s in &servers {
-        let share = totals[&s.addr().to_string()] as f64 / all as f64;
-        let counted = s.health_checks() as f64 / served as f64;
-        assert!(
-            (share - counted).abs() < 0.05,
-            "{}: top showed {share:.3}, the server counted {counted:.3} ({totals:?})",
-            s.addr()
-        );
-        shown.push(share);
-    }
+    let counted: Vec<u64> = servers.iter().map(|s| s.health_checks()).collect();
+    let shown = shares_match_the_servers(&totals, &servers, &counted);
     // Far from even: counts swapped between the endpoints would be off by more than 5 points.
     assert!(shown[1] - shown[0] > 0.3, "slow, fast: {shown:?}");
 }
@@ -529,19 +519,35 @@ fn top_scrape_shows_a_running_applications_endpoints() {
     // Each endpoint's share over top's frames against its server's count over top's run
     // (the frames' window is the samples' one, a second or so apart from the run's; the
     // split is steady, so the shares agree within 5 points).
-    let served: u64 = before.iter().zip(&after).map(|(b, a)| a - b).sum();
-    let mut shown = Vec::new();
-    for (i, s) in servers.iter().enumerate() {
-        let share = totals[&s.addr().to_string()] as f64 / all as f64;
-        let counted = (after[i] - before[i]) as f64 / served as f64;
-        assert!(
-            (share - counted).abs() < 0.05,
-            "{}: top showed {share:.3}, the server counted {counted:.3} ({totals:?})",
-            s.addr()
-        );
-        shown.push(share);
-    }
+    let counted: Vec<u64> = before.iter().zip(&after).map(|(b, a)| a - b).collect();
+    let shown = shares_match_the_servers(&totals, &servers, &counted);
     assert!(shown[1] - shown[0] > 0.3, "slow, fast: {shown:?}");
+}
+
+/// Asserts that each server's share of the calls `top` showed (`totals`, by address) is the
+/// share of `counted` (the calls each server counted itself) within 5 points; returns the
+/// shares shown, in the servers' order.
+fn shares_match_the_servers(
+    totals: &BTreeMap<String, u64>,
+    servers: &[meshless_integration::server::ServerHandle],
+    counted: &[u64],
+) -> Vec<f64> {
+    let all: u64 = totals.values().sum();
+    let served: u64 = counted.iter().sum();
+    servers
+        .iter()
+        .zip(counted)
+        .map(|(s, &c)| {
+            let share = totals[&s.addr().to_string()] as f64 / all as f64;
+            let counted = c as f64 / served as f64;
+            assert!(
+                (share - counted).abs() < 0.05,
+                "{}: top showed {share:.3}, the server counted {counted:.3} ({totals:?})",
+                s.addr()
+            );
+            share
+        })
+        .collect()
 }
 
 /// A scrape URL with nothing listening: a line per failed scrape, then exit code 5 (no

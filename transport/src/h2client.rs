@@ -341,9 +341,9 @@ pub(crate) async fn send(
     let (mut parts, body) = req.into_parts();
     strip_connection_headers(&mut parts.headers);
     let mut tx = tx.clone().ready().await.map_err(SendError::unsent)?;
-    let whole = match &body {
-        ReqBody::Full(b) => Some(b.clone().unwrap_or_default()),
-        _ => None,
+    let (whole, streamed) = match body {
+        ReqBody::Full(b) => (Some(b.unwrap_or_default()), None),
+        other => (None, Some(other)),
     };
     let end_now = whole.as_ref().is_some_and(Bytes::is_empty);
     let (response, mut stream) = tx
@@ -360,7 +360,9 @@ pub(crate) async fn send(
         }
         Some(_) => {}
         None => {
-            tokio::spawn(pipe(body, stream));
+            if let Some(body) = streamed {
+                tokio::spawn(pipe(body, stream));
+            }
         }
     }
     let response = response.await.map_err(|e| SendError::sent(e.into()))?;
@@ -370,8 +372,7 @@ pub(crate) async fn send(
         H2Body {
             recv,
             data_done: false,
-            _open: open,
-            bdp: shared.clone(),
+            open,
         },
     ))
 }
@@ -380,14 +381,10 @@ pub(crate) async fn send(
 /// for: `connection` and those it names' usual suspects, and a `te` other than `trailers`.
 fn strip_connection_headers(headers: &mut http::HeaderMap) {
     for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
-        if headers.contains_key(&name) {
-            headers.remove(&name);
-        }
+        headers.remove(name);
     }
     for name in ["keep-alive", "proxy-connection"] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
+        headers.remove(name);
     }
     if headers.get(TE).is_some_and(|v| v != "trailers") {
         headers.remove(TE);
@@ -480,8 +477,9 @@ impl Drop for OpenStream {
 pub(crate) struct H2Body {
     recv: RecvStream,
     data_done: bool,
-    _open: OpenStream,
-    bdp: Arc<ConnShared>,
+    /// Counts the stream open while the body lives; its connection's shared state is where
+    /// the adaptive window's bytes go.
+    open: OpenStream,
 }
 
 impl Body for H2Body {
@@ -497,7 +495,7 @@ impl Body for H2Body {
             match std::task::ready!(this.recv.poll_data(cx)) {
                 Some(Ok(data)) => {
                     let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(bdp) = &this.bdp.bdp {
+                    if let Some(bdp) = &this.open.0.bdp {
                         bdp.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                         bdp.data.notify_one();
                     }
